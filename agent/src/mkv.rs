@@ -1,0 +1,366 @@
+//! The Matroska subset KVS accepts, written by us and pure (no I/O, no clock):
+//! `session_header` is what starts every PutMedia session (EBML header, an unknown-size
+//! Segment, Info, Tracks); `Fragmenter` turns access units into fragments, one Cluster each,
+//! starting on a keyframe, with ABSOLUTE millisecond timecodes and int16 block offsets.
+
+use thiserror::Error;
+
+const EBML: u32 = 0x1A45_DFA3;
+const SEGMENT: u32 = 0x1853_8067;
+const INFO: u32 = 0x1549_A966;
+const TRACKS: u32 = 0x1654_AE6B;
+const TRACK_ENTRY: u32 = 0xAE;
+const CLUSTER: u32 = 0x1F43_B675;
+const TIMECODE: u32 = 0xE7;
+const SIMPLE_BLOCK: u32 = 0xA3;
+const TAGS: u32 = 0x1254_C367;
+const TAG: u32 = 0x7373;
+const TARGETS: u32 = 0x63C0;
+const SIMPLE_TAG: u32 = 0x67C8;
+
+/// Timecode scale: 1 ms, the norm for KVS.
+pub const TIMECODE_SCALE_NS: u64 = 1_000_000;
+/// A cluster's blocks carry int16 offsets: no fragment may span more than this.
+pub const MAX_BLOCK_OFFSET_MS: i64 = i16::MAX as i64;
+/// The KVS fragment size limit.
+pub const MAX_FRAGMENT_BYTES: usize = 50 * 1024 * 1024;
+pub const CODEC_H264: &str = "V_MPEG4/ISO/AVC";
+
+fn put_id(out: &mut Vec<u8>, id: u32) {
+    let bytes = id.to_be_bytes();
+    let skip = bytes.iter().position(|&b| b != 0).unwrap_or(3);
+    out.extend_from_slice(&bytes[skip..]);
+}
+
+fn put_size(out: &mut Vec<u8>, size: u64) {
+    // The shortest encoding whose all-ones value (reserved for "unknown") is not hit.
+    let len = (1..=8)
+        .find(|&n| size < (1u64 << (7 * n)) - 1)
+        .expect("size below 2^56");
+    let marked = size | (1u64 << (7 * len));
+    out.extend_from_slice(&marked.to_be_bytes()[8 - len..]);
+}
+
+fn element(out: &mut Vec<u8>, id: u32, payload: &[u8]) {
+    put_id(out, id);
+    put_size(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+fn uint(out: &mut Vec<u8>, id: u32, value: u64) {
+    let bytes = value.to_be_bytes();
+    let skip = bytes.iter().position(|&b| b != 0).unwrap_or(7);
+    element(out, id, &bytes[skip..]);
+}
+
+fn master(out: &mut Vec<u8>, id: u32, build: impl FnOnce(&mut Vec<u8>)) {
+    let mut payload = Vec::new();
+    build(&mut payload);
+    element(out, id, &payload);
+}
+
+/// One track of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackSpec {
+    pub number: u64,
+    pub uid: u64,
+    pub name: String,
+    pub codec_id: String,
+    pub codec_private: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl TrackSpec {
+    /// The usual single H.264 video track (number 1).
+    pub fn h264(codec_private: Vec<u8>, width: u32, height: u32) -> TrackSpec {
+        TrackSpec {
+            number: 1,
+            uid: 1,
+            name: "video".into(),
+            codec_id: CODEC_H264.into(),
+            codec_private,
+            width,
+            height,
+        }
+    }
+}
+
+/// The bytes that open a PutMedia session: EBML header, Segment (unknown size), Info, Tracks.
+pub fn session_header(segment_uid: [u8; 16], tracks: &[TrackSpec], writing_app: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    master(&mut out, EBML, |h| {
+        uint(h, 0x4286, 1); // EBMLVersion
+        uint(h, 0x42F7, 1); // EBMLReadVersion
+        uint(h, 0x42F2, 4); // EBMLMaxIDLength
+        uint(h, 0x42F3, 8); // EBMLMaxSizeLength
+        element(h, 0x4282, b"matroska"); // DocType
+        uint(h, 0x4287, 2); // DocTypeVersion
+        uint(h, 0x4285, 2); // DocTypeReadVersion
+    });
+    put_id(&mut out, SEGMENT);
+    out.extend_from_slice(&[0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+    master(&mut out, INFO, |i| {
+        element(i, 0x73A4, &segment_uid); // SegmentUID
+        uint(i, 0x2A_D7B1, TIMECODE_SCALE_NS); // TimecodeScale
+        element(i, 0x4D80, writing_app.as_bytes()); // MuxingApp
+        element(i, 0x5741, writing_app.as_bytes()); // WritingApp
+    });
+    master(&mut out, TRACKS, |t| {
+        for track in tracks {
+            master(t, TRACK_ENTRY, |e| {
+                uint(e, 0xD7, track.number); // TrackNumber
+                uint(e, 0x73C5, track.uid); // TrackUID
+                uint(e, 0x83, 1); // TrackType: video
+                element(e, 0x536E, track.name.as_bytes()); // Name
+                element(e, 0x86, track.codec_id.as_bytes()); // CodecID
+                element(e, 0x63A2, &track.codec_private); // CodecPrivate
+                master(e, 0xE0, |v| {
+                    uint(v, 0xB0, u64::from(track.width)); // PixelWidth
+                    uint(v, 0xBA, u64::from(track.height)); // PixelHeight
+                });
+            });
+        }
+    });
+    out
+}
+
+/// One encoded picture, in AVCC (length-prefixed) form, timed in producer time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessUnit {
+    /// Presentation time, ms since the epoch (ABSOLUTE timecodes).
+    pub pts_ms: i64,
+    pub keyframe: bool,
+    pub data: Vec<u8>,
+}
+
+/// A complete fragment: optional fragment-metadata Tags, then one Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    /// The Cluster timecode = the first frame's time: the ack's `FragmentTimecode`.
+    pub timecode_ms: i64,
+    pub last_ms: i64,
+    pub duration_ms: i64,
+    pub frames: usize,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MkvError {
+    #[error("frame at {got} ms is not after the previous frame at {prev} ms")]
+    NonMonotonic { prev: i64, got: i64 },
+    #[error("a fragment must start with a keyframe; dropped a non-key frame at {0} ms")]
+    NeedKeyframe(i64),
+    #[error(
+        "the GOP starting at {start} ms is longer than the {max} ms fragment limit: \
+         the camera's keyframe interval must be shorter"
+    )]
+    GopTooLong { start: i64, max: i64 },
+    #[error("the fragment starting at {0} ms would exceed 50 MB")]
+    FragmentTooLarge(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmenterConfig {
+    /// Cut at the first keyframe once the fragment is at least this long.
+    pub target_ms: i64,
+    /// Never emit a fragment longer than this (KVS: ≤ 10 s is safe everywhere).
+    pub max_ms: i64,
+}
+
+impl Default for FragmenterConfig {
+    fn default() -> Self {
+        FragmenterConfig {
+            target_ms: 2_000,
+            max_ms: 10_000,
+        }
+    }
+}
+
+/// Accumulates access units and cuts fragments on keyframes.
+pub struct Fragmenter {
+    cfg: FragmenterConfig,
+    pending: Vec<AccessUnit>,
+    pending_bytes: usize,
+    last_ms: Option<i64>,
+    tags: Vec<(String, String)>,
+}
+
+impl Fragmenter {
+    pub fn new(cfg: FragmenterConfig) -> Self {
+        let max_ms = cfg.max_ms.min(MAX_BLOCK_OFFSET_MS);
+        Fragmenter {
+            cfg: FragmenterConfig { max_ms, ..cfg },
+            pending: Vec::new(),
+            pending_bytes: 0,
+            last_ms: None,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds fragment metadata (a KVS MKV tag) to the next fragment emitted.
+    pub fn tag_next(&mut self, name: &str, value: &str) {
+        self.tags.push((name.to_string(), value.to_string()));
+    }
+
+    /// Adds an access unit; returns the fragment it completed, if any.
+    pub fn push(&mut self, au: AccessUnit) -> Result<Option<Fragment>, MkvError> {
+        if let Some(prev) = self.last_ms
+            && au.pts_ms <= prev
+        {
+            return Err(MkvError::NonMonotonic {
+                prev,
+                got: au.pts_ms,
+            });
+        }
+        let Some(first) = self.pending.first().map(|f| f.pts_ms) else {
+            if !au.keyframe {
+                return Err(MkvError::NeedKeyframe(au.pts_ms));
+            }
+            self.last_ms = Some(au.pts_ms);
+            self.pending_bytes = au.data.len();
+            self.pending.push(au);
+            return Ok(None);
+        };
+        let span = au.pts_ms - first;
+        let done = if au.keyframe && span >= self.cfg.target_ms {
+            self.flush()
+        } else if span > self.cfg.max_ms {
+            return Err(MkvError::GopTooLong {
+                start: first,
+                max: self.cfg.max_ms,
+            });
+        } else if self.pending_bytes + au.data.len() > MAX_FRAGMENT_BYTES - 64 * 1024 {
+            return Err(MkvError::FragmentTooLarge(first));
+        } else {
+            None
+        };
+        self.last_ms = Some(au.pts_ms);
+        self.pending_bytes += au.data.len();
+        self.pending.push(au);
+        Ok(done)
+    }
+
+    /// Emits what is pending as a fragment (at end of stream or session).
+    pub fn flush(&mut self) -> Option<Fragment> {
+        let frames = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let first = frames.first()?.pts_ms;
+        let last = frames.last()?.pts_ms;
+        let interval = if frames.len() > 1 {
+            (last - first) / (frames.len() as i64 - 1)
+        } else {
+            0
+        };
+        let mut bytes = Vec::new();
+        let tags = std::mem::take(&mut self.tags);
+        if !tags.is_empty() {
+            master(&mut bytes, TAGS, |t| {
+                master(t, TAG, |tag| {
+                    element(tag, TARGETS, &[]);
+                    for (name, value) in &tags {
+                        master(tag, SIMPLE_TAG, |s| {
+                            element(s, 0x45A3, name.as_bytes()); // TagName
+                            element(s, 0x4487, value.as_bytes()); // TagString
+                        });
+                    }
+                });
+            });
+        }
+        master(&mut bytes, CLUSTER, |c| {
+            uint(c, TIMECODE, first as u64);
+            for f in &frames {
+                let mut block = Vec::with_capacity(f.data.len() + 4);
+                block.push(0x81); // track 1
+                block.extend_from_slice(&((f.pts_ms - first) as i16).to_be_bytes());
+                block.push(if f.keyframe { 0x80 } else { 0x00 });
+                block.extend_from_slice(&f.data);
+                element(c, SIMPLE_BLOCK, &block);
+            }
+        });
+        Some(Fragment {
+            timecode_ms: first,
+            last_ms: last,
+            duration_ms: last - first + interval,
+            frames: frames.len(),
+            bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn au(pts_ms: i64, keyframe: bool) -> AccessUnit {
+        AccessUnit {
+            pts_ms,
+            keyframe,
+            data: vec![0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }],
+        }
+    }
+
+    #[test]
+    fn sizes_avoid_the_unknown_marker() {
+        let mut out = Vec::new();
+        put_size(&mut out, 127);
+        assert_eq!(out, [0x40, 0x7F], "127 in one byte would read as unknown");
+        out.clear();
+        put_size(&mut out, 126);
+        assert_eq!(out, [0xFE]);
+    }
+
+    #[test]
+    fn cuts_on_the_first_keyframe_after_the_target() {
+        let mut f = Fragmenter::new(FragmenterConfig {
+            target_ms: 1000,
+            max_ms: 10_000,
+        });
+        let mut out = Vec::new();
+        for i in 0..100 {
+            // 25 fps, keyframe every 12 frames (480 ms)
+            if let Some(frag) = f.push(au(1_700_000_000_000 + i * 40, i % 12 == 0)).unwrap() {
+                out.push(frag);
+            }
+        }
+        out.extend(f.flush());
+        let starts: Vec<i64> = out
+            .iter()
+            .map(|f| f.timecode_ms - 1_700_000_000_000)
+            .collect();
+        assert_eq!(starts, [0, 1440, 2880]);
+        assert_eq!(out.iter().map(|f| f.frames).sum::<usize>(), 100);
+        assert_eq!(out[0].duration_ms, 1440);
+    }
+
+    #[test]
+    fn guard_rails() {
+        let mut f = Fragmenter::new(FragmenterConfig {
+            target_ms: 1000,
+            max_ms: 2000,
+        });
+        assert_eq!(f.push(au(0, false)), Err(MkvError::NeedKeyframe(0)));
+        f.push(au(0, true)).unwrap();
+        assert_eq!(
+            f.push(au(0, false)),
+            Err(MkvError::NonMonotonic { prev: 0, got: 0 })
+        );
+        f.push(au(2000, false)).unwrap();
+        assert_eq!(
+            f.push(au(2040, false)),
+            Err(MkvError::GopTooLong {
+                start: 0,
+                max: 2000
+            })
+        );
+    }
+
+    #[test]
+    fn tags_precede_the_cluster() {
+        let mut f = Fragmenter::new(FragmenterConfig::default());
+        f.tag_next("alarm", "door");
+        f.push(au(0, true)).unwrap();
+        let frag = f.flush().unwrap();
+        assert_eq!(&frag.bytes[..4], &[0x12, 0x54, 0xC3, 0x67]);
+    }
+}

@@ -1,0 +1,396 @@
+//! Our PutMedia client (no AWS SDK has PutMedia). A session is one long-lived chunked
+//! `POST /putMedia`: the Matroska stream goes up while fragment acks come back on the same
+//! connection. Protocol parts are pure (`AckParser`, `signed_request`); `Session` is the I/O.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AckEvent {
+    Buffering,
+    Received,
+    Persisted,
+    Error,
+    Idle,
+}
+
+/// One acknowledgement. `FragmentNumber` stays a string: it is ~47 decimal digits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ack {
+    pub event_type: AckEvent,
+    pub fragment_timecode: Option<i64>,
+    pub fragment_number: Option<String>,
+    pub error_id: Option<u32>,
+    pub error_code: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum PutMediaError {
+    #[error("connecting to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("PutMedia to stream {stream} answered HTTP {status} {error_type}: {message}")]
+    Http {
+        stream: String,
+        status: u16,
+        error_type: String,
+        message: String,
+    },
+    #[error("endpoint {0:?} is not a usable http:// URL")]
+    Endpoint(String),
+    #[error("signing the PutMedia request: {0}")]
+    Signing(String),
+    #[error("unreadable ack {line:?}: {reason}")]
+    BadAck { line: String, reason: String },
+    #[error("the PutMedia connection closed: {0}")]
+    Closed(String),
+}
+
+/// Splits the ack stream into JSON objects. Acks may arrive split across chunks or several
+/// in one chunk; they are separated by newlines, never by chunk edges.
+#[derive(Default)]
+pub struct AckParser {
+    buf: Vec<u8>,
+}
+
+impl AckParser {
+    pub fn push(&mut self, data: &[u8]) -> Vec<Result<Ack, PutMediaError>> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            if let Some(ack) = parse_line(&line) {
+                out.push(ack);
+            }
+        }
+        out
+    }
+
+    /// The end of the stream: a last ack without a trailing newline still counts.
+    pub fn finish(&mut self) -> Option<Result<Ack, PutMediaError>> {
+        let line = std::mem::take(&mut self.buf);
+        parse_line(&line)
+    }
+}
+
+fn parse_line(line: &[u8]) -> Option<Result<Ack, PutMediaError>> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    Some(
+        serde_json::from_str(text).map_err(|e| PutMediaError::BadAck {
+            line: text.chars().take(200).collect(),
+            reason: e.to_string(),
+        }),
+    )
+}
+
+/// What a session needs to know.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// The data endpoint from GetDataEndpoint(PUT_MEDIA), e.g. `http://127.0.0.1:4567`.
+    pub endpoint: String,
+    pub stream_name: String,
+    pub region: String,
+    pub credentials: Credentials,
+    /// `x-amzn-producer-start-timestamp`.
+    pub producer_start: SystemTime,
+    pub user_agent: String,
+}
+
+struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+fn parse_endpoint(url: &str) -> Result<Endpoint, PutMediaError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| PutMediaError::Endpoint(url.into()))?;
+    if uri.scheme_str() != Some("http") {
+        // TLS for the real AWS endpoints arrives with the agent's streaming issue.
+        return Err(PutMediaError::Endpoint(url.into()));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| PutMediaError::Endpoint(url.into()))?
+        .to_string();
+    Ok(Endpoint {
+        port: uri.port_u16().unwrap_or(80),
+        host,
+    })
+}
+
+fn epoch_seconds(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+/// Builds the signed PutMedia request head. The body is not hashed: like the production C
+/// producer, it is signed with the SHA-256 of the empty payload.
+pub fn signed_request(
+    params: &SessionParams,
+    now: SystemTime,
+) -> Result<http::Request<()>, PutMediaError> {
+    let ep = parse_endpoint(&params.endpoint)?;
+    let host = if ep.port == 80 {
+        ep.host.clone()
+    } else {
+        format!("{}:{}", ep.host, ep.port)
+    };
+    let uri = format!("http://{host}/putMedia");
+    let headers = [
+        ("host", host.clone()),
+        ("x-amzn-stream-name", params.stream_name.clone()),
+        ("x-amzn-fragment-timecode-type", "ABSOLUTE".to_string()),
+        (
+            "x-amzn-producer-start-timestamp",
+            epoch_seconds(params.producer_start),
+        ),
+        ("x-amzn-fragment-acknowledgment-required", "1".to_string()),
+        ("user-agent", params.user_agent.clone()),
+    ];
+    let identity = params.credentials.clone().into();
+    let signing = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&params.region)
+        .name("kinesisvideo")
+        .time(now)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| PutMediaError::Signing(e.to_string()))?
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        uri.as_str(),
+        headers.iter().map(|(k, v)| (*k, v.as_str())),
+        SignableBody::Bytes(&[]),
+    )
+    .map_err(|e| PutMediaError::Signing(e.to_string()))?;
+    let (instructions, _) = sign(signable, &signing)
+        .map_err(|e| PutMediaError::Signing(e.to_string()))?
+        .into_parts();
+    let mut builder = http::Request::builder().method("POST").uri(&uri);
+    for (k, v) in &headers {
+        builder = builder.header(*k, v);
+    }
+    let mut req = builder
+        .body(())
+        .map_err(|e| PutMediaError::Signing(e.to_string()))?;
+    instructions.apply_to_request_http1x(&mut req);
+    Ok(req)
+}
+
+/// The upload side of a session: a bounded channel into the chunked request body.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// An open PutMedia session: send Matroska bytes, receive acks.
+pub struct Session {
+    body: Option<mpsc::Sender<Bytes>>,
+    acks: mpsc::Receiver<Result<Ack, PutMediaError>>,
+}
+
+impl Session {
+    /// Connects, sends the signed request head and waits for the response head. An HTTP
+    /// error (403, 404, throttling …) is returned here with the service's error type.
+    pub async fn open(
+        params: &SessionParams,
+        connect_timeout: Duration,
+    ) -> Result<Session, PutMediaError> {
+        let ep = parse_endpoint(&params.endpoint)?;
+        let connect_err = |reason: String| PutMediaError::Connect {
+            endpoint: params.endpoint.clone(),
+            reason,
+        };
+        let tcp = tokio::time::timeout(
+            connect_timeout,
+            TcpStream::connect((ep.host.as_str(), ep.port)),
+        )
+        .await
+        .map_err(|_| connect_err(format!("no connection within {connect_timeout:?}")))?
+        .map_err(|e| connect_err(e.to_string()))?;
+        tcp.set_nodelay(true).ok();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        tokio::spawn(conn);
+        let (body_tx, body_rx) = mpsc::channel(16);
+        let (parts, ()) = signed_request(params, SystemTime::now())?.into_parts();
+        let req = http::Request::from_parts(parts, ChannelBody(body_rx));
+        let resp = tokio::time::timeout(connect_timeout, sender.send_request(req))
+            .await
+            .map_err(|_| connect_err(format!("no response head within {connect_timeout:?}")))?
+            .map_err(|e| PutMediaError::Closed(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let error_type = resp
+                .headers()
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.split(':').next().unwrap_or(s).to_string())
+                .unwrap_or_default();
+            let body = tokio::time::timeout(connect_timeout, resp.into_body().collect()).await;
+            let message = match body {
+                Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes())
+                    .chars()
+                    .take(500)
+                    .collect(),
+                _ => String::new(),
+            };
+            return Err(PutMediaError::Http {
+                stream: params.stream_name.clone(),
+                status: status.as_u16(),
+                error_type,
+                message,
+            });
+        }
+        let (acks_tx, acks_rx) = mpsc::channel(256);
+        tokio::spawn(read_acks(resp.into_body(), acks_tx));
+        Ok(Session {
+            body: Some(body_tx),
+            acks: acks_rx,
+        })
+    }
+
+    /// Queues bytes for upload (backpressure: waits while the connection is slower).
+    pub async fn send(&self, data: Bytes) -> Result<(), PutMediaError> {
+        let body = self
+            .body
+            .as_ref()
+            .ok_or_else(|| PutMediaError::Closed("the upload was finished".into()))?;
+        body.send(data)
+            .await
+            .map_err(|_| PutMediaError::Closed("the connection dropped the request body".into()))
+    }
+
+    /// Ends the upload (the final chunk); acks keep arriving until the service closes.
+    pub fn finish_upload(&mut self) {
+        self.body = None;
+    }
+
+    /// The next ack; `None` once the service has closed the response.
+    pub async fn next_ack(&mut self) -> Option<Result<Ack, PutMediaError>> {
+        self.acks.recv().await
+    }
+}
+
+async fn read_acks(mut body: Incoming, tx: mpsc::Sender<Result<Ack, PutMediaError>>) {
+    let mut parser = AckParser::default();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    for ack in parser.push(&data) {
+                        if tx.send(ack).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Err(PutMediaError::Closed(e.to_string()))).await;
+                return;
+            }
+            None => {
+                if let Some(ack) = parser.finish() {
+                    let _ = tx.send(ack).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_split_and_batched_acks() {
+        let mut p = AckParser::default();
+        let a = br#"{"EventType":"BUFFERING","FragmentTimecode":1595833960258,"FragmentNumber":"91343852333181457151482848337893124909386799"}"#;
+        assert!(p.push(&a[..30]).is_empty());
+        let mut rest = a[30..].to_vec();
+        rest.extend_from_slice(
+            b"\n{\"EventType\":\"IDLE\"}\n{\"EventType\":\"ERROR\",\"ErrorId\":4004,",
+        );
+        let acks: Vec<Ack> = p.push(&rest).into_iter().map(Result::unwrap).collect();
+        assert_eq!(acks.len(), 2);
+        assert_eq!(acks[0].event_type, AckEvent::Buffering);
+        assert_eq!(
+            acks[0].fragment_number.as_deref(),
+            Some("91343852333181457151482848337893124909386799")
+        );
+        assert_eq!(acks[1].event_type, AckEvent::Idle);
+        let last: Vec<_> = p
+            .push(b"\"ErrorCode\":\"FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS\"}")
+            .into_iter()
+            .collect();
+        assert!(last.is_empty());
+        let err = p.finish().unwrap().unwrap();
+        assert_eq!(
+            (err.event_type, err.error_id),
+            (AckEvent::Error, Some(4004))
+        );
+    }
+
+    #[test]
+    fn bad_ack_is_an_error_naming_the_line() {
+        let mut p = AckParser::default();
+        let out = p.push(b"{\"EventType\":\"EXPLODED\"}\n");
+        assert!(
+            matches!(&out[0], Err(PutMediaError::BadAck { line, .. }) if line.contains("EXPLODED"))
+        );
+    }
+
+    #[test]
+    fn signs_with_the_empty_payload_hash() {
+        let params = SessionParams {
+            endpoint: "http://127.0.0.1:4567".into(),
+            stream_name: "cam-1".into(),
+            region: "us-east-1".into(),
+            credentials: Credentials::new("AKID", "SECRET", None, None, "test"),
+            producer_start: UNIX_EPOCH + Duration::from_millis(1_595_833_960_258),
+            user_agent: "kvs-edge-test".into(),
+        };
+        let req = signed_request(&params, UNIX_EPOCH + Duration::from_secs(1_700_000_000)).unwrap();
+        let auth = req.headers()["authorization"].to_str().unwrap();
+        assert!(auth.starts_with(
+            "AWS4-HMAC-SHA256 Credential=AKID/20231114/us-east-1/kinesisvideo/aws4_request"
+        ));
+        assert!(auth.contains("x-amzn-stream-name"));
+        assert_eq!(
+            req.headers()["x-amzn-producer-start-timestamp"],
+            "1595833960.258"
+        );
+        assert!(req.headers().get("x-amz-content-sha256").is_none());
+    }
+}

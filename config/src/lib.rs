@@ -1,0 +1,72 @@
+//! kvs-edge-config: the typed configuration shared by the agent and the archiver.
+//!
+//! For now it holds the pieces every component needs: where an AWS-compatible endpoint is
+//! and the error type that names the offending field. The agent and archiver sections
+//! arrive with their issues.
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration problem, always naming the field path (`cameras[0].stream_name`) and
+/// where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{source_name}: {path}: {message}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub path: String,
+    pub message: String,
+}
+
+/// How to reach AWS (or a local stand-in): region and an optional endpoint override, as the
+/// AWS SDKs' `AWS_ENDPOINT_URL` does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsSettings {
+    pub fn validate(&self, source_name: &str, path: &str) -> Result<(), ConfigError> {
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError {
+                source_name: source_name.into(),
+                path: format!("{path}.endpoint_url"),
+                message: format!("{url:?} must start with http:// or https://"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses a TOML document into `T`, turning serde's error into a `ConfigError`.
+pub fn from_toml<T: for<'de> Deserialize<'de>>(
+    source_name: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        source_name: source_name.into(),
+        path: e
+            .span()
+            .map(|s| format!("bytes {}..{}", s.start, s.end))
+            .unwrap_or_default(),
+        message: e.message().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field() {
+        let s: AwsSettings = from_toml("agent.toml", "endpoint_url = \"localhost:4567\"").unwrap();
+        let e = s.validate("agent.toml", "aws").unwrap_err();
+        assert_eq!(e.path, "aws.endpoint_url");
+        assert!(e.to_string().starts_with("agent.toml: aws.endpoint_url:"));
+        let e = from_toml::<AwsSettings>("agent.toml", "regoin = \"x\"").unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+}

@@ -1,0 +1,470 @@
+//! Archived media: ListFragments, GetMediaForFragmentList (MKV out, error tags for missing
+//! fragments) and GetClip (a progressive MP4 of the range, capped like AWS at the first 200
+//! fragments / 100 MB). Runs on the blocking pool: it reads fragment files.
+
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::control::{decode_token, encode_token};
+use crate::ebml;
+use crate::error::ApiError;
+use crate::ingest::{self, SessionHeader};
+use crate::mp4;
+use crate::server::{Body, State, epoch_seconds, json, ms_from_epoch_seconds, parse, respond};
+use crate::store::{FragmentMeta, StreamInfo};
+
+pub const GET_CLIP_MAX_FRAGMENTS: usize = 200;
+pub const GET_CLIP_MAX_BYTES: u64 = 100 * 1024 * 1024;
+const MAX_RANGE_MS: i64 = 24 * 3_600_000;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Range {
+    start_timestamp: Option<Value>,
+    end_timestamp: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Selector {
+    fragment_selector_type: Option<String>,
+    timestamp_range: Option<Range>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Producer,
+    Server,
+}
+
+/// A validated selector: which clock, and the inclusive range of fragment start times.
+struct Window {
+    clock: Clock,
+    start_ms: i64,
+    end_ms: i64,
+}
+
+impl Window {
+    fn parse(sel: Selector, what: &str) -> Result<Window, ApiError> {
+        let clock = match sel.fragment_selector_type.as_deref() {
+            Some("PRODUCER_TIMESTAMP") => Clock::Producer,
+            Some("SERVER_TIMESTAMP") => Clock::Server,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "{what}.FragmentSelectorType must be PRODUCER_TIMESTAMP or SERVER_TIMESTAMP, got {other:?}"
+                )));
+            }
+        };
+        let range = sel
+            .timestamp_range
+            .ok_or_else(|| ApiError::invalid(format!("{what}.TimestampRange is required")))?;
+        let field = |v: Option<Value>, name: &str| {
+            let v = v.ok_or_else(|| {
+                ApiError::invalid(format!("{what}.TimestampRange.{name} is required"))
+            })?;
+            ms_from_epoch_seconds(&format!("{what}.TimestampRange.{name}"), &v)
+        };
+        let start_ms = field(range.start_timestamp, "StartTimestamp")?;
+        let end_ms = field(range.end_timestamp, "EndTimestamp")?;
+        if end_ms <= start_ms {
+            return Err(ApiError::invalid(format!(
+                "{what}: EndTimestamp must be later than StartTimestamp"
+            )));
+        }
+        Ok(Window {
+            clock,
+            start_ms,
+            end_ms,
+        })
+    }
+
+    fn contains(&self, f: &FragmentMeta) -> bool {
+        let t = match self.clock {
+            Clock::Producer => f.producer_ms,
+            Clock::Server => f.server_ms,
+        };
+        (self.start_ms..=self.end_ms).contains(&t)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StreamRef {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+}
+
+pub(crate) fn handle(state: &State, op: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    match op {
+        "ListFragments" => list_fragments(state, body),
+        "GetClip" => get_clip(state, body),
+        "GetMediaForFragmentList" => get_media_for_fragment_list(state, body),
+        _ => Err(ApiError::unknown_operation(op)),
+    }
+}
+
+fn fragment_json(f: &FragmentMeta) -> Value {
+    json!({
+        "FragmentNumber": f.number,
+        "FragmentSizeInBytes": f.size,
+        "ProducerTimestamp": epoch_seconds(f.producer_ms),
+        "ServerTimestamp": epoch_seconds(f.server_ms),
+        "FragmentLengthInMilliseconds": f.duration_ms,
+    })
+}
+
+fn list_fragments(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Req {
+        #[serde(flatten)]
+        stream: StreamRef,
+        max_results: Option<usize>,
+        next_token: Option<String>,
+        fragment_selector: Option<Selector>,
+    }
+    let req: Req = parse(body)?;
+    let max = req.max_results.unwrap_or(100);
+    if !(1..=1000).contains(&max) {
+        return Err(ApiError::invalid("MaxResults must be 1 to 1000"));
+    }
+    let window = req
+        .fragment_selector
+        .map(|s| Window::parse(s, "FragmentSelector"))
+        .transpose()?;
+    let start = decode_token(req.next_token.as_deref())?;
+    let (_, fragments) = state.store.fragments(
+        req.stream.stream_name.as_deref(),
+        req.stream.stream_arn.as_deref(),
+        state.now_ms(),
+    )?;
+    let mut selected: Vec<&FragmentMeta> = fragments
+        .iter()
+        .filter(|f| window.as_ref().is_none_or(|w| w.contains(f)))
+        .collect();
+    selected.sort_by_key(|f| (f.producer_ms, f.number.clone()));
+    let page: Vec<Value> = selected
+        .iter()
+        .skip(start)
+        .take(max)
+        .map(|f| fragment_json(f))
+        .collect();
+    let mut out = json!({ "Fragments": page });
+    if start + max < selected.len() {
+        out["NextToken"] = json!(encode_token(start + max));
+    }
+    Ok(json(&out))
+}
+
+/// The Info + Tracks + Cluster + Tags of one stored fragment as a self-contained MKV segment.
+fn fragment_segment(
+    body: &[u8],
+    header: &SessionHeader,
+    meta: &FragmentMeta,
+    cluster: bool,
+) -> Vec<u8> {
+    let mut segment = Vec::new();
+    if cluster {
+        segment.extend_from_slice(&header.raw_info);
+        segment.extend_from_slice(&header.raw_tracks);
+        ebml::write_element(&mut segment, ebml::CLUSTER, body);
+    }
+    let mut tags = vec![(
+        "AWS_KINESISVIDEO_FRAGMENT_NUMBER".to_string(),
+        meta.number.clone(),
+    )];
+    if cluster {
+        tags.push((
+            "AWS_KINESISVIDEO_SERVER_TIMESTAMP".into(),
+            format!("{:.3}", epoch_seconds(meta.server_ms)),
+        ));
+        tags.push((
+            "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP".into(),
+            format!("{:.3}", epoch_seconds(meta.producer_ms)),
+        ));
+        tags.extend(meta.tags.iter().cloned());
+    } else {
+        tags.push((
+            "AWS_KINESISVIDEO_ERROR_CODE".into(),
+            "FRAGMENT_NOT_FOUND".into(),
+        ));
+        tags.push(("AWS_KINESISVIDEO_ERROR_ID".into(), "3000".into()));
+    }
+    segment.extend_from_slice(&tags_element(&tags));
+    let mut out = ebml_header();
+    ebml::write_element(&mut out, ebml::SEGMENT, &segment);
+    out
+}
+
+fn ebml_header() -> Vec<u8> {
+    let mut h = Vec::new();
+    ebml::write_uint(&mut h, ebml::EBML_VERSION, 1);
+    ebml::write_uint(&mut h, ebml::EBML_READ_VERSION, 1);
+    ebml::write_uint(&mut h, ebml::EBML_MAX_ID_LENGTH, 4);
+    ebml::write_uint(&mut h, ebml::EBML_MAX_SIZE_LENGTH, 8);
+    ebml::write_element(&mut h, ebml::DOC_TYPE, b"matroska");
+    ebml::write_uint(&mut h, ebml::DOC_TYPE_VERSION, 2);
+    ebml::write_uint(&mut h, ebml::DOC_TYPE_READ_VERSION, 2);
+    let mut out = Vec::new();
+    ebml::write_element(&mut out, ebml::EBML, &h);
+    out
+}
+
+fn tags_element(tags: &[(String, String)]) -> Vec<u8> {
+    let mut tag = Vec::new();
+    ebml::write_element(&mut tag, ebml::TARGETS, &[]);
+    for (name, value) in tags {
+        let mut simple = Vec::new();
+        ebml::write_element(&mut simple, ebml::TAG_NAME, name.as_bytes());
+        ebml::write_element(&mut simple, ebml::TAG_STRING, value.as_bytes());
+        ebml::write_element(&mut tag, ebml::SIMPLE_TAG, &simple);
+    }
+    let mut tags_el = Vec::new();
+    ebml::write_element(&mut tags_el, ebml::TAG, &tag);
+    let mut out = Vec::new();
+    ebml::write_element(&mut out, ebml::TAGS, &tags_el);
+    out
+}
+
+fn get_media_for_fragment_list(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Req {
+        #[serde(flatten)]
+        stream: StreamRef,
+        fragments: Option<Vec<String>>,
+    }
+    let req: Req = parse(body)?;
+    let wanted = req
+        .fragments
+        .ok_or_else(|| ApiError::invalid("Fragments is required"))?;
+    if wanted.is_empty() || wanted.len() > 1000 {
+        return Err(ApiError::invalid(
+            "Fragments must list 1 to 1000 fragment numbers",
+        ));
+    }
+    let (info, fragments) = state.store.fragments(
+        req.stream.stream_name.as_deref(),
+        req.stream.stream_arn.as_deref(),
+        state.now_ms(),
+    )?;
+    let mut out = Vec::new();
+    for number in &wanted {
+        match fragments.iter().find(|f| &f.number == number) {
+            Some(meta) => {
+                let (body, header) = state.store.read_fragment(&info, meta)?;
+                out.extend(fragment_segment(&body, &header, meta, true));
+            }
+            None => {
+                let missing = FragmentMeta {
+                    number: number.clone(),
+                    producer_ms: 0,
+                    server_ms: 0,
+                    duration_ms: 0,
+                    size: 0,
+                    last_ms: 0,
+                    header: String::new(),
+                    tags: Vec::new(),
+                };
+                out.extend(fragment_segment(
+                    &[],
+                    &SessionHeader::empty(),
+                    &missing,
+                    false,
+                ));
+            }
+        }
+    }
+    Ok(respond(StatusCode::OK, "video/webm", out))
+}
+
+/// Checks an AVCDecoderConfigurationRecord well enough to build a playable `avcC`.
+fn check_avcc(avcc: &[u8]) -> Result<(), String> {
+    if avcc.len() < 7 || avcc[0] != 1 {
+        return Err("not an AVCDecoderConfigurationRecord (version 1, at least 7 bytes)".into());
+    }
+    let sps_count = (avcc[5] & 0x1F) as usize;
+    if sps_count == 0 {
+        return Err("no SPS".into());
+    }
+    let mut pos = 6;
+    for kind in ["SPS", "PPS"] {
+        let count = if kind == "SPS" {
+            sps_count
+        } else {
+            let c = *avcc.get(pos).ok_or("truncated before the PPS count")? as usize;
+            pos += 1;
+            c
+        };
+        if kind == "PPS" && count == 0 {
+            return Err("no PPS".into());
+        }
+        for _ in 0..count {
+            let len = avcc
+                .get(pos..pos + 2)
+                .ok_or(format!("truncated {kind} length"))?;
+            let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+            pos += 2;
+            if avcc.len() < pos + len || len == 0 {
+                return Err(format!("truncated {kind}"));
+            }
+            pos += len;
+        }
+    }
+    Ok(())
+}
+
+fn get_clip(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Req {
+        #[serde(flatten)]
+        stream: StreamRef,
+        clip_fragment_selector: Option<Selector>,
+    }
+    let req: Req = parse(body)?;
+    let selector = req
+        .clip_fragment_selector
+        .ok_or_else(|| ApiError::invalid("ClipFragmentSelector is required"))?;
+    let window = Window::parse(selector, "ClipFragmentSelector")?;
+    if window.end_ms - window.start_ms > MAX_RANGE_MS {
+        return Err(ApiError::invalid("the clip range must not exceed 24 hours"));
+    }
+    let now = state.now_ms();
+    if window.clock == Clock::Server && window.end_ms > now {
+        return Err(ApiError::invalid(
+            "with SERVER_TIMESTAMP, EndTimestamp must be in the past",
+        ));
+    }
+    let (info, fragments) = state.store.fragments(
+        req.stream.stream_name.as_deref(),
+        req.stream.stream_arn.as_deref(),
+        now,
+    )?;
+    if info.retention_hours == 0 {
+        return Err(ApiError::new(
+            400,
+            "NoDataRetentionException",
+            format!("stream {} has no data retention", info.name),
+        ));
+    }
+    let mut selected: Vec<&FragmentMeta> =
+        fragments.iter().filter(|f| window.contains(f)).collect();
+    selected.sort_by_key(|f| (f.producer_ms, f.number.clone()));
+    if selected.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "No fragments found in the requested range of stream {}",
+            info.name
+        )));
+    }
+    // Like AWS: only the first 200 fragments or 100 MB of the range.
+    let mut total = 0;
+    let selected: Vec<&FragmentMeta> = selected
+        .into_iter()
+        .take(GET_CLIP_MAX_FRAGMENTS)
+        .take_while(|f| {
+            total += f.size;
+            total <= GET_CLIP_MAX_BYTES
+        })
+        .collect();
+    let (mp4, _) = build_clip(state, &info, &selected)?;
+    Ok(respond(StatusCode::OK, "video/mp4", mp4))
+}
+
+/// Concatenates the selected fragments' video frames into one MP4. The clip stops where the
+/// codec settings change (a new session header), as one MP4 has one sample description.
+fn build_clip(
+    state: &State,
+    info: &StreamInfo,
+    selected: &[&FragmentMeta],
+) -> Result<(Vec<u8>, usize), ApiError> {
+    let mut first_header: Option<std::sync::Arc<SessionHeader>> = None;
+    let mut bodies = Vec::new();
+    for meta in selected {
+        let (body, header) = state.store.read_fragment(info, meta)?;
+        match &first_header {
+            None => first_header = Some(header.clone()),
+            Some(h) if h.tracks != header.tracks => break,
+            Some(_) => {}
+        }
+        bodies.push((body, header));
+    }
+    let header = first_header.ok_or_else(|| ApiError::not_found("no fragments"))?;
+    let track = header.video_track().ok_or_else(|| {
+        ApiError::new(
+            400,
+            "UnsupportedStreamMediaTypeException",
+            "the stream has no video track",
+        )
+    })?;
+    if track.codec_id != "V_MPEG4/ISO/AVC" {
+        return Err(ApiError::new(
+            400,
+            "UnsupportedStreamMediaTypeException",
+            format!(
+                "codec {} is not supported by GetClip in kvs-local (H.264 only)",
+                track.codec_id
+            ),
+        ));
+    }
+    if track.codec_private.is_empty() {
+        return Err(ApiError::new(
+            400,
+            "MissingCodecPrivateDataException",
+            "the video track has no codec private data",
+        ));
+    }
+    check_avcc(&track.codec_private).map_err(|e| {
+        ApiError::new(
+            400,
+            "InvalidCodecPrivateDataException",
+            format!("invalid codec private data: {e}"),
+        )
+    })?;
+    let scale = header.timecode_scale_ns;
+    let mut samples = Vec::new();
+    for (meta, (body, _)) in selected.iter().zip(&bodies) {
+        let frames = ingest::frames_of_body(body, scale, meta.producer_ms)
+            .map_err(|e| ApiError::new(400, "InvalidMediaFrameException", e.to_string()))?;
+        for f in frames.into_iter().filter(|f| f.track == track.number) {
+            samples.push(mp4::Sample {
+                pts_ms: f.timestamp_ms,
+                keyframe: f.keyframe,
+                data: &body[f.offset..f.offset + f.len],
+            });
+        }
+    }
+    if samples.is_empty() {
+        return Err(ApiError::new(
+            400,
+            "InvalidMediaFrameException",
+            "no video frames in the range",
+        ));
+    }
+    let video = mp4::VideoTrack {
+        width: track.width as u32,
+        height: track.height as u32,
+        avcc: &track.codec_private,
+    };
+    Ok((mp4::write(&video, &samples), bodies.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avcc_checks() {
+        assert!(check_avcc(&[]).is_err());
+        assert!(
+            check_avcc(&[1, 77, 0, 30, 0xFF, 0xE0, 0])
+                .unwrap_err()
+                .contains("no SPS")
+        );
+        let good = [1, 77, 0, 30, 0xFF, 0xE1, 0, 2, 0x67, 0x4D, 1, 0, 1, 0x68];
+        assert_eq!(check_avcc(&good), Ok(()));
+        assert!(check_avcc(&good[..good.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! PutMedia: one long-lived chunked POST per session. The body is parsed as it arrives
+//! (`ingest`), and acks stream back on the response *while the upload is still running*:
+//! BUFFERING when a fragment starts, RECEIVED when it is complete, PERSISTED once it is
+//! fsynced, IDLE while no data flows, ERROR (then the session ends) on a rule violation.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+use crate::ingest::{ErrorId, Event, Ingest, IngestError, TimecodeType};
+use crate::server::{Body, State, error_response};
+use crate::sigv4;
+
+/// What the ack writer sends: an ack line, or an abort of the connection (fault injection).
+enum Out {
+    Ack(Bytes),
+    Abort,
+}
+
+/// Queues acks for the response, each delayed by the `ack_delay_ms` fault.
+struct Acks {
+    tx: mpsc::Sender<(Instant, Out)>,
+    delay: Duration,
+}
+
+impl Acks {
+    async fn send(&self, ack: Value) {
+        let mut line = ack.to_string().into_bytes();
+        line.push(b'\n');
+        let _ = self
+            .tx
+            .send((Instant::now() + self.delay, Out::Ack(line.into())))
+            .await;
+    }
+
+    async fn abort(&self) {
+        let _ = self.tx.send((Instant::now(), Out::Abort)).await;
+    }
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    match start(&state, &req) {
+        Ok((name, mode, last_ms, retention, acks_wanted)) => {
+            let (out_tx, out_rx) = mpsc::channel::<Result<Bytes, io::Error>>(64);
+            let (ack_tx, ack_rx) = mpsc::channel(256);
+            tokio::spawn(write_acks(ack_rx, out_tx));
+            let acks = Acks {
+                tx: ack_tx,
+                delay: Duration::from_millis(state.faults.get().ack_delay_ms),
+            };
+            let body = req.into_body();
+            tokio::spawn(async move {
+                session(
+                    state.clone(),
+                    &name,
+                    body,
+                    mode,
+                    last_ms,
+                    retention,
+                    acks_wanted,
+                    acks,
+                )
+                .await;
+                state.store.end_put_media(&name);
+            });
+            let mut resp = Response::new(Body::Channel(out_rx));
+            *resp.status_mut() = StatusCode::OK;
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().expect("static"));
+            resp
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+type Start = (String, TimecodeType, Option<i64>, u32, bool);
+
+/// Everything that can fail before streaming starts, answered as an HTTP error.
+fn start(state: &State, req: &Request<Incoming>) -> Result<Start, ApiError> {
+    let request = sigv4::Request {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or(""),
+        headers: req.headers(),
+    };
+    sigv4::verify(
+        &request,
+        sigv4::Payload::Streaming,
+        &state.cfg.credentials,
+        "kinesisvideo",
+        Utc::now(),
+    )
+    .map_err(|e| ApiError::new(403, e.error_type(), e.to_string()))?;
+    state.faults.check("PutMedia", state.now_ms())?;
+    let name = header(req, "x-amzn-stream-name");
+    let arn = header(req, "x-amzn-stream-arn");
+    if name.is_none() && arn.is_none() {
+        return Err(ApiError::invalid(
+            "x-amzn-stream-name or x-amzn-stream-arn is required",
+        ));
+    }
+    let producer_start_ms = match header(req, "x-amzn-producer-start-timestamp") {
+        Some(v) => Some(
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| (s * 1000.0).round() as i64)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "x-amzn-producer-start-timestamp {v:?} is not epoch seconds"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let mode = match header(req, "x-amzn-fragment-timecode-type") {
+        Some("ABSOLUTE") => TimecodeType::Absolute,
+        Some("RELATIVE") => TimecodeType::Relative {
+            producer_start_ms: producer_start_ms.ok_or_else(|| {
+                ApiError::invalid("RELATIVE timecodes need x-amzn-producer-start-timestamp")
+            })?,
+        },
+        other => {
+            return Err(ApiError::invalid(format!(
+                "x-amzn-fragment-timecode-type must be ABSOLUTE or RELATIVE, got {other:?}"
+            )));
+        }
+    };
+    let acks_wanted = header(req, "x-amzn-fragment-acknowledgment-required") != Some("0");
+    let session = state.store.begin_put_media(name, arn)?;
+    Ok((
+        session.name,
+        mode,
+        session.last_ms,
+        session.retention_hours,
+        acks_wanted,
+    ))
+}
+
+async fn write_acks(
+    mut rx: mpsc::Receiver<(Instant, Out)>,
+    tx: mpsc::Sender<Result<Bytes, io::Error>>,
+) {
+    while let Some((due, out)) = rx.recv().await {
+        sleep_until(due).await;
+        let item = match out {
+            Out::Ack(line) => Ok(line),
+            Out::Abort => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection dropped (fault injection)",
+            )),
+        };
+        let abort = item.is_err();
+        if tx.send(item).await.is_err() || abort {
+            break;
+        }
+    }
+}
+
+fn ack(event: &str, timecode_ms: i64, number: &str) -> Value {
+    json!({ "EventType": event, "FragmentTimecode": timecode_ms, "FragmentNumber": number })
+}
+
+fn error_ack(e: &IngestError, number: Option<&str>) -> Value {
+    let mut v = json!({ "EventType": "ERROR", "ErrorId": e.id as u32, "ErrorCode": e.id.code() });
+    if let Some(tc) = e.timecode_ms {
+        v["FragmentTimecode"] = json!(tc);
+    }
+    if let Some(n) = number {
+        v["FragmentNumber"] = json!(n);
+    }
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    state: Arc<State>,
+    name: &str,
+    mut body: Incoming,
+    mode: TimecodeType,
+    last_ms: Option<i64>,
+    retention_hours: u32,
+    acks_wanted: bool,
+    acks: Acks,
+) {
+    let cfg = &state.cfg;
+    let mut ingest = Ingest::new(mode, cfg.limits.clone(), last_ms);
+    let faults = state.faults.get();
+    let started = Instant::now();
+    let mut last_data = Instant::now();
+    let mut last_idle_ack = last_data;
+    let mut received: u64 = 0;
+    let mut fragments: u32 = 0;
+    let mut number: Option<String> = None;
+    let mut events = Vec::new();
+    info!(stream = name, "PutMedia session started");
+    let outcome: Result<(), IngestError> = 'session: loop {
+        let idle_deadline = last_data.max(last_idle_ack) + cfg.idle_ack_interval;
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = sleep_until(idle_deadline) => {
+                if last_data.elapsed() >= cfg.idle_timeout {
+                    info!(stream = name, "PutMedia session idle for {:?}: closing", cfg.idle_timeout);
+                    break Ok(());
+                }
+                if acks_wanted {
+                    acks.send(json!({ "EventType": "IDLE" })).await;
+                }
+                last_idle_ack = Instant::now();
+                continue;
+            }
+        };
+        if started.elapsed() > cfg.max_connection {
+            break Err(IngestError {
+                id: ErrorId::MaxConnectionDurationReached,
+                timecode_ms: None,
+                detail: format!("the connection is older than {:?}", cfg.max_connection),
+            });
+        }
+        let end = match frame {
+            None => true,
+            Some(Err(e)) => {
+                warn!(stream = name, "PutMedia body error: {e}");
+                break Ok(());
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                last_data = Instant::now();
+                received += data.len() as u64;
+                if let Err(e) = ingest.push(&data, &mut events) {
+                    break Err(e);
+                }
+                if faults
+                    .drop_put_media_after_bytes
+                    .is_some_and(|n| received >= n)
+                {
+                    info!(
+                        stream = name,
+                        "dropping the PutMedia connection after {received} bytes (fault injection)"
+                    );
+                    acks.abort().await;
+                    return;
+                }
+                false
+            }
+        };
+        if end && let Err(e) = ingest.finish(&mut events) {
+            break Err(e);
+        }
+        for event in events.drain(..) {
+            match event {
+                Event::FragmentStarted { timecode_ms } => {
+                    let n = match state.store.next_fragment_number(name) {
+                        Ok(n) => n,
+                        Err(e) => break 'session Err(internal(e)),
+                    };
+                    if acks_wanted {
+                        acks.send(ack("BUFFERING", timecode_ms, &n)).await;
+                    }
+                    number = Some(n);
+                }
+                Event::FragmentComplete(fragment) => {
+                    let n = number.take().unwrap_or_default();
+                    if let Some(f) = faults
+                        .put_media_error
+                        .as_ref()
+                        .filter(|f| fragments >= f.after_fragments)
+                    {
+                        let id = ErrorId::from_id(f.error_id).unwrap_or(ErrorId::InternalError);
+                        let e = IngestError {
+                            id,
+                            timecode_ms: Some(fragment.timecode_ms),
+                            detail: "injected fault".into(),
+                        };
+                        acks.send(error_ack(&e, Some(&n))).await;
+                        return;
+                    }
+                    if acks_wanted {
+                        acks.send(ack("RECEIVED", fragment.timecode_ms, &n)).await;
+                    }
+                    if retention_hours == 0 {
+                        // No archive: the fragment is accepted but never PERSISTED.
+                        state.store.note_unstored(name, fragment.last_ms);
+                    } else {
+                        let server_ms = state.now_ms();
+                        let (st, stream, num, timecode_ms) = (
+                            state.clone(),
+                            name.to_string(),
+                            n.clone(),
+                            fragment.timecode_ms,
+                        );
+                        let stored = tokio::task::spawn_blocking(move || {
+                            st.store.persist(&stream, &num, &fragment, server_ms)
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(ApiError::internal(format!("storing panicked: {e}")))
+                        });
+                        if let Err(e) = stored {
+                            warn!(stream = name, "storing fragment {n}: {e}");
+                            let e = IngestError {
+                                id: ErrorId::ArchivalError,
+                                timecode_ms: Some(timecode_ms),
+                                detail: e.message,
+                            };
+                            break 'session Err(e);
+                        }
+                        if acks_wanted {
+                            acks.send(ack("PERSISTED", timecode_ms, &n)).await;
+                        }
+                    }
+                    fragments += 1;
+                }
+            }
+        }
+        if end {
+            break Ok(());
+        }
+    };
+    match outcome {
+        Ok(()) => info!(
+            stream = name,
+            fragments,
+            bytes = received,
+            "PutMedia session ended"
+        ),
+        Err(e) => {
+            warn!(
+                stream = name,
+                fragments,
+                bytes = received,
+                "PutMedia session failed: {e}"
+            );
+            acks.send(error_ack(&e, number.as_deref())).await;
+        }
+    }
+}
+
+fn internal(e: ApiError) -> IngestError {
+    IngestError {
+        id: ErrorId::InternalError,
+        timecode_ms: None,
+        detail: e.message,
+    }
+}

@@ -1,0 +1,444 @@
+//! The HTTP server: accepts connections (or refuses them under fault injection), routes each
+//! request to its operation, verifies SigV4 in front of every operation, answers errors in
+//! the rest-json shape and logs one line per request.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+use crate::faults::{FaultState, Faults};
+use crate::ingest::Limits;
+use crate::sigv4::{self, Credentials};
+use crate::store::Store;
+use crate::{archived, control, putmedia};
+
+/// The well-known test credentials kvs-local accepts by default.
+pub const DEFAULT_ACCESS_KEY: &str = "kvslocal";
+pub const DEFAULT_SECRET_KEY: &str = "kvslocal-secret";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen; port 0 picks a free port (see `Server::addr`).
+    pub listen: SocketAddr,
+    /// An optional second listener for the admin API only, unaffected by `refuse_connections`.
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub credentials: Vec<Credentials>,
+    pub account_id: String,
+    pub limits: Limits,
+    /// PutMedia: an IDLE ack after this long without data.
+    pub idle_ack_interval: Duration,
+    /// PutMedia: the service closes a session that sends no data for this long (30 s in AWS).
+    pub idle_timeout: Duration,
+    /// PutMedia: sessions older than this end with error 4003 (about 45 min in AWS).
+    pub max_connection: Duration,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen,
+            admin_listen: None,
+            data_dir: data_dir.into(),
+            credentials: vec![Credentials {
+                access_key: DEFAULT_ACCESS_KEY.into(),
+                secret_key: DEFAULT_SECRET_KEY.into(),
+            }],
+            account_id: "000000000000".into(),
+            limits: Limits::default(),
+            idle_ack_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_connection: Duration::from_secs(45 * 60),
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub cfg: Config,
+    pub store: Store,
+    pub faults: FaultState,
+    /// This server's own URL: what GetDataEndpoint returns.
+    pub url: String,
+}
+
+impl State {
+    /// The data clock: wall time shifted by the `clock_offset_ms` fault.
+    pub fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis() + self.faults.get().clock_offset_ms
+    }
+}
+
+/// A running kvs-local. Dropping it (or `stop`) ends the server and its connections.
+pub struct Server {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let admin = match cfg.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding the admin listener {a}"))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let store = Store::open(&cfg.data_dir, &cfg.account_id)
+            .map_err(|e| anyhow::anyhow!("opening the data dir {}: {e}", cfg.data_dir.display()))?;
+        let state = Arc::new(State {
+            url: format!("http://{addr}"),
+            cfg,
+            store,
+            faults: FaultState::default(),
+        });
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(
+            Some(listener),
+            addr,
+            state.clone(),
+            shutdown.subscribe(),
+            false,
+        ));
+        if let Some(admin) = admin {
+            let admin_addr = admin.local_addr()?;
+            tasks.spawn(accept_loop(
+                Some(admin),
+                admin_addr,
+                state.clone(),
+                shutdown.subscribe(),
+                true,
+            ));
+        }
+        Ok(Server {
+            addr,
+            admin_addr,
+            state,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the endpoint URL for SDK clients.
+    pub fn url(&self) -> String {
+        self.state.url.clone()
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.state.faults.get()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.faults.set(faults);
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_loop(
+    mut listener: Option<TcpListener>,
+    addr: SocketAddr,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+    admin_only: bool,
+) {
+    let mut refuse = state.faults.refuse_watch();
+    let mut connections = JoinSet::new();
+    loop {
+        let refusing = !admin_only && *refuse.borrow_and_update();
+        if refusing && listener.is_some() {
+            info!("refusing connections on {addr} (fault injection)");
+            listener = None;
+        }
+        if !refusing && listener.is_none() {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!("accepting connections on {addr} again");
+                    listener = Some(l);
+                }
+                Err(e) => {
+                    warn!("re-binding {addr}: {e}; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            accepted = async { listener.as_ref().expect("bound").accept().await }, if listener.is_some() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(route(state, req, admin_only).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = refuse.changed() => {}
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// Response bodies: whole buffers for JSON and media, a channel for PutMedia's ack stream.
+pub(crate) enum Body {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+}
+
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::Full(Some(body.into())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        "content-type",
+        content_type.parse().expect("valid content type"),
+    );
+    resp
+}
+
+pub(crate) fn json<T: Serialize>(value: &T) -> Response<Body> {
+    respond(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_vec(value).expect("serializable"),
+    )
+}
+
+pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
+    let body = serde_json::json!({ "message": e.message });
+    let mut resp = respond(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "application/json",
+        body.to_string(),
+    );
+    if let Ok(v) = e.error_type.parse() {
+        resp.headers_mut().insert("x-amzn-errortype", v);
+    }
+    resp
+}
+
+/// Parses a JSON request body, naming the offending field on error.
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+}
+
+/// Maps a request path to its operation name.
+fn operation(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/createStream" => "CreateStream",
+        "/describeStream" => "DescribeStream",
+        "/listStreams" => "ListStreams",
+        "/deleteStream" => "DeleteStream",
+        "/tagStream" => "TagStream",
+        "/untagStream" => "UntagStream",
+        "/listTagsForStream" => "ListTagsForStream",
+        "/updateDataRetention" => "UpdateDataRetention",
+        "/getDataEndpoint" => "GetDataEndpoint",
+        "/putMedia" => "PutMedia",
+        "/listFragments" => "ListFragments",
+        "/getClip" => "GetClip",
+        "/getMediaForFragmentList" => "GetMediaForFragmentList",
+        _ => return None,
+    })
+}
+
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
+async fn route(state: Arc<State>, req: Request<Incoming>, admin_only: bool) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (op, resp) = if path.starts_with("/_kvs-local/") {
+        ("admin", admin(&state, req).await)
+    } else if admin_only {
+        ("-", error_response(&ApiError::unknown_operation(&path)))
+    } else {
+        match operation(&path) {
+            Some(op) if method == hyper::Method::POST => (op, dispatch(&state, op, req).await),
+            Some(op) => (
+                op,
+                error_response(&ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    format!("{op} takes POST"),
+                )),
+            ),
+            None => ("-", error_response(&ApiError::unknown_operation(&path))),
+        }
+    };
+    let error = resp
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    info!(
+        "{method} {path} {op} -> {} {error} ({} ms)",
+        resp.status().as_u16(),
+        started.elapsed().as_millis()
+    );
+    resp
+}
+
+async fn dispatch(state: &Arc<State>, op: &'static str, req: Request<Incoming>) -> Response<Body> {
+    if op == "PutMedia" {
+        return putmedia::handle(state.clone(), req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_JSON_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(&ApiError::invalid(format!("reading the request body: {e}")));
+        }
+    };
+    let request = sigv4::Request {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+    };
+    let scope = match sigv4::verify(
+        &request,
+        sigv4::Payload::Known(&body),
+        &state.cfg.credentials,
+        "kinesisvideo",
+        Utc::now(),
+    ) {
+        Ok(scope) => scope,
+        Err(e) => return error_response(&ApiError::new(403, e.error_type(), e.to_string())),
+    };
+    if let Err(e) = state.faults.check(op, state.now_ms()) {
+        return error_response(&e);
+    }
+    let result = match op {
+        "ListFragments" | "GetClip" | "GetMediaForFragmentList" => {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || archived::handle(&state, op, &body))
+                .await
+                .unwrap_or_else(|e| Err(ApiError::internal(format!("handler panicked: {e}"))))
+        }
+        _ => control::handle(state, op, &body, &scope.region),
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn admin(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/_kvs-local/health") => {
+            json(&serde_json::json!({ "status": "ok", "streams": state.store.list().len() }))
+        }
+        ("GET", "/_kvs-local/faults") => json(&state.faults.get()),
+        ("DELETE", "/_kvs-local/faults") => {
+            state.faults.set(Faults::default());
+            json(&state.faults.get())
+        }
+        ("PUT", "/_kvs-local/faults") => {
+            let body = match Limited::new(req.into_body(), MAX_JSON_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return error_response(&ApiError::invalid(format!(
+                        "reading the request body: {e}"
+                    )));
+                }
+            };
+            match parse::<Faults>(&body) {
+                Ok(f) => {
+                    info!("faults set: {}", String::from_utf8_lossy(&body));
+                    state.faults.set(f);
+                    json(&state.faults.get())
+                }
+                Err(e) => error_response(&e),
+            }
+        }
+        _ => error_response(&ApiError::unknown_operation(&path)),
+    }
+}
+
+/// JSON timestamps in the rest-json protocol: epoch seconds with fractional milliseconds.
+pub(crate) fn epoch_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+pub(crate) fn ms_from_epoch_seconds(field: &str, v: &serde_json::Value) -> Result<i64, ApiError> {
+    v.as_f64()
+        .filter(|s| s.is_finite())
+        .map(|s| (s * 1000.0).round() as i64)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{field} must be a timestamp in epoch seconds, got {v}"
+            ))
+        })
+}
