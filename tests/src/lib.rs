@@ -1,1 +1,368 @@
-//! Helpers for the end-to-end tests (see tests/tests/).
+//! Helpers for the end-to-end tests in `tests/tests/`: start kvs-local in-process on a free
+//! loopback port, encode real H.264 with GStreamer, turn it into KVS Matroska with the
+//! agent's fragmenter, stream it with the agent's PutMedia client, and run the third-party
+//! checkers (ffprobe, mkvinfo, boto3 from the project's venv).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use aws_credential_types::Credentials;
+use bytes::Bytes;
+use kvs_edge_agent::h264;
+use kvs_edge_agent::mkv::{self, AccessUnit, Fragmenter, FragmenterConfig, TrackSpec};
+use kvs_edge_agent::putmedia::{Ack, AckEvent, Session, SessionParams};
+pub use kvs_local::{Config, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, Faults, Server};
+
+pub const REGION: &str = "us-east-1";
+
+/// A kvs-local on a free loopback port with its data in a fresh temporary directory.
+pub struct Local {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+}
+
+impl Local {
+    pub async fn start() -> Result<Local> {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Result<Local> {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = Config::new("127.0.0.1:0".parse()?, dir.path());
+        tweak(&mut cfg);
+        let server = Server::start(cfg).await?;
+        Ok(Local { server, dir })
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn control(&self) -> aws_sdk_kinesisvideo::Client {
+        kvs_client(&self.url(), DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY)
+    }
+
+    pub fn archived(&self) -> aws_sdk_kinesisvideoarchivedmedia::Client {
+        archived_client(&self.url())
+    }
+}
+
+fn credentials(access_key: &str, secret_key: &str) -> aws_sdk_kinesisvideo::config::Credentials {
+    aws_sdk_kinesisvideo::config::Credentials::new(
+        access_key,
+        secret_key,
+        None,
+        None,
+        "kvs-edge-tests",
+    )
+}
+
+/// The official AWS SDK for Rust KVS control-plane client, pointed at `url`.
+pub fn kvs_client(url: &str, access_key: &str, secret_key: &str) -> aws_sdk_kinesisvideo::Client {
+    let cfg = aws_sdk_kinesisvideo::Config::builder()
+        .behavior_version(aws_sdk_kinesisvideo::config::BehaviorVersion::latest())
+        .region(aws_sdk_kinesisvideo::config::Region::new(REGION))
+        .endpoint_url(url)
+        .credentials_provider(credentials(access_key, secret_key))
+        .build();
+    aws_sdk_kinesisvideo::Client::from_conf(cfg)
+}
+
+/// The official AWS SDK for Rust archived-media client, pointed at a data endpoint.
+pub fn archived_client(url: &str) -> aws_sdk_kinesisvideoarchivedmedia::Client {
+    let cfg = aws_sdk_kinesisvideoarchivedmedia::Config::builder()
+        .behavior_version(aws_sdk_kinesisvideoarchivedmedia::config::BehaviorVersion::latest())
+        .region(aws_sdk_kinesisvideoarchivedmedia::config::Region::new(
+            REGION,
+        ))
+        .endpoint_url(url)
+        .credentials_provider(aws_sdk_kinesisvideoarchivedmedia::config::Credentials::new(
+            DEFAULT_ACCESS_KEY,
+            DEFAULT_SECRET_KEY,
+            None,
+            None,
+            "kvs-edge-tests",
+        ))
+        .build();
+    aws_sdk_kinesisvideoarchivedmedia::Client::from_conf(cfg)
+}
+
+/// Real H.264 from GStreamer (videotestsrc → x264enc), split into access units.
+pub struct Encoded {
+    pub codec_private: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    /// AVCC samples and keyframe flags, in decode order (no B-frames).
+    pub frames: Vec<(bool, Vec<u8>)>,
+    pub fps: u32,
+}
+
+impl Encoded {
+    /// Encodes `frames` pictures at `fps` with a keyframe every `gop` frames.
+    pub fn gstreamer(frames: u32, fps: u32, gop: u32, width: u32, height: u32) -> Result<Encoded> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("video.h264");
+        let pipeline = format!(
+            "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 \
+             ! timeoverlay ! x264enc key-int-max={gop} bframes=0 tune=zerolatency speed-preset=ultrafast \
+             ! video/x-h264,profile=main,stream-format=byte-stream,alignment=au ! filesink location={}",
+            file.display()
+        );
+        let out = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(pipeline.split_whitespace())
+            .output()
+            .context("running gst-launch-1.0 (scripts/install-deps installs GStreamer)")?;
+        ensure!(
+            out.status.success(),
+            "gst-launch-1.0 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::from_annex_b(&std::fs::read(&file)?, fps)
+    }
+
+    pub fn from_annex_b(data: &[u8], fps: u32) -> Result<Encoded> {
+        let nals = h264::split_annex_b(data);
+        let sps = nals
+            .iter()
+            .find(|n| h264::nal_type(n) == h264::NAL_SPS)
+            .context("no SPS in the stream")?;
+        let pps = nals
+            .iter()
+            .find(|n| h264::nal_type(n) == h264::NAL_PPS)
+            .context("no PPS in the stream")?;
+        let codec_private = h264::avcc_record(sps, pps)?;
+        let info = h264::validate_avcc(&codec_private)?;
+        let frames = h264::access_units(&nals)
+            .iter()
+            .map(|au| {
+                (
+                    au.iter().any(|n| h264::nal_type(n) == h264::NAL_IDR),
+                    h264::avcc_sample(au),
+                )
+            })
+            .collect();
+        Ok(Encoded {
+            codec_private,
+            width: info.width,
+            height: info.height,
+            frames,
+            fps,
+        })
+    }
+
+    pub fn track(&self) -> TrackSpec {
+        TrackSpec::h264(self.codec_private.clone(), self.width, self.height)
+    }
+
+    /// Access units timed from `start_ms` (epoch ms) at the encoded frame rate.
+    pub fn access_units(&self, start_ms: i64) -> Vec<AccessUnit> {
+        let step = 1000.0 / f64::from(self.fps);
+        self.frames
+            .iter()
+            .enumerate()
+            .map(|(i, (key, data))| AccessUnit {
+                pts_ms: start_ms + (i as f64 * step).round() as i64,
+                keyframe: *key,
+                data: data.clone(),
+            })
+            .collect()
+    }
+
+    /// The session header and fragments the agent's fragmenter makes of this video.
+    pub fn fragments(
+        &self,
+        start_ms: i64,
+        target_ms: i64,
+    ) -> Result<(Vec<u8>, Vec<mkv::Fragment>)> {
+        let header = mkv::session_header([7; 16], &[self.track()], "kvs-edge-tests");
+        let mut f = Fragmenter::new(FragmenterConfig {
+            target_ms,
+            max_ms: 10_000,
+        });
+        let mut out = Vec::new();
+        for au in self.access_units(start_ms) {
+            out.extend(f.push(au)?);
+        }
+        out.extend(f.flush());
+        Ok((header, out))
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+pub fn session_params(url: &str, stream: &str) -> SessionParams {
+    SessionParams {
+        endpoint: url.to_string(),
+        stream_name: stream.to_string(),
+        region: REGION.to_string(),
+        credentials: Credentials::new(
+            DEFAULT_ACCESS_KEY,
+            DEFAULT_SECRET_KEY,
+            None,
+            None,
+            "kvs-edge-tests",
+        ),
+        producer_start: SystemTime::now(),
+        user_agent: "kvs-edge-tests".into(),
+    }
+}
+
+/// Streams `chunks` in one PutMedia session, ends the upload and collects every ack until
+/// the service closes the response (bounded by `timeout`).
+pub async fn put_media(
+    url: &str,
+    stream: &str,
+    chunks: Vec<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Vec<Ack>> {
+    put_media_with(session_params(url, stream), chunks, timeout).await
+}
+
+pub async fn put_media_with(
+    params: SessionParams,
+    chunks: Vec<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Vec<Ack>> {
+    tokio::time::timeout(timeout, async move {
+        let mut session = Session::open(&params, Duration::from_secs(5)).await?;
+        for chunk in chunks {
+            // The service may end the session early (an ERROR ack); keep reading acks then.
+            if session.send(Bytes::from(chunk)).await.is_err() {
+                break;
+            }
+        }
+        session.finish_upload();
+        let mut acks = Vec::new();
+        while let Some(ack) = session.next_ack().await {
+            match ack {
+                Ok(a) => acks.push(a),
+                Err(e) => {
+                    acks.push(Ack {
+                        event_type: AckEvent::Error,
+                        fragment_timecode: None,
+                        fragment_number: None,
+                        error_id: None,
+                        error_code: Some(format!("client: {e}")),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(acks)
+    })
+    .await
+    .context("PutMedia session did not finish in time")?
+}
+
+/// The acks of one kind, in order.
+pub fn acks_of(acks: &[Ack], kind: AckEvent) -> Vec<&Ack> {
+    acks.iter().filter(|a| a.event_type == kind).collect()
+}
+
+/// Creates a stream with retention through the SDK.
+pub async fn create_stream(
+    client: &aws_sdk_kinesisvideo::Client,
+    name: &str,
+    retention_hours: i32,
+) -> Result<String> {
+    let out = client
+        .create_stream()
+        .stream_name(name)
+        .media_type("video/h264")
+        .data_retention_in_hours(retention_hours)
+        .send()
+        .await
+        .with_context(|| format!("CreateStream {name}"))?;
+    out.stream_arn.context("no StreamARN")
+}
+
+/// `ffprobe` of a media file: (codec, width, height, duration in seconds, frame count).
+pub fn ffprobe(path: &Path) -> Result<(String, u32, u32, f64, u64)> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
+        .arg(path)
+        .output()
+        .context("running ffprobe (scripts/install-deps installs ffmpeg)")?;
+    if !out.status.success() {
+        bail!(
+            "ffprobe rejected {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let s = &v["streams"][0];
+    let num = |x: &serde_json::Value| {
+        x.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .or_else(|| x.as_f64())
+    };
+    Ok((
+        s["codec_name"].as_str().unwrap_or_default().to_string(),
+        s["width"].as_u64().unwrap_or(0) as u32,
+        s["height"].as_u64().unwrap_or(0) as u32,
+        num(&v["format"]["duration"]).unwrap_or(0.0),
+        s["nb_read_frames"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+    ))
+}
+
+/// `mkvinfo --all` (mkvtoolnix) output of a Matroska file; fails if mkvinfo reports an error.
+pub fn mkvinfo(path: &Path) -> Result<String> {
+    let out = Command::new("mkvinfo")
+        .arg("--all")
+        .arg(path)
+        .output()
+        .context("running mkvinfo (scripts/install-deps installs mkvtoolnix)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success() && !text.contains("Error:"),
+        "mkvinfo rejected {}: {text}",
+        path.display()
+    );
+    Ok(text)
+}
+
+/// The project's Python venv (created by scripts/install-deps).
+pub fn venv_python() -> Result<PathBuf> {
+    let cache = std::env::var_os("KVS_EDGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kvs-edge")
+        });
+    let python = cache.join("venv/bin/python");
+    ensure!(
+        python.exists(),
+        "{} is missing: run scripts/install-deps",
+        python.display()
+    );
+    Ok(python)
+}
+
+/// The repository root (for scripts and fixtures).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
