@@ -1,0 +1,399 @@
+//! PutMedia rule violations get the real KVS ErrorIds, HTTP-level failures the real error
+//! types, and injected faults behave as documented; the server never wedges.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvs_edge_agent::mkv::{self, TrackSpec};
+use kvs_edge_agent::putmedia::{AckEvent, PutMediaError, Session};
+use kvs_edge_tests::*;
+use kvs_local::ebml;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A hand-made Cluster: (track, relative ms, keyframe) blocks with tiny payloads.
+fn cluster(timecode_ms: i64, blocks: &[(u8, i16, bool)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    ebml::write_uint(&mut body, ebml::TIMECODE, timecode_ms as u64);
+    for &(track, rel, key) in blocks {
+        let mut b = vec![0x80 | track];
+        b.extend_from_slice(&rel.to_be_bytes());
+        b.push(if key { 0x80 } else { 0 });
+        b.extend_from_slice(&[0, 0, 0, 2, 0x65, 0x88]);
+        ebml::write_element(&mut body, ebml::SIMPLE_BLOCK, &b);
+    }
+    let mut out = Vec::new();
+    ebml::write_element(&mut out, ebml::CLUSTER, &body);
+    out
+}
+
+fn header(tracks: usize) -> Vec<u8> {
+    let video = Encoded::from_annex_b(&annex_b_stub(), 25).expect("stub parses");
+    let specs: Vec<TrackSpec> = (1..=tracks as u64)
+        .map(|n| TrackSpec {
+            number: n,
+            uid: n,
+            ..video.track()
+        })
+        .collect();
+    mkv::session_header([1; 16], &specs, "kvs-edge-tests")
+}
+
+/// A minimal real SPS/PPS pair (x264, 320x240) and one IDR slice, as Annex B.
+fn annex_b_stub() -> Vec<u8> {
+    let sps = [
+        0x67, 0x4D, 0x40, 0x15, 0xD9, 0x01, 0x41, 0xFB, 0x01, 0x6A, 0x0C, 0x0C, 0x0D, 0x4A, 0x00,
+        0x00, 0x03, 0x00, 0x02, 0x00, 0x00, 0x03, 0x00, 0x65, 0x1E, 0x2C, 0x5C, 0x90,
+    ];
+    [
+        &[0, 0, 0, 1][..],
+        &sps,
+        &[0, 0, 0, 1, 0x68, 0xEB, 0xCC, 0xB2],
+        &[0, 0, 0, 1, 0x65, 0x88, 0x84],
+    ]
+    .concat()
+}
+
+async fn errors_for(local: &Local, stream: &str, body: Vec<u8>) -> Vec<(u32, String)> {
+    let acks = put_media(&local.url(), stream, vec![body], T)
+        .await
+        .expect("session runs");
+    acks_of(&acks, AckEvent::Error)
+        .iter()
+        .map(|a| {
+            (
+                a.error_id.unwrap_or(0),
+                a.error_code.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rule_violations_get_their_error_ids() -> anyhow::Result<()> {
+    let local = Local::start_with(|c| c.limits.max_fragment_bytes = 64 * 1024).await?;
+    let kvs = local.control();
+    let t0 = now_ms() - 600_000;
+    let mut n = 0;
+    let mut next_stream = || {
+        n += 1;
+        format!("s{n}")
+    };
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "first frame not a keyframe",
+            [header(1), cluster(t0, &[(1, 0, false)])].concat(),
+            4006,
+        ),
+        (
+            "garbage instead of MKV",
+            b"this is not matroska at all".to_vec(),
+            4006,
+        ),
+        (
+            "no segment",
+            [header(1)[..40].to_vec(), cluster(t0, &[(1, 0, true)])].concat(),
+            4006,
+        ),
+        (
+            "cluster before tracks",
+            [header(1)[..52].to_vec(), cluster(t0, &[(1, 0, true)])].concat(),
+            4006,
+        ),
+        (
+            "truncated fragment",
+            {
+                let mut b = [header(1), cluster(t0, &[(1, 0, true), (1, 40, false)])].concat();
+                b.truncate(b.len() - 3);
+                b
+            },
+            4006,
+        ),
+        (
+            "block for an undeclared track",
+            [header(1), cluster(t0, &[(1, 0, true), (2, 40, true)])].concat(),
+            4010,
+        ),
+        (
+            "declared track without frames",
+            [header(2), cluster(t0, &[(1, 0, true)])].concat(),
+            4011,
+        ),
+        (
+            "fragment longer than 20 s",
+            [header(1), cluster(t0, &[(1, 0, true), (1, 21_000, false)])].concat(),
+            4002,
+        ),
+        (
+            "too many tracks",
+            [header(4), cluster(t0, &[(1, 0, true)])].concat(),
+            4012,
+        ),
+        (
+            "second segment",
+            [header(1), cluster(t0, &[(1, 0, true)]), header(1)].concat(),
+            4006,
+        ),
+        (
+            "timecode going backwards",
+            [
+                header(1),
+                cluster(t0, &[(1, 0, true)]),
+                cluster(t0 - 1000, &[(1, 0, true)]),
+            ]
+            .concat(),
+            4004,
+        ),
+    ];
+    for (what, body, id) in cases {
+        let stream = next_stream();
+        create_stream(&kvs, &stream, 1).await?;
+        let errors = errors_for(&local, &stream, body).await;
+        assert_eq!(
+            errors.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [id],
+            "{what}: {errors:?}"
+        );
+    }
+
+    // Fragment metadata: reserved names and more than 10 tags per fragment.
+    let mut tagged = mkv::Fragmenter::new(mkv::FragmenterConfig::default());
+    tagged.tag_next("AWS_SOMETHING", "x");
+    tagged.push(mkv::AccessUnit {
+        pts_ms: t0,
+        keyframe: true,
+        data: vec![0, 0, 0, 1, 0x65],
+    })?;
+    let stream = next_stream();
+    create_stream(&kvs, &stream, 1).await?;
+    let errors = errors_for(
+        &local,
+        &stream,
+        [header(1), tagged.flush().unwrap().bytes].concat(),
+    )
+    .await;
+    assert_eq!(
+        errors,
+        [(4009, "FRAGMENT_METADATA_LIMIT_REACHED".to_string())]
+    );
+
+    // A fragment over the (here lowered) size limit.
+    let big: Vec<(u8, i16, bool)> = (0..8000).map(|i| (1, i as i16 / 10, i == 0)).collect();
+    let stream = next_stream();
+    create_stream(&kvs, &stream, 1).await?;
+    let errors = errors_for(&local, &stream, [header(1), cluster(t0, &big)].concat()).await;
+    assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), [4001]);
+
+    // After all that the server still serves: a good session on a fresh stream works.
+    let stream = next_stream();
+    create_stream(&kvs, &stream, 1).await?;
+    let acks = put_media(
+        &local.url(),
+        &stream,
+        vec![[header(1), cluster(t0, &[(1, 0, true)])].concat()],
+        T,
+    )
+    .await?;
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 1, "{acks:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_level_failures_before_streaming() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "cam", 1).await?;
+
+    let mut params = session_params(&local.url(), "missing");
+    match Session::open(&params, T).await {
+        Err(PutMediaError::Http {
+            status: 404,
+            error_type,
+            ..
+        }) => assert_eq!(error_type, "ResourceNotFoundException"),
+        other => panic!("expected 404, got {:?}", other.err()),
+    }
+    params.stream_name = "cam".into();
+    params.credentials =
+        aws_credential_types::Credentials::new(DEFAULT_ACCESS_KEY, "wrong", None, None, "test");
+    match Session::open(&params, T).await {
+        Err(PutMediaError::Http {
+            status: 403,
+            error_type,
+            ..
+        }) => assert_eq!(error_type, "InvalidSignatureException"),
+        other => panic!("expected 403, got {:?}", other.err()),
+    }
+
+    // One PutMedia connection per stream: a second one while the first is open is refused.
+    let first = Session::open(&session_params(&local.url(), "cam"), T).await?;
+    match Session::open(&session_params(&local.url(), "cam"), T).await {
+        Err(PutMediaError::Http {
+            status: 400,
+            error_type,
+            ..
+        }) => assert_eq!(error_type, "ConnectionLimitExceededException"),
+        other => panic!("expected ConnectionLimitExceeded, got {:?}", other.err()),
+    }
+    drop(first);
+    // Once the first is gone the stream takes a new session (the server notices the close).
+    let acks = tokio::time::timeout(T, async {
+        loop {
+            match put_media(
+                &local.url(),
+                "cam",
+                vec![[header(1), cluster(now_ms() - 1000, &[(1, 0, true)])].concat()],
+                T,
+            )
+            .await
+            {
+                Ok(acks) => break acks,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await?;
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn injected_putmedia_faults() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "cam", 1).await?;
+    let video = Encoded::gstreamer(100, 25, 25, 160, 120)?;
+    let t0 = now_ms() - 300_000;
+    let body = |start: i64| -> anyhow::Result<Vec<u8>> {
+        let (h, frags) = video.fragments(start, 1000)?;
+        Ok(frags.iter().fold(h, |mut b, f| {
+            b.extend_from_slice(&f.bytes);
+            b
+        }))
+    };
+
+    // Refused connections: the client sees a connect error; clearing the fault restores service.
+    local.server.set_faults(Faults {
+        refuse_connections: true,
+        ..Faults::default()
+    });
+    let refused = Session::open(&session_params(&local.url(), "cam"), T).await;
+    assert!(
+        matches!(refused, Err(PutMediaError::Connect { .. })),
+        "{:?}",
+        refused.err()
+    );
+    local.server.set_faults(Faults::default());
+    let acks = tokio::time::timeout(T, async {
+        loop {
+            if let Ok(acks) = put_media(&local.url(), "cam", vec![body(t0)?], T).await {
+                break Ok::<_, anyhow::Error>(acks);
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await??;
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 4);
+
+    // An HTTP error on PutMedia.
+    local.server.set_faults(Faults {
+        http_error: Some(kvs_local::faults::HttpErrorFault {
+            status: 500,
+            error_type: "InternalFailure".into(),
+            message: None,
+            operations: vec!["PutMedia".into()],
+            count: None,
+        }),
+        ..Faults::default()
+    });
+    assert!(matches!(
+        Session::open(&session_params(&local.url(), "cam"), T).await,
+        Err(PutMediaError::Http { status: 500, .. })
+    ));
+
+    // A chosen ErrorId after one fragment.
+    local.server.set_faults(Faults {
+        put_media_error: Some(kvs_local::faults::PutMediaErrorFault {
+            error_id: 5001,
+            after_fragments: 1,
+        }),
+        ..Faults::default()
+    });
+    let acks = put_media(&local.url(), "cam", vec![body(t0 + 10_000)?], T).await?;
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 1);
+    let errors = acks_of(&acks, AckEvent::Error);
+    assert_eq!(
+        (
+            errors.len(),
+            errors[0].error_id,
+            errors[0].error_code.as_deref()
+        ),
+        (1, Some(5001), Some("ARCHIVAL_ERROR"))
+    );
+
+    // Dropped mid-upload: the connection is cut, the cut fragment is never PERSISTED.
+    let upload = body(t0 + 20_000)?;
+    local.server.set_faults(Faults {
+        drop_put_media_after_bytes: Some(upload.len() as u64 / 2),
+        ..Faults::default()
+    });
+    let chunks: Vec<Vec<u8>> = upload.chunks(1000).map(<[u8]>::to_vec).collect();
+    let acks = put_media(&local.url(), "cam", chunks, T).await?;
+    let persisted = acks_of(&acks, AckEvent::Persisted).len();
+    assert!(persisted < 4, "{acks:?}");
+    assert_eq!(
+        acks.last().map(|a| a.event_type),
+        Some(AckEvent::Error),
+        "the client sees the cut: {acks:?}"
+    );
+
+    // Delayed acks still all arrive, in order.
+    local.server.set_faults(Faults {
+        ack_delay_ms: 200,
+        ..Faults::default()
+    });
+    let acks = put_media(&local.url(), "cam", vec![body(t0 + 30_000)?], T).await?;
+    let kinds: Vec<AckEvent> = acks.iter().map(|a| a.event_type).take(3).collect();
+    assert_eq!(
+        kinds,
+        [AckEvent::Buffering, AckEvent::Received, AckEvent::Persisted]
+    );
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_sessions_get_idle_acks_then_are_closed() -> anyhow::Result<()> {
+    let local = Local::start_with(|c| {
+        c.idle_ack_interval = Duration::from_millis(100);
+        c.idle_timeout = Duration::from_millis(700);
+    })
+    .await?;
+    create_stream(&local.control(), "cam", 1).await?;
+    let mut session = Session::open(&session_params(&local.url(), "cam"), T).await?;
+    session
+        .send(Bytes::from(
+            [header(1), cluster(now_ms() - 1000, &[(1, 0, true)])].concat(),
+        ))
+        .await?;
+    // Upload left open and silent: the service must end the response by itself.
+    let acks = tokio::time::timeout(T, async {
+        let mut acks = Vec::new();
+        while let Some(ack) = session.next_ack().await {
+            acks.push(ack.expect("well-formed ack"));
+        }
+        acks
+    })
+    .await?;
+    assert_eq!(
+        acks.first().map(|a| a.event_type),
+        Some(AckEvent::Buffering)
+    );
+    assert!(acks_of(&acks, AckEvent::Idle).len() >= 2, "{acks:?}");
+    assert!(
+        acks_of(&acks, AckEvent::Idle)
+            .iter()
+            .all(|a| a.fragment_timecode.is_none())
+    );
+    // The known-size Cluster was complete on arrival, so it was acked in full before the close.
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 1);
+    Ok(())
+}
