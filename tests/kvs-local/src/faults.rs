@@ -66,33 +66,44 @@ fn applies(operations: &[String], op: &str) -> bool {
     operations.is_empty() || operations.iter().any(|o| o == op)
 }
 
-/// The live fault set plus the counters that one-shot and rate faults need.
+/// The fault set in force plus the counters that counted and rate faults need.
+#[derive(Default)]
+struct Live {
+    faults: Faults,
+    http_errors_sent: u32,
+    /// Per operation: (second, requests in that second).
+    windows: HashMap<String, (i64, u32)>,
+}
+
 pub struct FaultState {
-    faults: Mutex<(Faults, u32, HashMap<String, (i64, u32)>)>,
+    live: Mutex<Live>,
     refuse: watch::Sender<bool>,
 }
 
 impl Default for FaultState {
     fn default() -> Self {
         FaultState {
-            faults: Mutex::new((Faults::default(), 0, HashMap::new())),
+            live: Mutex::new(Live::default()),
             refuse: watch::Sender::new(false),
         }
     }
 }
 
 impl FaultState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn get(&self) -> Faults {
-        self.faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
+        self.lock().faults.clone()
     }
 
     pub fn set(&self, faults: Faults) {
         let refuse = faults.refuse_connections;
-        *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = (faults, 0, HashMap::new());
+        *self.lock() = Live {
+            faults,
+            ..Live::default()
+        };
         self.refuse.send_replace(refuse);
     }
 
@@ -102,13 +113,17 @@ impl FaultState {
 
     /// The error an operation must fail with now, if any (http_error, then throttle).
     pub fn check(&self, op: &str, now_ms: i64) -> Result<(), ApiError> {
-        let mut guard = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-        let (faults, used, windows) = &mut *guard;
+        let mut guard = self.lock();
+        let Live {
+            faults,
+            http_errors_sent,
+            windows,
+        } = &mut *guard;
         if let Some(f) = &faults.http_error
             && applies(&f.operations, op)
-            && f.count.is_none_or(|c| *used < c)
+            && f.count.is_none_or(|c| *http_errors_sent < c)
         {
-            *used += 1;
+            *http_errors_sent += 1;
             let message = f
                 .message
                 .clone()

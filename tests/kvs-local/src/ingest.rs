@@ -214,9 +214,13 @@ pub struct Fragment {
 impl Fragment {
     /// Duration as KVS reports it: first to last frame plus one typical frame interval.
     pub fn duration_ms(&self) -> i64 {
-        let span = self.last_ms - self.first_ms;
+        let span = self.last_ms.saturating_sub(self.first_ms);
         let n = self.frames.len() as i64;
-        if n > 1 { span + span / (n - 1) } else { span }
+        if n > 1 {
+            span.saturating_add(span / (n - 1))
+        } else {
+            span
+        }
     }
 }
 
@@ -640,7 +644,7 @@ impl Ingest {
                         "a fragment must start with a keyframe".into(),
                     ));
                 }
-                let ts = to_ms(cluster_tc + i64::from(parsed.relative));
+                let ts = to_ms(cluster_tc.saturating_add(i64::from(parsed.relative)));
                 if let Some(last) = last_ms.filter(|&last| ts <= last) {
                     return Err(fail(
                         ErrorId::FragmentTimecodeLesserThanPrevious,
@@ -650,7 +654,7 @@ impl Ingest {
                     ));
                 }
                 if let Some(first) = cluster.frames.iter().map(|f| f.timestamp_ms).min() {
-                    let span = ts.max(first) - ts.min(first);
+                    let span = ts.max(first).saturating_sub(ts.min(first));
                     if span > limits.max_fragment_duration_ms {
                         return Err(fail(
                             ErrorId::MaxFragmentDurationReached,
@@ -1014,7 +1018,10 @@ pub fn frames_of_body(
         let (id, payload, whole) = child?;
         let header_len = whole.len() - payload.len();
         match id {
-            ebml::TIMECODE => tc = Some(ebml::read_uint("Cluster Timecode", payload)? as i64),
+            ebml::TIMECODE => {
+                let t = ebml::read_uint("Cluster Timecode", payload)?;
+                tc = Some(i64::try_from(t).map_err(|_| invalid("Cluster Timecode out of range"))?);
+            }
             ebml::SIMPLE_BLOCK | ebml::BLOCK_GROUP => {
                 let (block, key) = if id == ebml::SIMPLE_BLOCK {
                     (payload, None)

@@ -52,6 +52,8 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "kvs_local=info".into()),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let mut cfg = Config::new(args.listen, args.data_dir);

@@ -1,0 +1,68 @@
+//! boto3 (from the project's venv) as a second, independent client of kvs-local: the
+//! Python script checks every control-plane and archived-media operation, and the clip it
+//! fetched is checked again by ffprobe.
+
+use std::process::Command;
+use std::time::Duration;
+
+use kvs_edge_agent::putmedia::AckEvent;
+use kvs_edge_tests::*;
+
+#[tokio::test]
+async fn boto3_drives_every_operation() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "boto-cam", 24).await?;
+    let video = Encoded::gstreamer(125, 25, 25, 320, 240)?;
+    let start = now_ms() - 120_000;
+    let (header, fragments) = video.fragments(start, 1000)?;
+    let body = fragments.iter().fold(header, |mut b, f| {
+        b.extend_from_slice(&f.bytes);
+        b
+    });
+    let acks = put_media(
+        &local.url(),
+        "boto-cam",
+        vec![body],
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 5);
+
+    let script = repo_root().join("tests/python/kvs_local_boto3.py");
+    let out_dir = local.dir.path().to_path_buf();
+    let url = local.url();
+    // The server runs on this runtime; the blocking child process waits on another thread.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(venv_python()?)
+            .arg(script)
+            .args([
+                "--endpoint",
+                &url,
+                "--stream",
+                "boto-cam",
+                "--fragments",
+                "5",
+            ])
+            .args(["--start-ms", &start.to_string()])
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .map_err(anyhow::Error::from)
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "boto3 checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("boto3: every kvs-local operation checked"),
+        "{stdout}"
+    );
+
+    let (codec, w, h, duration, frames) = ffprobe(&local.dir.path().join("boto3-clip.mp4"))?;
+    assert_eq!((codec.as_str(), w, h, frames), ("h264", 320, 240, 125));
+    assert!((duration - 5.0).abs() < 1.0, "{duration}");
+    Ok(())
+}
