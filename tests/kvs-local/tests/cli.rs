@@ -43,12 +43,17 @@ fn start(data_dir: &std::path::Path) -> Running {
 }
 
 fn request(url: &str, method: &str, path: &str) -> String {
+    request_with(url, method, path, "")
+}
+
+fn request_with(url: &str, method: &str, path: &str, body: &str) -> String {
     let addr = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(WAIT)).unwrap();
+    let len = body.len();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
     )
     .unwrap();
     let mut out = String::new();
@@ -84,6 +89,24 @@ fn serves_health_and_faults_and_stops_on_sigterm() {
     );
     let faults = request(&r.url, "GET", "/_kvs-local/faults");
     assert!(faults.contains("\"refuse_connections\":false"), "{faults}");
+    let set = request_with(
+        &r.url,
+        "PUT",
+        "/_kvs-local/faults",
+        r#"{"ack_delay_ms": 250}"#,
+    );
+    assert!(
+        set.starts_with("HTTP/1.1 200") && set.contains("\"ack_delay_ms\":250"),
+        "{set}"
+    );
+    assert!(request(&r.url, "GET", "/_kvs-local/faults").contains("\"ack_delay_ms\":250"));
+    let typo = request_with(&r.url, "PUT", "/_kvs-local/faults", r#"{"ack_delay": 250}"#);
+    assert!(
+        typo.starts_with("HTTP/1.1 400") && typo.contains("unknown field `ack_delay`"),
+        "{typo}"
+    );
+    let cleared = request(&r.url, "DELETE", "/_kvs-local/faults");
+    assert!(cleared.contains("\"ack_delay_ms\":0"), "{cleared}");
     // Unsigned requests to the API are refused like AWS refuses them.
     let unsigned = request(&r.url, "POST", "/listStreams");
     assert!(unsigned.starts_with("HTTP/1.1 403"), "{unsigned}");
