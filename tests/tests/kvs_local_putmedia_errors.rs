@@ -397,3 +397,114 @@ async fn idle_sessions_get_idle_acks_then_are_closed() -> anyhow::Result<()> {
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn archived_media_errors_through_the_sdk() -> anyhow::Result<()> {
+    use aws_sdk_kinesisvideoarchivedmedia::primitives::DateTime;
+    use aws_sdk_kinesisvideoarchivedmedia::types::*;
+    let local = Local::start().await?;
+    let kvs = local.control();
+    let media = local.archived();
+    let t0 = now_ms() - 600_000;
+    let clip = |stream: &str, start: i64, end: i64| {
+        media.get_clip().stream_name(stream).clip_fragment_selector(
+            ClipFragmentSelector::builder()
+                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
+                .timestamp_range(
+                    ClipTimestampRange::builder()
+                        .start_timestamp(DateTime::from_millis(start))
+                        .end_timestamp(DateTime::from_millis(end))
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+    };
+
+    // A stream whose track has no codec private data, and one whose data is garbage.
+    let video = Encoded::from_annex_b(&annex_b_stub(), 25)?;
+    for (stream, private) in [("no-cpd", vec![]), ("bad-cpd", vec![1, 2, 3])] {
+        create_stream(&kvs, stream, 1).await?;
+        let track = TrackSpec {
+            codec_private: private,
+            ..video.track()
+        };
+        let body = [
+            mkv::session_header([2; 16], &[track], "t"),
+            cluster(t0, &[(1, 0, true)]),
+        ]
+        .concat();
+        let acks = put_media(&local.url(), stream, vec![body], T).await?;
+        assert_eq!(
+            acks_of(&acks, AckEvent::Persisted).len(),
+            1,
+            "KVS stores it without checking: {acks:?}"
+        );
+    }
+    let e = clip("no-cpd", t0 - 1, t0 + 1000)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_missing_codec_private_data_exception(), "{e:?}");
+    let e = clip("bad-cpd", t0 - 1, t0 + 1000)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_invalid_codec_private_data_exception(), "{e:?}");
+
+    // Nothing in range, a reversed range, a range over 24 h, an unknown stream.
+    let e = clip("no-cpd", t0 + 60_000, t0 + 70_000)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_resource_not_found_exception(), "{e:?}");
+    let e = clip("no-cpd", t0 + 1000, t0)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_invalid_argument_exception(), "{e:?}");
+    let e = clip("no-cpd", t0, t0 + 25 * 3_600_000)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_invalid_argument_exception(), "{e:?}");
+    let e = clip("nope", t0, t0 + 1000)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_resource_not_found_exception(), "{e:?}");
+    let e = media
+        .list_fragments()
+        .stream_name("nope")
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_resource_not_found_exception(), "{e:?}");
+    let e = media
+        .list_fragments()
+        .stream_name("no-cpd")
+        .max_results(5000)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_invalid_argument_exception(), "{e:?}");
+    let e = media
+        .get_media_for_fragment_list()
+        .stream_name("nope")
+        .fragments("1")
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(e.is_resource_not_found_exception(), "{e:?}");
+    Ok(())
+}
