@@ -3,6 +3,8 @@
 //! `mkv`, the ack parser and request signing in `putmedia`) and the PutMedia session; capture,
 //! journal, control and the binary arrive with their issues.
 
+pub mod capture;
 pub mod h264;
 pub mod mkv;
 pub mod putmedia;
+pub mod timeline;

@@ -241,6 +241,12 @@ impl Fragmenter {
         Ok(done)
     }
 
+    /// Drops what is pending (after an error the GOP cannot be sent); returns how many frames.
+    pub fn discard(&mut self) -> usize {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending).len()
+    }
+
     /// Emits what is pending as a fragment (at end of stream or session).
     pub fn flush(&mut self) -> Option<Fragment> {
         let frames = std::mem::take(&mut self.pending);

@@ -1,9 +1,11 @@
 //! kvs-edge-config: the typed configuration shared by the agent and the archiver.
 //!
-//! For now it holds the pieces every component needs: where an AWS-compatible endpoint is
-//! and the error type that names the offending field. The agent and archiver sections
-//! arrive with their issues.
+//! Every error names where it came from and the field path (`cameras[0].stream_name`).
+//! `agent` is the agent's `agent.toml`; the archiver's section arrives with its issue.
 
+pub mod agent;
+
+pub use agent::AgentConfig;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -46,13 +48,18 @@ pub fn from_toml<T: for<'de> Deserialize<'de>>(
     source_name: &str,
     text: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError {
-        source_name: source_name.into(),
-        path: e
-            .span()
-            .map(|s| format!("bytes {}..{}", s.start, s.end))
-            .unwrap_or_default(),
-        message: e.message().to_string(),
+    toml::from_str(text).map_err(|e| {
+        let path = e.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = span.start - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+            format!("line {line}, column {column}")
+        });
+        ConfigError {
+            source_name: source_name.into(),
+            path,
+            message: e.message().to_string(),
+        }
     })
 }
 
@@ -66,7 +73,8 @@ mod tests {
         let e = s.validate("agent.toml", "aws").unwrap_err();
         assert_eq!(e.path, "aws.endpoint_url");
         assert!(e.to_string().starts_with("agent.toml: aws.endpoint_url:"));
-        let e = from_toml::<AwsSettings>("agent.toml", "regoin = \"x\"").unwrap_err();
+        let e = from_toml::<AwsSettings>("agent.toml", "\nregoin = \"x\"").unwrap_err();
         assert!(e.message.contains("unknown field"), "{e}");
+        assert_eq!(e.path, "line 2, column 1");
     }
 }

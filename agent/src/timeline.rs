@@ -1,0 +1,140 @@
+//! Media time and wall time, and the one place where one becomes the other.
+//!
+//! The pipeline's running time (`MediaTime`) is monotonic and drift-free; KVS wants ABSOLUTE
+//! producer timestamps (`WallMs`, ms since the epoch). A `Timeline` is anchored once from the
+//! wall clock and then advanced by media time only, so NTP steps on the device never make
+//! fragments jump. It re-anchors when media time goes backwards or leaps (a source restart,
+//! a looped file), and never hands out a wall time at or before one it already gave out.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Pipeline running time in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MediaTime(pub u64);
+
+/// Producer time: milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WallMs(pub i64);
+
+impl WallMs {
+    pub fn now() -> WallMs {
+        WallMs(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        )
+    }
+}
+
+/// Media-time leaps longer than this are treated as discontinuities.
+pub const MAX_LEAP_NS: u64 = 5_000_000_000;
+
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    anchor: Option<(MediaTime, WallMs)>,
+    last_media: Option<MediaTime>,
+    last_wall: Option<WallMs>,
+    reanchors: u64,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Timeline {
+    pub fn new() -> Timeline {
+        Timeline {
+            anchor: None,
+            last_media: None,
+            last_wall: None,
+            reanchors: 0,
+        }
+    }
+
+    /// How many discontinuities forced a re-anchor.
+    pub fn reanchors(&self) -> u64 {
+        self.reanchors
+    }
+
+    /// Forgets the media-time anchor (a new source instance starts its own running time);
+    /// wall times stay strictly increasing across it.
+    pub fn restart(&mut self) {
+        self.anchor = None;
+        self.last_media = None;
+    }
+
+    /// Maps a media time to producer time. `now` is the wall clock at the time of the call,
+    /// used only when (re-)anchoring.
+    pub fn wall(&mut self, media: MediaTime, now: WallMs) -> WallMs {
+        let discontinuous = match self.last_media {
+            Some(last) => media < last || media.0 - last.0 > MAX_LEAP_NS,
+            None => false,
+        };
+        if discontinuous {
+            self.reanchors += 1;
+        }
+        if self.anchor.is_none() || discontinuous {
+            // Never step back behind what was handed out already.
+            let start = match self.last_wall {
+                Some(last) if now <= last => WallMs(last.0 + 1),
+                _ => now,
+            };
+            self.anchor = Some((media, start));
+        }
+        let (m0, w0) = self.anchor.expect("anchored above");
+        let mut wall = WallMs(w0.0 + ((media.0 - m0.0) / 1_000_000) as i64);
+        if let Some(last) = self.last_wall
+            && wall <= last
+        {
+            wall = WallMs(last.0 + 1);
+        }
+        self.last_media = Some(media);
+        self.last_wall = Some(wall);
+        wall
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn advances_by_media_time_not_by_the_wall_clock() {
+        let mut t = Timeline::new();
+        assert_eq!(t.wall(MediaTime(0), WallMs(1000)), WallMs(1000));
+        // The wall clock jumps an hour ahead (NTP); media time says 40 ms passed.
+        assert_eq!(t.wall(MediaTime(40 * MS), WallMs(3_601_000)), WallMs(1040));
+        assert_eq!(t.reanchors(), 0);
+    }
+
+    #[test]
+    fn reanchors_on_discontinuities_without_going_back() {
+        let mut t = Timeline::new();
+        t.wall(MediaTime(10_000 * MS), WallMs(50_000));
+        assert_eq!(
+            t.wall(MediaTime(10_040 * MS), WallMs(50_040)),
+            WallMs(50_040)
+        );
+        // The source restarted: media time back to zero; the wall clock says 50_100.
+        assert_eq!(t.wall(MediaTime(0), WallMs(50_100)), WallMs(50_100));
+        // A leap of a minute in media time: re-anchored at the wall clock, still increasing.
+        assert_eq!(
+            t.wall(MediaTime(60_000 * MS), WallMs(50_020)),
+            WallMs(50_101)
+        );
+        assert_eq!(t.reanchors(), 2);
+    }
+
+    #[test]
+    fn restart_keeps_wall_time_increasing() {
+        let mut t = Timeline::new();
+        let a = t.wall(MediaTime(0), WallMs(5000));
+        t.restart();
+        let b = t.wall(MediaTime(0), WallMs(4000)); // clock stepped back meanwhile
+        assert!(b > a);
+    }
+}

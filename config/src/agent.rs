@@ -1,0 +1,634 @@
+//! The agent's configuration (`agent.toml`): AWS access, metrics, and one section per camera.
+//! Names follow kvssink where a setting means the same (`stream_name`, `fragment_duration`,
+//! `retention_period`, `kms_key_id`), with the unit in the name.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{AwsSettings, ConfigError};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Identifies this device in logs and (later) MQTT topics.
+    #[serde(default = "default_device_id")]
+    pub device_id: String,
+    /// Where the agent keeps its state (the journal, the last good config).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub aws: AwsSettings,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub upload: UploadConfig,
+    pub cameras: Vec<CameraConfig>,
+}
+
+fn default_device_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kvs-edge".into())
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kvs-edge-agent"))
+}
+
+/// Where AWS credentials come from.
+#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialsConfig {
+    /// Environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    #[default]
+    Environment,
+    /// Keys written in the config (for kvs-local and tests; use `LoadCredential=` in production).
+    Static {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    },
+}
+
+impl fmt::Debug for CredentialsConfig {
+    /// Never prints secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialsConfig::Environment => write!(f, "Environment"),
+            CredentialsConfig::Static { access_key_id, .. } => {
+                write!(
+                    f,
+                    "Static {{ access_key_id: {access_key_id:?}, secret_access_key: \"***\" }}"
+                )
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9464`); off when absent.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Start a new PutMedia session after this long (KVS ends them at ~45 min).
+    #[serde(default = "default_rotate")]
+    pub session_rotate_secs: u64,
+    /// Fragments kept in memory while unacknowledged (the journal issue replaces this).
+    #[serde(default = "default_buffer")]
+    pub max_buffer_mib: u64,
+    /// Backoff between failed sessions: from `min` doubling to `max`, with jitter.
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// A session whose acks stop arriving for this long is abandoned and retried.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_secs: u64,
+}
+
+fn default_rotate() -> u64 {
+    40 * 60
+}
+fn default_buffer() -> u64 {
+    64
+}
+fn default_backoff_min() -> u64 {
+    250
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_ack_timeout() -> u64 {
+    30
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            session_rotate_secs: default_rotate(),
+            max_buffer_mib: default_buffer(),
+            backoff_min_ms: default_backoff_min(),
+            backoff_max_ms: default_backoff_max(),
+            ack_timeout_secs: default_ack_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub name: String,
+    pub stream_name: String,
+    pub source: SourceConfig,
+    /// Cut a fragment at the first keyframe after this long (ms).
+    #[serde(default = "default_fragment", alias = "fragment_duration")]
+    pub fragment_duration_ms: u64,
+    /// Never send a fragment longer than this (ms; KVS allows up to 20 s, 10 s is safe).
+    #[serde(default = "default_max_fragment")]
+    pub max_fragment_duration_ms: u64,
+    /// Restart the source when it delivers nothing for this long.
+    #[serde(default = "default_stall")]
+    pub stall_timeout_secs: u64,
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// Create the stream when it does not exist (like kvssink); off = it must exist.
+    pub create_stream: Option<CreateStreamConfig>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_fragment() -> u64 {
+    2000
+}
+fn default_max_fragment() -> u64 {
+    10_000
+}
+fn default_stall() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStreamConfig {
+    /// Hours of archive (kvssink `retention-period`); 0 = no archive.
+    #[serde(default = "default_retention", alias = "retention_period")]
+    pub retention_period_hours: u32,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub kms_key_id: Option<String>,
+}
+
+fn default_retention() -> u32 {
+    24
+}
+
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// videotestsrc with a burned-in wall clock.
+    Test {
+        #[serde(default = "default_width")]
+        width: u32,
+        #[serde(default = "default_height")]
+        height: u32,
+        #[serde(default = "default_fps")]
+        fps: u32,
+        #[serde(default = "default_pattern")]
+        pattern: String,
+    },
+    /// A recorded file (mp4, mkv, raw .h264); H.264 is passed through.
+    File {
+        path: PathBuf,
+        #[serde(default, rename = "loop")]
+        looping: bool,
+        /// Pace at real time (true) or as fast as possible.
+        #[serde(default = "yes")]
+        realtime: bool,
+    },
+    /// An IP camera; its H.264 is passed through without re-encoding.
+    Rtsp {
+        url: String,
+        username: Option<String>,
+        password: Option<String>,
+        #[serde(default)]
+        transport: RtspTransport,
+        #[serde(default = "default_latency")]
+        latency_ms: u32,
+    },
+    /// A V4L2 camera (`/dev/video0`), MJPEG or raw, encoded to H.264 here (or `h264` passthrough).
+    V4l2 {
+        #[serde(default = "default_device")]
+        device: PathBuf,
+        width: Option<u32>,
+        height: Option<u32>,
+        fps: Option<u32>,
+        #[serde(default)]
+        format: V4l2Format,
+    },
+}
+
+impl fmt::Debug for SourceConfig {
+    /// Redacts RTSP passwords (in the field and inside the URL).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceConfig::Test {
+                width,
+                height,
+                fps,
+                pattern,
+            } => {
+                write!(f, "Test {{ {width}x{height}@{fps}, pattern {pattern} }}")
+            }
+            SourceConfig::File {
+                path,
+                looping,
+                realtime,
+            } => {
+                write!(
+                    f,
+                    "File {{ {}, loop {looping}, realtime {realtime} }}",
+                    path.display()
+                )
+            }
+            SourceConfig::Rtsp {
+                url,
+                username,
+                transport,
+                latency_ms,
+                ..
+            } => write!(
+                f,
+                "Rtsp {{ {}, user {username:?}, {transport:?}, latency {latency_ms} ms }}",
+                redact_url(url)
+            ),
+            SourceConfig::V4l2 {
+                device,
+                width,
+                height,
+                fps,
+                format,
+            } => {
+                write!(
+                    f,
+                    "V4l2 {{ {}, {width:?}x{height:?}@{fps:?}, {format:?} }}",
+                    device.display()
+                )
+            }
+        }
+    }
+}
+
+/// `rtsp://user:secret@host/…` → `rtsp://user:***@host/…`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let sep = if path.is_empty() && !rest.contains('/') {
+                ""
+            } else {
+                "/"
+            };
+            format!("{scheme}://{user}:***@{host}{sep}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    360
+}
+fn default_fps() -> u32 {
+    25
+}
+fn default_pattern() -> String {
+    "ball".into()
+}
+fn default_latency() -> u32 {
+    200
+}
+fn default_device() -> PathBuf {
+    PathBuf::from("/dev/video0")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RtspTransport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum V4l2Format {
+    /// Whatever the camera offers, decoded and encoded.
+    #[default]
+    Auto,
+    Mjpeg,
+    Raw,
+    /// The camera encodes H.264 itself: passed through.
+    H264,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    #[serde(default = "default_bitrate")]
+    pub bitrate_kbps: u32,
+    /// Encoder elements to try in order; empty = hardware encoders first, then x264enc.
+    #[serde(default)]
+    pub prefer: Vec<String>,
+}
+
+fn default_bitrate() -> u32 {
+    2000
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            bitrate_kbps: default_bitrate(),
+            prefer: Vec::new(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses and validates `agent.toml`; `source_name` appears in every error.
+    pub fn from_toml(source_name: &str, text: &str) -> Result<AgentConfig, ConfigError> {
+        let mut cfg: AgentConfig = crate::from_toml(source_name, text)?;
+        cfg.apply_environment();
+        cfg.validate(source_name)?;
+        Ok(cfg)
+    }
+
+    /// The AWS SDK's endpoint variables apply when the file sets no endpoint.
+    fn apply_environment(&mut self) {
+        if self.aws.endpoint_url.is_none() {
+            self.aws.endpoint_url = ["AWS_ENDPOINT_URL_KINESIS_VIDEO", "AWS_ENDPOINT_URL"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+        }
+        if self.aws.region.is_none() {
+            self.aws.region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+        }
+    }
+
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |path: String, message: String| ConfigError {
+            source_name: source_name.into(),
+            path,
+            message,
+        };
+        self.aws.validate(source_name, "aws")?;
+        if self.aws.region.is_none() {
+            return Err(err(
+                "aws.region".into(),
+                "required (or set AWS_REGION)".into(),
+            ));
+        }
+        if self.cameras.is_empty() {
+            return Err(err(
+                "cameras".into(),
+                "at least one camera is required".into(),
+            ));
+        }
+        let u = &self.upload;
+        if u.backoff_min_ms == 0 || u.backoff_min_ms > u.backoff_max_ms {
+            return Err(err(
+                "upload.backoff_min_ms".into(),
+                "must be at least 1 and at most backoff_max_ms".into(),
+            ));
+        }
+        if !(60..=44 * 60).contains(&u.session_rotate_secs) {
+            return Err(err(
+                "upload.session_rotate_secs".into(),
+                "must be 60 to 2640 (KVS ends sessions at 45 min)".into(),
+            ));
+        }
+        let (mut names, mut streams) = (HashSet::new(), HashSet::new());
+        for (i, cam) in self.cameras.iter().enumerate() {
+            let at = |field: &str| format!("cameras[{i}].{field}");
+            if cam.name.is_empty()
+                || !cam
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+            {
+                return Err(err(
+                    at("name"),
+                    format!("{:?} must be non-empty [a-zA-Z0-9_-]", cam.name),
+                ));
+            }
+            if !names.insert(&cam.name) {
+                return Err(err(
+                    at("name"),
+                    format!("{:?} is used by two cameras", cam.name),
+                ));
+            }
+            let valid_stream = (1..=256).contains(&cam.stream_name.len())
+                && cam
+                    .stream_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !valid_stream {
+                return Err(err(
+                    at("stream_name"),
+                    format!(
+                        "{:?} must be 1-256 characters of [a-zA-Z0-9_.-]",
+                        cam.stream_name
+                    ),
+                ));
+            }
+            if !streams.insert(&cam.stream_name) {
+                return Err(err(
+                    at("stream_name"),
+                    format!(
+                        "{:?}: KVS allows one producer connection per stream",
+                        cam.stream_name
+                    ),
+                ));
+            }
+            if !(1_000..=20_000).contains(&cam.max_fragment_duration_ms) {
+                return Err(err(
+                    at("max_fragment_duration_ms"),
+                    "must be 1000 to 20000 (KVS fragment limits)".into(),
+                ));
+            }
+            if !(500..=cam.max_fragment_duration_ms).contains(&cam.fragment_duration_ms) {
+                return Err(err(
+                    at("fragment_duration_ms"),
+                    "must be 500 ms to max_fragment_duration_ms".into(),
+                ));
+            }
+            if cam.stall_timeout_secs == 0 {
+                return Err(err(at("stall_timeout_secs"), "must be at least 1".into()));
+            }
+            if !(50..=100_000).contains(&cam.encoder.bitrate_kbps) {
+                return Err(err(
+                    at("encoder.bitrate_kbps"),
+                    "must be 50 to 100000".into(),
+                ));
+            }
+            if let Some(cs) = &cam.create_stream
+                && cs.retention_period_hours > 87_600
+            {
+                return Err(err(
+                    at("create_stream.retention_period_hours"),
+                    "must be 0 to 87600".into(),
+                ));
+            }
+            match &cam.source {
+                SourceConfig::Test {
+                    width, height, fps, ..
+                } => {
+                    check_picture(*width, *height, *fps).map_err(|m| err(at("source"), m))?;
+                }
+                SourceConfig::Rtsp { url, .. } => {
+                    if !(url.starts_with("rtsp://") || url.starts_with("rtsps://")) {
+                        return Err(err(
+                            at("source.url"),
+                            format!("{} must start with rtsp:// or rtsps://", redact_url(url)),
+                        ));
+                    }
+                }
+                SourceConfig::File { path, .. } => {
+                    if path.as_os_str().is_empty() {
+                        return Err(err(at("source.path"), "must not be empty".into()));
+                    }
+                }
+                SourceConfig::V4l2 {
+                    width, height, fps, ..
+                } => {
+                    if let (Some(w), Some(h), Some(f)) = (width, height, fps) {
+                        check_picture(*w, *h, *f).map_err(|m| err(at("source"), m))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_picture(width: u32, height: u32, fps: u32) -> Result<(), String> {
+    if !(16..=7680).contains(&width)
+        || !(16..=4320).contains(&height)
+        || width % 2 != 0
+        || height % 2 != 0
+    {
+        return Err(format!("{width}x{height} must be even, 16x16 to 7680x4320"));
+    }
+    if !(1..=120).contains(&fps) {
+        return Err(format!("fps {fps} must be 1 to 120"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [aws]
+        region = "us-east-1"
+        endpoint_url = "http://127.0.0.1:4567"
+        [credentials]
+        kind = "static"
+        access_key_id = "kvslocal"
+        secret_access_key = "kvslocal-secret"
+        [[cameras]]
+        name = "front"
+        stream_name = "demo-cam"
+        source = { type = "test" }
+        create_stream = { retention_period = 24 }
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = AgentConfig::from_toml("agent.toml", MINIMAL).unwrap();
+        let cam = &cfg.cameras[0];
+        assert_eq!(
+            (cam.fragment_duration_ms, cam.max_fragment_duration_ms),
+            (2000, 10_000)
+        );
+        assert_eq!(
+            cam.create_stream.as_ref().unwrap().retention_period_hours,
+            24
+        );
+        assert!(matches!(
+            cam.source,
+            SourceConfig::Test {
+                width: 640,
+                height: 360,
+                fps: 25,
+                ..
+            }
+        ));
+        assert!(
+            !format!("{:?}", cfg.credentials).contains("kvslocal-secret"),
+            "secrets are redacted"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = MINIMAL.replace("stream_name = \"demo-cam\"", "stream_name = \"demo cam\"");
+        let e = AgentConfig::from_toml("agent.toml", &bad).unwrap_err();
+        assert_eq!(e.path, "cameras[0].stream_name");
+        let bad = MINIMAL.replace(
+            "source = { type = \"test\" }",
+            "source = { type = \"test\", fps = 0 }",
+        );
+        assert_eq!(
+            AgentConfig::from_toml("agent.toml", &bad).unwrap_err().path,
+            "cameras[0].source"
+        );
+        let bad = MINIMAL.replace(
+            "source = { type = \"test\" }",
+            "source = { type = \"rtsp\", url = \"http://x\" }",
+        );
+        assert_eq!(
+            AgentConfig::from_toml("agent.toml", &bad).unwrap_err().path,
+            "cameras[0].source.url"
+        );
+        let bad = MINIMAL.replace(
+            "name = \"front\"",
+            "name = \"front\"\nfragment_duration_ms = 30000",
+        );
+        assert_eq!(
+            AgentConfig::from_toml("agent.toml", &bad).unwrap_err().path,
+            "cameras[0].fragment_duration_ms"
+        );
+        let e = AgentConfig::from_toml("agent.toml", &MINIMAL.replace("[aws]", "[aws]\nbogus = 1"))
+            .unwrap_err();
+        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+        let two = format!(
+            "{MINIMAL}\n[[cameras]]\nname = \"back\"\nstream_name = \"demo-cam\"\nsource = {{ type = \"test\" }}"
+        );
+        let e = AgentConfig::from_toml("agent.toml", &two).unwrap_err();
+        assert_eq!(e.path, "cameras[1].stream_name");
+    }
+
+    #[test]
+    fn rtsp_passwords_never_print() {
+        let src = SourceConfig::Rtsp {
+            url: "rtsp://admin:hunter2@10.0.0.5:554/stream1".into(),
+            username: None,
+            password: Some("hunter2".into()),
+            transport: RtspTransport::Tcp,
+            latency_ms: 200,
+        };
+        let shown = format!("{src:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("rtsp://admin:***@10.0.0.5:554/stream1"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("rtsp://cam.local/live"), "rtsp://cam.local/live");
+    }
+}
