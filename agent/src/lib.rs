@@ -1,10 +1,19 @@
-//! kvs-edge-agent: runs on the camera device. Capture → H.264 access units → Matroska
-//! fragments → journal → PutMedia. This crate so far holds the pure protocol pieces (`h264`,
-//! `mkv`, the ack parser and request signing in `putmedia`) and the PutMedia session; capture,
-//! journal, control and the binary arrive with their issues.
+//! kvs-edge-agent: runs on the camera device. Per camera: capture (GStreamer) → timeline →
+//! Matroska fragmenter → uploader (PutMedia sessions, acks, retries). `runner` wires the
+//! cameras together; `main.rs` is a thin binary over it.
+//!
+//! Pure protocol code: `h264`, `mkv`, `timeline`, and the ack parser and request signing in
+//! `putmedia`. I/O at the edges: `capture`, `putmedia::Session`, `uploader`, `kvs`, `metrics`.
 
+pub mod backoff;
+pub mod camera;
 pub mod capture;
+pub mod credentials;
 pub mod h264;
+pub mod kvs;
+pub mod metrics;
 pub mod mkv;
 pub mod putmedia;
+pub mod runner;
 pub mod timeline;
+pub mod uploader;

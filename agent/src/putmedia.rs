@@ -212,10 +212,19 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-/// An open PutMedia session: send Matroska bytes, receive acks.
+/// An open PutMedia session: the upload half sends Matroska bytes, the ack half receives
+/// acks; they can be used concurrently.
 pub struct Session {
+    pub upload: Upload,
+    pub acks: Acks,
+}
+
+pub struct Upload {
     body: Option<mpsc::Sender<Bytes>>,
-    acks: mpsc::Receiver<Result<Ack, PutMediaError>>,
+}
+
+pub struct Acks {
+    rx: mpsc::Receiver<Result<Ack, PutMediaError>>,
 }
 
 impl Session {
@@ -275,12 +284,29 @@ impl Session {
         let (acks_tx, acks_rx) = mpsc::channel(256);
         tokio::spawn(read_acks(resp.into_body(), acks_tx));
         Ok(Session {
-            body: Some(body_tx),
-            acks: acks_rx,
+            upload: Upload {
+                body: Some(body_tx),
+            },
+            acks: Acks { rx: acks_rx },
         })
     }
 
-    /// Queues bytes for upload (backpressure: waits while the connection is slower).
+    pub async fn send(&self, data: Bytes) -> Result<(), PutMediaError> {
+        self.upload.send(data).await
+    }
+
+    pub fn finish_upload(&mut self) {
+        self.upload.finish();
+    }
+
+    pub async fn next_ack(&mut self) -> Option<Result<Ack, PutMediaError>> {
+        self.acks.next().await
+    }
+}
+
+impl Upload {
+    /// Queues bytes for upload (back-pressure: waits while the connection is slower).
+    /// Cancel-safe: if the future is dropped, nothing was queued.
     pub async fn send(&self, data: Bytes) -> Result<(), PutMediaError> {
         let body = self
             .body
@@ -292,13 +318,19 @@ impl Session {
     }
 
     /// Ends the upload (the final chunk); acks keep arriving until the service closes.
-    pub fn finish_upload(&mut self) {
+    pub fn finish(&mut self) {
         self.body = None;
     }
 
+    pub fn is_finished(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+impl Acks {
     /// The next ack; `None` once the service has closed the response.
-    pub async fn next_ack(&mut self) -> Option<Result<Ack, PutMediaError>> {
-        self.acks.recv().await
+    pub async fn next(&mut self) -> Option<Result<Ack, PutMediaError>> {
+        self.rx.recv().await
     }
 }
 

@@ -519,8 +519,8 @@ impl AgentConfig {
 fn check_picture(width: u32, height: u32, fps: u32) -> Result<(), String> {
     if !(16..=7680).contains(&width)
         || !(16..=4320).contains(&height)
-        || width % 2 != 0
-        || height % 2 != 0
+        || !width.is_multiple_of(2)
+        || !height.is_multiple_of(2)
     {
         return Err(format!("{width}x{height} must be even, 16x16 to 7680x4320"));
     }

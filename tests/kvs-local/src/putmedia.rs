@@ -28,10 +28,10 @@ enum Out {
     Abort,
 }
 
-/// Queues acks for the response, each delayed by the `ack_delay_ms` fault.
+/// Queues acks for the response, each delayed by the `ack_delay_ms` fault in force.
 struct Acks {
     tx: mpsc::Sender<(Instant, Out)>,
-    delay: Duration,
+    state: Arc<State>,
 }
 
 impl Acks {
@@ -40,7 +40,10 @@ impl Acks {
         line.push(b'\n');
         let _ = self
             .tx
-            .send((Instant::now() + self.delay, Out::Ack(line.into())))
+            .send((
+                Instant::now() + Duration::from_millis(self.state.faults.get().ack_delay_ms),
+                Out::Ack(line.into()),
+            ))
             .await;
     }
 
@@ -61,7 +64,7 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
             tokio::spawn(write_acks(ack_rx, out_tx));
             let acks = Acks {
                 tx: ack_tx,
-                delay: Duration::from_millis(state.faults.get().ack_delay_ms),
+                state: state.clone(),
             };
             let body = req.into_body();
             tokio::spawn(async move {
@@ -200,7 +203,6 @@ async fn session(
 ) {
     let cfg = &state.cfg;
     let mut ingest = Ingest::new(mode, cfg.limits.clone(), last_ms);
-    let faults = state.faults.get();
     let started = Instant::now();
     let mut last_data = Instant::now();
     let mut last_idle_ack = last_data;
@@ -210,6 +212,8 @@ async fn session(
     let mut events = Vec::new();
     info!(stream = name, "PutMedia session started");
     let outcome: Result<(), IngestError> = 'session: loop {
+        // Faults apply to running sessions too: read them afresh for every chunk.
+        let faults = state.faults.get();
         let idle_deadline = last_data.max(last_idle_ack) + cfg.idle_ack_interval;
         let frame = tokio::select! {
             f = body.frame() => f,

@@ -1,0 +1,199 @@
+//! One camera's supervisor: capture → timeline → fragmenter → the uploader's channel.
+//! Restarts the source with tiered backoff after errors, EOS or a stall (no frame for
+//! `stall_timeout_secs`); loops files at once; never crashes, never spins. On shutdown it
+//! flushes the fragment in progress and closes the channel, which lets the uploader finish.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvs_edge_config::agent::{CameraConfig, SourceConfig};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::capture::{self, Capture, CaptureEvent, CaptureStats, CodecConfig};
+use crate::mkv::{AccessUnit, Fragment, Fragmenter, FragmenterConfig, MkvError};
+use crate::timeline::{Timeline, WallMs};
+use crate::uploader::Outgoing;
+
+#[derive(Debug, Default)]
+pub struct CameraStats {
+    pub capture: Arc<CaptureStats>,
+    pub fragments: AtomicU64,
+    pub restarts: AtomicU64,
+    pub stalls: AtomicU64,
+    pub frames_discarded: AtomicU64,
+    /// The encoder element in use ("passthrough" when none).
+    pub encoder: Mutex<String>,
+}
+
+pub struct Camera {
+    pub cfg: CameraConfig,
+    pub stats: Arc<CameraStats>,
+}
+
+impl Camera {
+    pub async fn run(self, out: mpsc::Sender<Outgoing>, mut shutdown: watch::Receiver<bool>) {
+        let cam = &self.cfg;
+        let mut timeline = Timeline::new();
+        let mut fragmenter = Fragmenter::new(FragmenterConfig {
+            target_ms: cam.fragment_duration_ms as i64,
+            max_ms: cam.max_fragment_duration_ms as i64,
+        });
+        let mut codec: Option<Arc<CodecConfig>> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let stall = Duration::from_secs(cam.stall_timeout_secs);
+        'sources: loop {
+            let description = match self.describe() {
+                Ok(d) => d,
+                Err(e) => {
+                    error!(camera = %cam.name, "{e}");
+                    if self.pause(&mut backoff, &mut shutdown).await {
+                        break 'sources;
+                    }
+                    continue;
+                }
+            };
+            let mut capture = match Capture::start(&description, self.stats.capture.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(camera = %cam.name, "{e}");
+                    if self.pause(&mut backoff, &mut shutdown).await {
+                        break 'sources;
+                    }
+                    continue;
+                }
+            };
+            info!(camera = %cam.name, "capturing: {}", capture::redact(&description));
+            timeline.restart();
+            let mut last_frame = Instant::now();
+            let ended = loop {
+                tokio::select! {
+                    ev = capture.next() => match ev {
+                        Some(CaptureEvent::Unit(unit)) => {
+                            last_frame = Instant::now();
+                            if codec.as_ref() != Some(&unit.codec) {
+                                if codec.is_some() {
+                                    info!(camera = %cam.name, "codec configuration changed: {}x{}", unit.codec.width, unit.codec.height);
+                                }
+                                // Fragments never mix codec configurations.
+                                self.emit(&out, fragmenter.flush(), &codec).await;
+                                codec = Some(unit.codec.clone());
+                            }
+                            let au = AccessUnit {
+                                pts_ms: timeline.wall(unit.pts, WallMs::now()).0,
+                                keyframe: unit.keyframe,
+                                data: unit.data,
+                            };
+                            match fragmenter.push(au) {
+                                Ok(done) => {
+                                    backoff.reset();
+                                    self.emit(&out, done, &codec).await;
+                                }
+                                Err(MkvError::NeedKeyframe(_)) => {
+                                    self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    let n = fragmenter.discard();
+                                    self.stats.frames_discarded.fetch_add(n as u64 + 1, Ordering::Relaxed);
+                                    error!(camera = %cam.name, discarded_frames = n, "{e}");
+                                }
+                            }
+                        }
+                        Some(CaptureEvent::Eos) => break "end of stream",
+                        Some(CaptureEvent::Error(e)) => {
+                            warn!(camera = %cam.name, "capture error: {e}");
+                            break "error";
+                        }
+                        Some(CaptureEvent::BadCodec(e)) => {
+                            error!(camera = %cam.name, "unusable H.264 from the source (KVS would store it but never play it): {e}");
+                            break "bad codec data";
+                        }
+                        None => break "pipeline gone",
+                    },
+                    _ = sleep_until(last_frame + stall) => {
+                        self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                        warn!(camera = %cam.name, "no frame for {stall:?}: restarting the source");
+                        break "stall";
+                    }
+                    _ = shutdown.changed() => break 'sources,
+                }
+            };
+            drop(capture);
+            // What was captured so far is complete video: send it.
+            self.emit(&out, fragmenter.flush(), &codec).await;
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            let looping = matches!(cam.source, SourceConfig::File { looping: true, .. });
+            if ended == "end of stream" && looping {
+                continue;
+            }
+            if ended == "end of stream" && matches!(cam.source, SourceConfig::File { .. }) {
+                info!(camera = %cam.name, "the file ended");
+                break 'sources;
+            }
+            if self.pause(&mut backoff, &mut shutdown).await {
+                break 'sources;
+            }
+        }
+        self.emit(&out, fragmenter.flush(), &codec).await;
+        info!(camera = %cam.name, "capture stopped");
+    }
+
+    /// The pipeline for this camera, choosing an encoder when one is needed.
+    fn describe(&self) -> Result<String, capture::CaptureError> {
+        let cam = &self.cfg;
+        let encoder = if capture::needs_encoder(&cam.source) {
+            let element = capture::choose_encoder(&cam.encoder)?;
+            let fps = match &cam.source {
+                SourceConfig::Test { fps, .. } => *fps,
+                SourceConfig::V4l2 { fps, .. } => fps.unwrap_or(30),
+                _ => 30,
+            };
+            // One keyframe per target fragment duration, so cuts land on time.
+            let key_int = (u64::from(fps) * cam.fragment_duration_ms / 1000).max(1) as u32;
+            if let Ok(mut e) = self.stats.encoder.try_lock() {
+                *e = element.clone();
+            }
+            capture::encoder_chain(&element, &cam.encoder, key_int)
+        } else {
+            if let Ok(mut e) = self.stats.encoder.try_lock() {
+                *e = "passthrough".into();
+            }
+            String::new()
+        };
+        Ok(capture::pipeline_description(&cam.source, &encoder))
+    }
+
+    async fn emit(
+        &self,
+        out: &mpsc::Sender<Outgoing>,
+        fragment: Option<Fragment>,
+        codec: &Option<Arc<CodecConfig>>,
+    ) {
+        let (Some(f), Some(codec)) = (fragment, codec) else {
+            return;
+        };
+        self.stats.fragments.fetch_add(1, Ordering::Relaxed);
+        let _ = out
+            .send(Outgoing {
+                timecode_ms: f.timecode_ms,
+                duration_ms: f.duration_ms,
+                bytes: Bytes::from(f.bytes),
+                codec: codec.clone(),
+            })
+            .await;
+    }
+
+    /// Backs off before the next source start; true when shutdown was asked meanwhile.
+    async fn pause(&self, backoff: &mut Backoff, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let delay = backoff.next_delay();
+        info!(camera = %self.cfg.name, "restarting the source in {delay:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => *shutdown.borrow(),
+            _ = shutdown.changed() => true,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The KVS control plane as the agent uses it, through the official AWS SDK: stream set-up
+//! like kvssink (DescribeStream, CreateStream when allowed, TagStream) and the PutMedia data
+//! endpoint (GetDataEndpoint, cached, refreshed on failure and every 45 minutes).
+
+use std::time::{Duration, Instant};
+
+use aws_credential_types::Credentials;
+use aws_sdk_kinesisvideo::Client;
+use aws_sdk_kinesisvideo::config::{BehaviorVersion, Region};
+use aws_sdk_kinesisvideo::types::ApiName;
+use kvs_edge_config::AwsSettings;
+use kvs_edge_config::agent::CreateStreamConfig;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum KvsError {
+    #[error("stream {stream} does not exist and create_stream is not set for it")]
+    Missing { stream: String },
+    #[error("{op} for stream {stream}: {reason}")]
+    Api {
+        op: &'static str,
+        stream: String,
+        reason: String,
+    },
+}
+
+pub fn client(aws: &AwsSettings, credentials: Credentials) -> Client {
+    let mut cfg = aws_sdk_kinesisvideo::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(
+            aws.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        ))
+        .credentials_provider(credentials);
+    if let Some(url) = &aws.endpoint_url {
+        cfg = cfg.endpoint_url(url);
+    }
+    Client::from_conf(cfg.build())
+}
+
+fn api(op: &'static str, stream: &str, e: impl std::error::Error) -> KvsError {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    KvsError::Api {
+        op,
+        stream: stream.to_string(),
+        reason,
+    }
+}
+
+/// Makes sure the stream exists: creates it when `create` allows, applies its tags.
+pub async fn ensure_stream(
+    kvs: &Client,
+    stream: &str,
+    create: Option<&CreateStreamConfig>,
+) -> Result<(), KvsError> {
+    match kvs.describe_stream().stream_name(stream).send().await {
+        Ok(_) => {
+            if let Some(c) = create.filter(|c| !c.tags.is_empty()) {
+                let mut req = kvs.tag_stream().stream_name(stream);
+                for (k, v) in &c.tags {
+                    req = req.tags(k, v);
+                }
+                req.send().await.map_err(|e| api("TagStream", stream, e))?;
+            }
+            Ok(())
+        }
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            let Some(c) = create else {
+                return Err(KvsError::Missing {
+                    stream: stream.to_string(),
+                });
+            };
+            let mut req = kvs
+                .create_stream()
+                .stream_name(stream)
+                .media_type("video/h264")
+                .data_retention_in_hours(c.retention_period_hours as i32)
+                .set_kms_key_id(c.kms_key_id.clone());
+            for (k, v) in &c.tags {
+                req = req.tags(k, v);
+            }
+            match req.send().await {
+                Ok(_) => {
+                    tracing::info!(
+                        stream,
+                        retention_hours = c.retention_period_hours,
+                        "created the stream"
+                    );
+                    Ok(())
+                }
+                // Another producer created it meanwhile.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_in_use_exception()) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(api("CreateStream", stream, e)),
+            }
+        }
+        Err(e) => Err(api("DescribeStream", stream, e)),
+    }
+}
+
+/// The PUT_MEDIA data endpoint of one stream, cached.
+pub struct DataEndpoint {
+    stream: String,
+    cached: Option<(String, Instant)>,
+}
+
+pub const ENDPOINT_TTL: Duration = Duration::from_secs(45 * 60);
+
+impl DataEndpoint {
+    pub fn new(stream: &str) -> DataEndpoint {
+        DataEndpoint {
+            stream: stream.to_string(),
+            cached: None,
+        }
+    }
+
+    pub async fn get(&mut self, kvs: &Client) -> Result<String, KvsError> {
+        if let Some((url, at)) = &self.cached
+            && at.elapsed() < ENDPOINT_TTL
+        {
+            return Ok(url.clone());
+        }
+        let out = kvs
+            .get_data_endpoint()
+            .stream_name(&self.stream)
+            .api_name(ApiName::PutMedia)
+            .send()
+            .await
+            .map_err(|e| api("GetDataEndpoint", &self.stream, e))?;
+        let url = out.data_endpoint.ok_or_else(|| KvsError::Api {
+            op: "GetDataEndpoint",
+            stream: self.stream.clone(),
+            reason: "no DataEndpoint in the answer".into(),
+        })?;
+        self.cached = Some((url.clone(), Instant::now()));
+        Ok(url)
+    }
+
+    /// Forget the endpoint (after a failure): the next `get` asks again.
+    pub fn invalidate(&mut self) {
+        self.cached = None;
+    }
+}

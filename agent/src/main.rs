@@ -1,0 +1,80 @@
+//! `kvs-edge-agent --config agent.toml`: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kvs_edge_agent::runner;
+use kvs_edge_config::AgentConfig;
+use tokio::sync::watch;
+
+/// Streams cameras into Amazon Kinesis Video Streams (or kvs-local) without losing video.
+#[derive(Parser)]
+#[command(name = "kvs-edge-agent", version)]
+struct Args {
+    /// The agent configuration (TOML).
+    #[arg(long, short, env = "KVS_EDGE_AGENT_CONFIG")]
+    config: PathBuf,
+    /// After SIGTERM, how long to keep sending what was captured before exiting.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Validate the configuration, print it (secrets redacted) and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn load(path: &PathBuf) -> Result<AgentConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    AgentConfig::from_toml(&path.display().to_string(), &text).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let cfg = match load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvs-edge-agent: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{cfg:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let (stop, shutdown) = watch::channel(false);
+    let running = match runner::start(cfg, shutdown.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kvs-edge-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        stop.send_replace(true);
+    });
+    running
+        .wait(shutdown, Duration::from_secs(args.shutdown_grace_secs))
+        .await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,142 @@
+//! The agent's top level: one task tree per camera (stream set-up, capture, uploader),
+//! metrics, and an orderly shutdown that lets each camera send its last fragment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvs_edge_config::AgentConfig;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::camera::{Camera, CameraStats};
+use crate::metrics::{self, CameraMetrics};
+use crate::uploader::{UploadStats, Uploader};
+use crate::{capture, credentials, kvs};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+    #[error(transparent)]
+    Capture(#[from] capture::CaptureError),
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started agent: its cameras' counters, and the tasks to wait for.
+pub struct Running {
+    pub cameras: Vec<CameraMetrics>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    tasks: JoinSet<()>,
+}
+
+/// Starts every enabled camera. Returns once they run; `shutdown` (set to true) stops them.
+pub async fn start(
+    cfg: AgentConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Running, AgentError> {
+    let credentials = credentials::resolve(&cfg.credentials)?;
+    capture::init()?;
+    let client = kvs::client(&cfg.aws, credentials.clone());
+    let region = cfg.aws.region.clone().unwrap_or_default();
+    let mut tasks = JoinSet::new();
+    let mut cameras = Vec::new();
+    for cam in cfg.cameras.iter().filter(|c| c.enabled).cloned() {
+        let camera_stats = Arc::new(CameraStats::default());
+        let upload_stats = Arc::new(UploadStats::default());
+        cameras.push(CameraMetrics {
+            camera: cam.name.clone(),
+            stream: cam.stream_name.clone(),
+            camera_stats: camera_stats.clone(),
+            upload_stats: upload_stats.clone(),
+        });
+        let uploader = Uploader {
+            stream: cam.stream_name.clone(),
+            region: region.clone(),
+            credentials: credentials.clone(),
+            kvs: client.clone(),
+            cfg: cfg.upload.clone(),
+            stats: upload_stats,
+        };
+        let mut shutdown = shutdown.clone();
+        let client = client.clone();
+        tasks.spawn(async move {
+            // Stream set-up first; a camera whose stream cannot be set up keeps retrying
+            // (slowly) without holding up the others.
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+            loop {
+                match kvs::ensure_stream(&client, &cam.stream_name, cam.create_stream.as_ref())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        error!(camera = %cam.name, "{e}; retrying in {delay:?}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+            }
+            let (tx, rx) = mpsc::channel(64);
+            let upload = tokio::spawn(uploader.run(rx));
+            Camera {
+                cfg: cam,
+                stats: camera_stats,
+            }
+            .run(tx, shutdown)
+            .await;
+            let _ = upload.await;
+        });
+    }
+    let mut metrics_addr = None;
+    if let Some(addr) = cfg.metrics.listen {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+        metrics_addr = listener.local_addr().ok();
+        info!("metrics on http://{}/metrics", metrics_addr.unwrap_or(addr));
+        let cams = cameras.clone();
+        let mut shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = metrics::serve(listener, cams) => {}
+                _ = shutdown.changed() => {}
+            }
+        });
+    }
+    info!(cameras = cameras.len(), device = %cfg.device_id, "agent started");
+    Ok(Running {
+        cameras,
+        metrics_addr,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Waits for the cameras to finish (after shutdown, or when every source has ended),
+    /// giving them at most `grace` after `shutdown` was set to deliver what they have.
+    pub async fn wait(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        tokio::select! {
+            _ = async { while self.tasks.join_next().await.is_some() {} } => return,
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        info!("shutting down: sending what was captured (up to {grace:?})");
+        if tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            warn!("shutdown grace period over: unacknowledged fragments are left behind");
+            self.tasks.shutdown().await;
+        }
+    }
+}
