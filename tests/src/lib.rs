@@ -447,3 +447,82 @@ pub fn python(code: &str, args: &[&str]) -> Result<String> {
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// An RTSP server (gst-rtsp-server) on loopback serving `launch` at `/cam`, in its own
+/// thread and GLib main loop. Stopped when dropped.
+pub struct RtspServer {
+    pub port: u16,
+    main_loop: gstreamer::glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RtspServer {
+    /// `port` 0 picks a free one.
+    pub fn start(launch: &str, port: u16) -> Result<RtspServer> {
+        use gstreamer::glib;
+        use gstreamer_rtsp_server::prelude::*;
+        gstreamer::init()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let launch = launch.to_string();
+        let thread = std::thread::spawn(move || {
+            let ctx = glib::MainContext::new();
+            let main_loop = glib::MainLoop::new(Some(&ctx), false);
+            let server = gstreamer_rtsp_server::RTSPServer::new();
+            let result = ctx.with_thread_default(|| -> Result<u16> {
+                server.set_address("127.0.0.1");
+                server.set_service(&port.to_string());
+                let factory = gstreamer_rtsp_server::RTSPMediaFactory::new();
+                factory.set_launch(&launch);
+                factory.set_shared(true);
+                server
+                    .mount_points()
+                    .context("mount points")?
+                    .add_factory("/cam", factory);
+                server
+                    .attach(Some(&ctx))
+                    .context("attaching the RTSP server")?;
+                Ok(server.bound_port() as u16)
+            });
+            match result {
+                Ok(Ok(port)) => {
+                    let _ = tx.send(Ok((port, main_loop.clone())));
+                    main_loop.run();
+                    // Like a camera that goes away: close every client connection.
+                    let _ = ctx.with_thread_default(|| {
+                        server.client_filter(Some(&mut |_, _| {
+                            gstreamer_rtsp_server::RTSPFilterResult::Remove
+                        }));
+                        while ctx.iteration(false) {}
+                    });
+                }
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("main context: {e}")));
+                }
+            }
+        });
+        let (port, main_loop) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("RTSP server start")??;
+        Ok(RtspServer {
+            port,
+            main_loop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}/cam", self.port)
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        self.main_loop.quit();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
