@@ -139,7 +139,7 @@ impl Camera {
             }
         }
         self.emit(&out, fragmenter.flush(), &codec).await;
-        info!(camera = %cam.name, "capture stopped");
+        info!(camera = %cam.name, fragments = self.stats.fragments.load(Ordering::Relaxed), "capture stopped");
     }
 
     /// The pipeline for this camera, choosing an encoder when one is needed.

@@ -45,12 +45,14 @@ pub struct UploadStats {
     pub sessions: AtomicU64,
     pub session_failures: AtomicU64,
     pub error_acks: AtomicU64,
+    /// Sessions ended to stay under KVS's connection-age limit.
+    pub rotations: AtomicU64,
     pub last_ack_latency_ms: AtomicU64,
     pub buffered_fragments: AtomicU64,
     pub buffered_bytes: AtomicU64,
     /// Producer timestamp of the newest PERSISTED fragment.
     pub last_persisted_ms: AtomicI64,
-    /// Woken whenever a fragment is PERSISTED or a session fails (health, tests).
+    /// Woken whenever a fragment is PERSISTED, a session fails or rotates (health, tests).
     pub changed: tokio::sync::Notify,
 }
 
@@ -121,7 +123,20 @@ enum End {
 
 impl Uploader {
     /// Runs until `input` is closed and every buffered fragment is PERSISTED or dropped.
-    pub async fn run(self, mut input: mpsc::Receiver<Outgoing>) {
+    pub async fn run(self, input: mpsc::Receiver<Outgoing>) {
+        self.upload(input).await;
+        let r = Ordering::Relaxed;
+        info!(
+            stream = %self.stream,
+            persisted = self.stats.fragments_persisted.load(r),
+            dropped = self.stats.fragments_dropped.load(r),
+            rejected = self.stats.fragments_rejected.load(r),
+            sessions = self.stats.sessions.load(r),
+            "uploader finished"
+        );
+    }
+
+    async fn upload(&self, mut input: mpsc::Receiver<Outgoing>) {
         let mut queue: VecDeque<Entry> = VecDeque::new();
         let mut endpoint = DataEndpoint::new(&self.stream);
         let mut backoff = Backoff::new(
@@ -296,6 +311,8 @@ impl Uploader {
                     draining = Some(End::Next);
                 } else if Instant::now() >= rotate_at {
                     debug!(stream = %self.stream, "rotating the PutMedia session");
+                    self.stats.rotations.fetch_add(1, Ordering::Relaxed);
+                    self.stats.changed.notify_waiters();
                     draining = Some(End::Next);
                 } else if !*input_open && next.is_none() {
                     draining = Some(End::Done);
@@ -350,11 +367,13 @@ impl Uploader {
             AckEvent::Persisted => {
                 let tc = ack.fragment_timecode?;
                 if let Some(e) = self.remove(queue, tc) {
-                    if let Some(sent) = e.sent_at {
-                        self.stats
-                            .last_ack_latency_ms
-                            .store(sent.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    }
+                    let latency = e
+                        .sent_at
+                        .map_or(0, |sent| sent.elapsed().as_millis() as u64);
+                    self.stats
+                        .last_ack_latency_ms
+                        .store(latency, Ordering::Relaxed);
+                    debug!(stream = %self.stream, timecode = tc, latency_ms = latency, "PERSISTED");
                     self.stats
                         .fragments_persisted
                         .fetch_add(1, Ordering::Relaxed);
