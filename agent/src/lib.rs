@@ -16,4 +16,5 @@ pub mod mkv;
 pub mod putmedia;
 pub mod runner;
 pub mod timeline;
+pub mod tls;
 pub mod uploader;

@@ -50,7 +50,7 @@ pub enum PutMediaError {
         error_type: String,
         message: String,
     },
-    #[error("endpoint {0:?} is not a usable http:// URL")]
+    #[error("endpoint {0:?} is not a usable http:// or https:// URL")]
     Endpoint(String),
     #[error("signing the PutMedia request: {0}")]
     Signing(String),
@@ -112,27 +112,42 @@ pub struct SessionParams {
     /// `x-amzn-producer-start-timestamp`.
     pub producer_start: SystemTime,
     pub user_agent: String,
+    /// TLS settings for https endpoints; `None` = the system's trust roots.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 struct Endpoint {
+    tls: bool,
     host: String,
     port: u16,
+}
+
+impl Endpoint {
+    /// `host[:port]` as the Host header has it (default ports left out).
+    fn authority(&self) -> String {
+        match (self.tls, self.port) {
+            (false, 80) | (true, 443) => self.host.clone(),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
 }
 
 fn parse_endpoint(url: &str) -> Result<Endpoint, PutMediaError> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| PutMediaError::Endpoint(url.into()))?;
-    if uri.scheme_str() != Some("http") {
-        // TLS for the real AWS endpoints arrives with the agent's streaming issue.
-        return Err(PutMediaError::Endpoint(url.into()));
-    }
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(PutMediaError::Endpoint(url.into())),
+    };
     let host = uri
         .host()
         .ok_or_else(|| PutMediaError::Endpoint(url.into()))?
         .to_string();
     Ok(Endpoint {
-        port: uri.port_u16().unwrap_or(80),
+        tls,
+        port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
         host,
     })
 }
@@ -149,12 +164,11 @@ pub fn signed_request(
     now: SystemTime,
 ) -> Result<http::Request<()>, PutMediaError> {
     let ep = parse_endpoint(&params.endpoint)?;
-    let host = if ep.port == 80 {
-        ep.host.clone()
-    } else {
-        format!("{}:{}", ep.host, ep.port)
-    };
-    let uri = format!("http://{host}/putMedia");
+    let host = ep.authority();
+    let uri = format!(
+        "{}://{host}/putMedia",
+        if ep.tls { "https" } else { "http" }
+    );
     let headers = [
         ("host", host.clone()),
         ("x-amzn-stream-name", params.stream_name.clone()),
@@ -247,10 +261,34 @@ impl Session {
         .map_err(|_| connect_err(format!("no connection within {connect_timeout:?}")))?
         .map_err(|e| connect_err(e.to_string()))?;
         tcp.set_nodelay(true).ok();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let mut sender = if ep.tls {
+            let config = match &params.tls {
+                Some(c) => c.clone(),
+                None => {
+                    crate::tls::client_config(None, None).map_err(|e| connect_err(e.to_string()))?
+                }
+            };
+            let name = rustls::pki_types::ServerName::try_from(ep.host.clone())
+                .map_err(|e| connect_err(format!("server name {}: {e}", ep.host)))?;
+            let stream = tokio::time::timeout(
+                connect_timeout,
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            )
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        tokio::spawn(conn);
+            .map_err(|_| connect_err(format!("no TLS handshake within {connect_timeout:?}")))?
+            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            tokio::spawn(conn);
+            sender
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            tokio::spawn(conn);
+            sender
+        };
         let (body_tx, body_rx) = mpsc::channel(16);
         let (parts, ()) = signed_request(params, SystemTime::now())?.into_parts();
         let req = http::Request::from_parts(parts, ChannelBody(body_rx));
@@ -412,6 +450,7 @@ mod tests {
             credentials: Credentials::new("AKID", "SECRET", None, None, "test"),
             producer_start: UNIX_EPOCH + Duration::from_millis(1_595_833_960_258),
             user_agent: "kvs-edge-test".into(),
+            tls: None,
         };
         let req = signed_request(&params, UNIX_EPOCH + Duration::from_secs(1_700_000_000)).unwrap();
         let auth = req.headers()["authorization"].to_str().unwrap();

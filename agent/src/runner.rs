@@ -45,6 +45,13 @@ pub async fn start(
     capture::init()?;
     let client = kvs::client(&cfg.aws, credentials.clone());
     let region = cfg.aws.region.clone().unwrap_or_default();
+    let tls = match crate::tls::client_config(None, None) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!("TLS: {e}; https endpoints will fail");
+            None
+        }
+    };
     let mut tasks = JoinSet::new();
     let mut cameras = Vec::new();
     for cam in cfg.cameras.iter().filter(|c| c.enabled).cloned() {
@@ -63,6 +70,7 @@ pub async fn start(
             kvs: client.clone(),
             cfg: cfg.upload.clone(),
             stats: upload_stats,
+            tls: tls.clone(),
         };
         let mut shutdown = shutdown.clone();
         let client = client.clone();

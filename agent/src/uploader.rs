@@ -102,6 +102,8 @@ pub struct Uploader {
     pub kvs: aws_sdk_kinesisvideo::Client,
     pub cfg: UploadConfig,
     pub stats: Arc<UploadStats>,
+    /// TLS for https data endpoints (built once; `None` = built per session).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 struct Entry {
@@ -266,6 +268,7 @@ impl Uploader {
             credentials: self.credentials.clone(),
             producer_start: SystemTime::now(),
             user_agent: concat!("kvs-edge-agent/", env!("CARGO_PKG_VERSION")).to_string(),
+            tls: self.tls.clone(),
         };
         let session = match Session::open(&params, Duration::from_secs(10)).await {
             Ok(s) => s,

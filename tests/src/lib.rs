@@ -212,6 +212,7 @@ pub fn session_params(url: &str, stream: &str) -> SessionParams {
         ),
         producer_start: SystemTime::now(),
         user_agent: "kvs-edge-tests".into(),
+        tls: None,
     }
 }
 

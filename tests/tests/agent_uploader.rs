@@ -55,6 +55,7 @@ fn uploader(local: &Local, stream: &str, cfg: UploadConfig) -> (Uploader, Arc<Up
         kvs: kvs::client(&aws, credentials),
         cfg,
         stats: stats.clone(),
+        tls: None,
     };
     (u, stats)
 }

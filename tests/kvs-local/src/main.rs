@@ -30,6 +30,12 @@ struct Args {
     /// while the main listener refuses connections under fault injection.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); the URL becomes https://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The account id in stream ARNs.
     #[arg(long, default_value = "000000000000")]
     account_id: String,
@@ -63,6 +69,7 @@ async fn main() -> Result<()> {
         secret_key: args.secret_key,
     }];
     cfg.account_id = args.account_id;
+    cfg.tls = args.tls_cert.zip(args.tls_key);
     cfg.limits.max_fragment_duration_ms = args.max_fragment_duration_ms;
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     cfg.max_connection = Duration::from_secs(args.max_connection_secs);

@@ -52,6 +52,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// PutMedia: sessions older than this end with error 4003 (about 45 min in AWS).
     pub max_connection: Duration,
+    /// Serve HTTPS with this certificate chain and key (PEM files); plain HTTP when absent.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -69,6 +71,7 @@ impl Config {
             idle_ack_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_connection: Duration::from_secs(45 * 60),
+            tls: None,
         }
     }
 }
@@ -79,6 +82,7 @@ pub(crate) struct State {
     pub faults: FaultState,
     /// This server's own URL: what GetDataEndpoint returns.
     pub url: String,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl State {
@@ -114,8 +118,14 @@ impl Server {
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
         let store = Store::open(&cfg.data_dir, &cfg.account_id)
             .map_err(|e| anyhow::anyhow!("opening the data dir {}: {e}", cfg.data_dir.display()))?;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|(cert, key)| tls_acceptor(cert, key))
+            .transpose()?;
         let state = Arc::new(State {
-            url: format!("http://{addr}"),
+            url: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+            tls,
             cfg,
             store,
             faults: FaultState::default(),
@@ -210,13 +220,14 @@ async fn accept_loop(
                 let Ok((stream, _)) = accepted else { continue };
                 let state = state.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(route(state, req, admin_only).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match state.tls.clone() {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, state, admin_only).await;
+                            }
+                        }
+                        None => serve(stream, state, admin_only).await,
+                    }
                 });
             }
             _ = refuse.changed() => {}
@@ -225,6 +236,39 @@ async fn accept_loop(
         }
     }
     connections.shutdown().await;
+}
+
+async fn serve<I>(io: I, state: Arc<State>, admin_only: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(state, req, admin_only).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the TLS key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Response bodies: whole buffers for JSON and media, a channel for PutMedia's ack stream.
