@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_kinesisvideo::Client;
 use aws_sdk_kinesisvideo::config::{BehaviorVersion, Region};
 use aws_sdk_kinesisvideo::types::ApiName;
@@ -24,7 +24,7 @@ pub enum KvsError {
     },
 }
 
-pub fn client(aws: &AwsSettings, credentials: Credentials) -> Client {
+pub fn client(aws: &AwsSettings, credentials: SharedCredentialsProvider) -> Client {
     let mut cfg = aws_sdk_kinesisvideo::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(

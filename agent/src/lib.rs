@@ -13,6 +13,7 @@ pub mod h264;
 pub mod kvs;
 pub mod metrics;
 pub mod mkv;
+pub mod net;
 pub mod putmedia;
 pub mod runner;
 pub mod timeline;

@@ -12,11 +12,11 @@ use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use thiserror::Error;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+use crate::net::{self, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -116,40 +116,8 @@ pub struct SessionParams {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
-struct Endpoint {
-    tls: bool,
-    host: String,
-    port: u16,
-}
-
-impl Endpoint {
-    /// `host[:port]` as the Host header has it (default ports left out).
-    fn authority(&self) -> String {
-        match (self.tls, self.port) {
-            (false, 80) | (true, 443) => self.host.clone(),
-            _ => format!("{}:{}", self.host, self.port),
-        }
-    }
-}
-
-fn parse_endpoint(url: &str) -> Result<Endpoint, PutMediaError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| PutMediaError::Endpoint(url.into()))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(PutMediaError::Endpoint(url.into())),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| PutMediaError::Endpoint(url.into()))?
-        .to_string();
-    Ok(Endpoint {
-        tls,
-        port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-        host,
-    })
+fn parse_endpoint(url: &str) -> Result<Target, PutMediaError> {
+    Target::parse(url).ok_or_else(|| PutMediaError::Endpoint(url.into()))
 }
 
 fn epoch_seconds(t: SystemTime) -> String {
@@ -165,10 +133,7 @@ pub fn signed_request(
 ) -> Result<http::Request<()>, PutMediaError> {
     let ep = parse_endpoint(&params.endpoint)?;
     let host = ep.authority();
-    let uri = format!(
-        "{}://{host}/putMedia",
-        if ep.tls { "https" } else { "http" }
-    );
+    let uri = format!("{}://{host}/putMedia", ep.scheme());
     let headers = [
         ("host", host.clone()),
         ("x-amzn-stream-name", params.stream_name.clone()),
@@ -253,42 +218,9 @@ impl Session {
             endpoint: params.endpoint.clone(),
             reason,
         };
-        let tcp = tokio::time::timeout(
-            connect_timeout,
-            TcpStream::connect((ep.host.as_str(), ep.port)),
-        )
-        .await
-        .map_err(|_| connect_err(format!("no connection within {connect_timeout:?}")))?
-        .map_err(|e| connect_err(e.to_string()))?;
-        tcp.set_nodelay(true).ok();
-        let mut sender = if ep.tls {
-            let config = match &params.tls {
-                Some(c) => c.clone(),
-                None => {
-                    crate::tls::client_config(None, None).map_err(|e| connect_err(e.to_string()))?
-                }
-            };
-            let name = rustls::pki_types::ServerName::try_from(ep.host.clone())
-                .map_err(|e| connect_err(format!("server name {}: {e}", ep.host)))?;
-            let stream = tokio::time::timeout(
-                connect_timeout,
-                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-            )
+        let mut sender = net::connect(&ep, params.tls.clone(), connect_timeout)
             .await
-            .map_err(|_| connect_err(format!("no TLS handshake within {connect_timeout:?}")))?
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            tokio::spawn(conn);
-            sender
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            tokio::spawn(conn);
-            sender
-        };
+            .map_err(connect_err)?;
         let (body_tx, body_rx) = mpsc::channel(16);
         let (parts, ()) = signed_request(params, SystemTime::now())?.into_parts();
         let req = http::Request::from_parts(parts, ChannelBody(body_rx));

@@ -41,9 +41,12 @@ pub async fn start(
     cfg: AgentConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Running, AgentError> {
-    let credentials = credentials::resolve(&cfg.credentials)?;
+    let credentials = Arc::new(
+        credentials::CredentialSource::from_config(&cfg.credentials, cfg.aws.region.as_deref())
+            .await?,
+    );
     capture::init()?;
-    let client = kvs::client(&cfg.aws, credentials.clone());
+    let client = kvs::client(&cfg.aws, credentials.provider());
     let region = cfg.aws.region.clone().unwrap_or_default();
     let tls = match crate::tls::client_config(None, None) {
         Ok(c) => Some(c),

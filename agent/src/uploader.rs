@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
 use bytes::Bytes;
 use kvs_edge_config::agent::UploadConfig;
 use tokio::sync::mpsc;
@@ -21,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, random_u64};
 use crate::capture::CodecConfig;
+use crate::credentials::CredentialSource;
 use crate::kvs::DataEndpoint;
 use crate::mkv::{self, TrackSpec};
 use crate::putmedia::{Ack, AckEvent, PutMediaError, Session, SessionParams};
@@ -98,7 +98,7 @@ pub fn classify(error_id: u32) -> ErrorAction {
 pub struct Uploader {
     pub stream: String,
     pub region: String,
-    pub credentials: Credentials,
+    pub credentials: Arc<CredentialSource>,
     pub kvs: aws_sdk_kinesisvideo::Client,
     pub cfg: UploadConfig,
     pub stats: Arc<UploadStats>,
@@ -261,11 +261,15 @@ impl Uploader {
         input_open: &mut bool,
         backoff: &mut Backoff,
     ) -> End {
+        let credentials = match self.credentials.get().await {
+            Ok(c) => c,
+            Err(e) => return End::Failed(e.to_string()),
+        };
         let params = SessionParams {
             endpoint: url.to_string(),
             stream_name: self.stream.clone(),
             region: self.region.clone(),
-            credentials: self.credentials.clone(),
+            credentials,
             producer_start: SystemTime::now(),
             user_agent: concat!("kvs-edge-agent/", env!("CARGO_PKG_VERSION")).to_string(),
             tls: self.tls.clone(),
@@ -274,6 +278,15 @@ impl Uploader {
             Ok(s) => s,
             Err(e @ PutMediaError::Http { status: 404, .. }) => {
                 return End::Operator(e.to_string());
+            }
+            Err(
+                e @ PutMediaError::Http {
+                    status: 401 | 403, ..
+                },
+            ) => {
+                // Expired or revoked credentials: ask the provider again next time.
+                self.credentials.invalidate().await;
+                return End::Failed(e.to_string());
             }
             Err(e) => return End::Failed(e.to_string()),
         };

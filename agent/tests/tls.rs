@@ -4,100 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1 (X.509 v3 with extensions: rustls needs them).
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=kvs-edge test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        dir,
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_https_trusting_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    common::certificates(dir.path());
     let mut cfg = kvs_local::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
     cfg.tls = Some((dir.path().join("server.pem"), dir.path().join("server.key")));
     let server = kvs_local::Server::start(cfg).await.unwrap();
@@ -122,7 +32,7 @@ async fn streams_over_https_trusting_a_private_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_refused_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    common::certificates(dir.path());
     let mut cfg = kvs_local::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
     cfg.tls = Some((dir.path().join("server.pem"), dir.path().join("server.key")));
     let server = kvs_local::Server::start(cfg).await.unwrap();

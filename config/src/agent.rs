@@ -48,8 +48,12 @@ fn default_state_dir() -> PathBuf {
 #[derive(Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialsConfig {
-    /// Environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    /// The AWS SDK's default chain: environment, shared config/credentials files (profiles),
+    /// web identity, ECS and EC2 instance metadata.
     #[default]
+    #[serde(rename = "default")]
+    Chain,
+    /// Only the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
     Environment,
     /// Keys written in the config (for kvs-local and tests; use `LoadCredential=` in production).
     Static {
@@ -57,12 +61,27 @@ pub enum CredentialsConfig {
         secret_access_key: String,
         session_token: Option<String>,
     },
+    /// The AWS IoT credential provider: the device's X.509 certificate (mutual TLS) buys
+    /// temporary credentials for a role alias. The thing name is its own setting, never the
+    /// stream name (kvssink's `iot-certificate` property has the same parts).
+    Iot {
+        /// The account's credential provider endpoint (`xxxx.credentials.iot.<region>.amazonaws.com`),
+        /// a host name or an https:// URL.
+        endpoint: String,
+        role_alias: String,
+        thing_name: String,
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        /// The CA that signs the endpoint's certificate (AmazonRootCA1.pem); system roots when absent.
+        ca_path: Option<PathBuf>,
+    },
 }
 
 impl fmt::Debug for CredentialsConfig {
     /// Never prints secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CredentialsConfig::Chain => write!(f, "Default chain"),
             CredentialsConfig::Environment => write!(f, "Environment"),
             CredentialsConfig::Static { access_key_id, .. } => {
                 write!(
@@ -70,6 +89,17 @@ impl fmt::Debug for CredentialsConfig {
                     "Static {{ access_key_id: {access_key_id:?}, secret_access_key: \"***\" }}"
                 )
             }
+            CredentialsConfig::Iot {
+                endpoint,
+                role_alias,
+                thing_name,
+                cert_path,
+                ..
+            } => write!(
+                f,
+                "Iot {{ endpoint: {endpoint:?}, role_alias: {role_alias:?}, thing_name: {thing_name:?}, cert: {} }}",
+                cert_path.display()
+            ),
         }
     }
 }
@@ -392,6 +422,32 @@ impl AgentConfig {
                 "aws.region".into(),
                 "required (or set AWS_REGION)".into(),
             ));
+        }
+        if let CredentialsConfig::Iot {
+            endpoint,
+            role_alias,
+            thing_name,
+            ..
+        } = &self.credentials
+        {
+            for (field, value) in [
+                ("endpoint", endpoint),
+                ("role_alias", role_alias),
+                ("thing_name", thing_name),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(err(
+                        format!("credentials.{field}"),
+                        "must not be empty".into(),
+                    ));
+                }
+            }
+            if endpoint.starts_with("http://") {
+                return Err(err(
+                    "credentials.endpoint".into(),
+                    "the IoT credential provider needs https".into(),
+                ));
+            }
         }
         if self.cameras.is_empty() {
             return Err(err(

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kvs_edge_agent::capture::CodecConfig;
+use kvs_edge_agent::credentials::CredentialSource;
 use kvs_edge_agent::kvs;
 use kvs_edge_agent::uploader::{Outgoing, UploadStats, Uploader};
 use kvs_edge_config::AwsSettings;
-use kvs_edge_config::agent::UploadConfig;
+use kvs_edge_config::agent::{CredentialsConfig, UploadConfig};
 use kvs_edge_tests::*;
 use tokio::sync::mpsc;
 
@@ -35,13 +36,16 @@ fn outgoing(video: &Encoded, start_ms: i64) -> anyhow::Result<Vec<Outgoing>> {
         .collect())
 }
 
-fn uploader(local: &Local, stream: &str, cfg: UploadConfig) -> (Uploader, Arc<UploadStats>) {
-    let credentials = aws_credential_types::Credentials::new(
-        DEFAULT_ACCESS_KEY,
-        DEFAULT_SECRET_KEY,
-        None,
-        None,
-        "test",
+async fn uploader(local: &Local, stream: &str, cfg: UploadConfig) -> (Uploader, Arc<UploadStats>) {
+    let static_keys = CredentialsConfig::Static {
+        access_key_id: DEFAULT_ACCESS_KEY.into(),
+        secret_access_key: DEFAULT_SECRET_KEY.into(),
+        session_token: None,
+    };
+    let credentials = Arc::new(
+        CredentialSource::from_config(&static_keys, Some(REGION))
+            .await
+            .expect("static keys"),
     );
     let aws = AwsSettings {
         region: Some(REGION.into()),
@@ -51,8 +55,8 @@ fn uploader(local: &Local, stream: &str, cfg: UploadConfig) -> (Uploader, Arc<Up
     let u = Uploader {
         stream: stream.into(),
         region: REGION.into(),
-        credentials: credentials.clone(),
-        kvs: kvs::client(&aws, credentials),
+        kvs: kvs::client(&aws, credentials.provider()),
+        credentials,
         cfg,
         stats: stats.clone(),
         tls: None,
@@ -92,7 +96,7 @@ async fn a_codec_change_starts_a_new_session_with_new_tracks() -> anyhow::Result
         &Encoded::gstreamer(50, 25, 25, 160, 120)?,
         start + 10_000,
     )?);
-    let (u, stats) = uploader(&local, "cam", fast());
+    let (u, stats) = uploader(&local, "cam", fast()).await;
     upload_all(u, fragments).await;
     assert_eq!(stats.fragments_persisted.load(Ordering::Relaxed), 4);
     assert_eq!(
@@ -151,7 +155,8 @@ async fn sessions_rotate_on_time() -> anyhow::Result<()> {
             session_rotate_secs: 1,
             ..fast()
         },
-    );
+    )
+    .await;
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(u.run(rx));
     for f in fragments {
@@ -190,11 +195,11 @@ async fn fragments_kvs_already_has_are_not_sent_twice() -> anyhow::Result<()> {
         &Encoded::gstreamer(75, 25, 25, 160, 120)?,
         now_ms() - 60_000,
     )?;
-    let (u, _) = uploader(&local, "cam", fast());
+    let (u, _) = uploader(&local, "cam", fast()).await;
     upload_all(u, fragments[..2].to_vec()).await;
 
     // A restarted agent that never saw the acks of the first two sends all three again.
-    let (u, stats) = uploader(&local, "cam", fast());
+    let (u, stats) = uploader(&local, "cam", fast()).await;
     upload_all(u, fragments.clone()).await;
     assert_eq!(
         stats.fragments_persisted.load(Ordering::Relaxed),
