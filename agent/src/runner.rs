@@ -33,7 +33,9 @@ pub enum AgentError {
 pub struct Running {
     pub cameras: Vec<CameraMetrics>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// One task per camera; the agent is done when they are.
     tasks: JoinSet<()>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts every enabled camera. Returns once they run; `shutdown` (set to true) stops them.
@@ -108,27 +110,30 @@ pub async fn start(
         });
     }
     let mut metrics_addr = None;
+    let mut metrics_task = None;
     if let Some(addr) = cfg.metrics.listen {
         let listener = metrics::bind(addr)
             .await
             .map_err(|source| AgentError::Metrics { addr, source })?;
         metrics_addr = listener.local_addr().ok();
         info!("metrics on http://{}/metrics", metrics_addr.unwrap_or(addr));
-        let cams = cameras.clone();
-        let mut shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = metrics::serve(listener, cams) => {}
-                _ = shutdown.changed() => {}
-            }
-        });
+        metrics_task = Some(tokio::spawn(metrics::serve(listener, cameras.clone())));
     }
     info!(cameras = cameras.len(), device = %cfg.device_id, "agent started");
     Ok(Running {
         cameras,
         metrics_addr,
         tasks,
+        metrics_task,
     })
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Running {
@@ -136,7 +141,10 @@ impl Running {
     /// giving them at most `grace` after `shutdown` was set to deliver what they have.
     pub async fn wait(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         tokio::select! {
-            _ = async { while self.tasks.join_next().await.is_some() {} } => return,
+            _ = async { while self.tasks.join_next().await.is_some() {} } => {
+                info!("every source has ended");
+                return;
+            }
             _ = shutdown.wait_for(|s| *s) => {}
         }
         info!("shutting down: sending what was captured (up to {grace:?})");

@@ -1,0 +1,168 @@
+//! The agent's other sources and its isolation between cameras: a recorded MP4 passed
+//! through (once: the agent finishes by itself; looped: timecodes keep increasing), and a
+//! broken camera that does not hold up a working one.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kvs_edge_agent::runner;
+use kvs_edge_agent::uploader::UploadStats;
+use kvs_edge_config::AgentConfig;
+use kvs_edge_tests::*;
+use tokio::sync::watch;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+fn agent_toml(url: &str, cameras: &str) -> String {
+    format!(
+        r#"
+        [aws]
+        region = "us-east-1"
+        endpoint_url = "{url}"
+        [credentials]
+        kind = "static"
+        access_key_id = "{DEFAULT_ACCESS_KEY}"
+        secret_access_key = "{DEFAULT_SECRET_KEY}"
+        [upload]
+        backoff_min_ms = 50
+        backoff_max_ms = 500
+        {cameras}
+        "#
+    )
+}
+
+/// 4 s of 320x240 H.264 in an MP4, keyframe every second.
+fn mp4_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("recorded.mp4");
+    let out = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "num-buffers=100",
+            "!",
+            "video/x-raw,format=I420,width=320,height=240,framerate=25/1",
+        ])
+        .args([
+            "!",
+            "x264enc",
+            "key-int-max=25",
+            "bframes=0",
+            "!",
+            "video/x-h264,profile=main",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", path.display()))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(path)
+}
+
+fn persisted(s: &UploadStats) -> u64 {
+    s.fragments_persisted.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_file_is_passed_through_and_the_agent_finishes() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    let file = mp4_file(local.dir.path())?;
+    let cameras = format!(
+        "[[cameras]]\nname = \"rec\"\nstream_name = \"rec\"\nfragment_duration_ms = 1000\n\
+         source = {{ type = \"file\", path = \"{}\", realtime = false }}\ncreate_stream = {{ retention_period_hours = 1 }}",
+        file.display()
+    );
+    let (_stop, shutdown) = watch::channel(false);
+    let running = runner::start(
+        AgentConfig::from_toml("file.toml", &agent_toml(&local.url(), &cameras))?,
+        shutdown.clone(),
+    )
+    .await?;
+    let cam = running.cameras[0].clone();
+    // No shutdown asked: the file ends, the agent delivers it and is done.
+    tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
+    assert_eq!(
+        persisted(&cam.upload_stats),
+        4,
+        "4 s of video in 1 s fragments"
+    );
+    assert_eq!(
+        cam.camera_stats.capture.frames.load(Ordering::Relaxed),
+        100,
+        "every frame, none re-encoded away"
+    );
+    assert_eq!(*cam.camera_stats.encoder.lock().await, "passthrough");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looped_file_keeps_timecodes_increasing() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    let file = mp4_file(local.dir.path())?;
+    let cameras = format!(
+        "[[cameras]]\nname = \"loop\"\nstream_name = \"loop\"\nfragment_duration_ms = 1000\n\
+         source = {{ type = \"file\", path = \"{}\", loop = true, realtime = false }}\ncreate_stream = {{ retention_period_hours = 1 }}",
+        file.display()
+    );
+    let (stop, shutdown) = watch::channel(false);
+    let running = runner::start(
+        AgentConfig::from_toml("loop.toml", &agent_toml(&local.url(), &cameras))?,
+        shutdown.clone(),
+    )
+    .await?;
+    let cam = running.cameras[0].clone();
+    tokio::time::timeout(BOUND, cam.upload_stats.wait_until(|s| persisted(s) >= 10)).await?;
+    stop.send_replace(true);
+    tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(20))).await?;
+    assert_eq!(
+        persisted(&cam.upload_stats),
+        cam.camera_stats.fragments.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        cam.upload_stats.error_acks.load(Ordering::Relaxed),
+        0,
+        "no 4004: timecodes never went back"
+    );
+    assert!(
+        cam.camera_stats.restarts.load(Ordering::Relaxed) >= 2,
+        "the file was played more than once"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_camera_does_not_hold_up_the_others() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    let dead = free_port()?;
+    let cameras = format!(
+        "[[cameras]]\nname = \"dead\"\nstream_name = \"dead\"\nstall_timeout_secs = 1\n\
+         source = {{ type = \"rtsp\", url = \"rtsp://127.0.0.1:{dead}/nothing\" }}\ncreate_stream = {{ retention_period_hours = 1 }}\n\
+         [[cameras]]\nname = \"alive\"\nstream_name = \"alive\"\nfragment_duration_ms = 1000\n\
+         source = {{ type = \"test\", width = 160, height = 120 }}\ncreate_stream = {{ retention_period_hours = 1 }}"
+    );
+    let (stop, shutdown) = watch::channel(false);
+    let running = runner::start(
+        AgentConfig::from_toml("two.toml", &agent_toml(&local.url(), &cameras))?,
+        shutdown.clone(),
+    )
+    .await?;
+    let (dead, alive) = (running.cameras[0].clone(), running.cameras[1].clone());
+    tokio::time::timeout(BOUND, alive.upload_stats.wait_until(|s| persisted(s) >= 3)).await?;
+    stop.send_replace(true);
+    tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(20))).await?;
+    assert_eq!(
+        persisted(&alive.upload_stats),
+        alive.camera_stats.fragments.load(Ordering::Relaxed)
+    );
+    assert_eq!(dead.camera_stats.fragments.load(Ordering::Relaxed), 0);
+    assert!(
+        dead.camera_stats.restarts.load(Ordering::Relaxed) >= 1,
+        "the broken source is retried"
+    );
+    Ok(())
+}
