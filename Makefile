@@ -23,6 +23,7 @@ lint:
 ## bench: release-mode benchmarks; results go to docs/benchmarks.md by hand
 bench: deps
 	$(CARGO) run --release -p kvs-local --example bench_ingest
+	scripts/bench-agent
 
 ## fuzz: a minute of cargo-fuzz on kvs-local's PutMedia parser (needs the nightly toolchain)
 fuzz:
