@@ -28,6 +28,15 @@ pub fn run_agent(
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "kvs_edge_agent=debug")
+        // Only what the test gives: no inherited AWS settings, and never instance metadata
+        // (169.254.169.254 is not loopback).
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/kvs-edge-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/kvs-edge-test")
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
