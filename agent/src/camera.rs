@@ -16,7 +16,11 @@ use tracing::{error, info, warn};
 use crate::backoff::Backoff;
 use crate::capture::{self, Capture, CaptureEvent, CaptureStats, CodecConfig};
 use crate::mkv::{AccessUnit, Fragment, Fragmenter, FragmenterConfig, MkvError};
-use crate::timeline::{Timeline, WallMs};
+use crate::timeline::{MediaTime, Timeline, WallMs};
+
+/// Added to decode times so that a DTS before the segment start stays positive; the
+/// timeline only uses differences.
+const DECODE_BIAS_NS: u64 = 10_000_000_000;
 use crate::uploader::Outgoing;
 
 #[derive(Debug, Default)]
@@ -83,8 +87,14 @@ impl Camera {
                                 self.emit(&out, fragmenter.flush(), &codec).await;
                                 codec = Some(unit.codec.clone());
                             }
+                            // Decode time is the monotonic one (B-frames reorder presentation
+                            // times), so it goes through the timeline; presentation time
+                            // follows at the unit's decode delay.
+                            let decode = MediaTime(unit.pts.0 + DECODE_BIAS_NS - unit.decode_delay_ns.min(DECODE_BIAS_NS));
+                            let dts_ms = timeline.wall(decode, WallMs::now()).0;
                             let au = AccessUnit {
-                                pts_ms: timeline.wall(unit.pts, WallMs::now()).0,
+                                pts_ms: dts_ms + (unit.decode_delay_ns / 1_000_000) as i64,
+                                dts_ms,
                                 keyframe: unit.keyframe,
                                 data: unit.data,
                             };

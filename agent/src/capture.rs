@@ -45,6 +45,9 @@ pub struct CodecConfig {
 pub struct CapturedUnit {
     /// Presentation running time.
     pub pts: MediaTime,
+    /// How long before its presentation the unit is decoded (PTS − DTS; 0 without
+    /// B-frames). Units arrive in decode order.
+    pub decode_delay_ns: u64,
     pub keyframe: bool,
     /// AVCC (length-prefixed NAL units).
     pub data: Vec<u8>,
@@ -265,10 +268,15 @@ impl Capture {
                         (_, Some(pts)) => pts,
                         _ => return Ok(gst::FlowSuccess::Ok),
                     };
+                    let decode_delay_ns = match (buffer.pts(), buffer.dts()) {
+                        (Some(p), Some(d)) if p > d => (p - d).nseconds(),
+                        _ => 0,
+                    };
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
                     stats.frames.fetch_add(1, Ordering::Relaxed);
                     let unit = CapturedUnit {
                         pts: MediaTime(running.nseconds()),
+                        decode_delay_ns,
                         keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
                         data: map.as_slice().to_vec(),
                         codec,

@@ -125,11 +125,14 @@ pub fn session_header(segment_uid: [u8; 16], tracks: &[TrackSpec], writing_app: 
     out
 }
 
-/// One encoded picture, in AVCC (length-prefixed) form, timed in producer time.
+/// One encoded picture, in AVCC (length-prefixed) form, timed in producer time. Access
+/// units arrive in decode order; with B-frames presentation times are not monotonic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessUnit {
-    /// Presentation time, ms since the epoch (ABSOLUTE timecodes).
+    /// Presentation time, ms since the epoch (ABSOLUTE timecodes): the block timecode.
     pub pts_ms: i64,
+    /// Decode time, ms since the epoch; equal to `pts_ms` without B-frames.
+    pub dts_ms: i64,
     pub keyframe: bool,
     pub data: Vec<u8>,
 }
@@ -182,7 +185,9 @@ pub struct Fragmenter {
     cfg: FragmenterConfig,
     pending: Vec<AccessUnit>,
     pending_bytes: usize,
-    last_ms: Option<i64>,
+    /// Lowest and highest presentation time of the pending frames.
+    pts_range: (i64, i64),
+    last_dts: Option<i64>,
     tags: Vec<(String, String)>,
 }
 
@@ -193,7 +198,8 @@ impl Fragmenter {
             cfg: FragmenterConfig { max_ms, ..cfg },
             pending: Vec::new(),
             pending_bytes: 0,
-            last_ms: None,
+            pts_range: (0, 0),
+            last_dts: None,
             tags: Vec::new(),
         }
     }
@@ -203,40 +209,53 @@ impl Fragmenter {
         self.tags.push((name.to_string(), value.to_string()));
     }
 
-    /// Adds an access unit; returns the fragment it completed, if any.
+    /// Adds an access unit (in decode order); returns the fragment it completed, if any.
     pub fn push(&mut self, au: AccessUnit) -> Result<Option<Fragment>, MkvError> {
-        if let Some(prev) = self.last_ms
-            && au.pts_ms <= prev
+        if let Some(prev) = self.last_dts
+            && au.dts_ms <= prev
         {
             return Err(MkvError::NonMonotonic {
                 prev,
-                got: au.pts_ms,
+                got: au.dts_ms,
             });
         }
-        let Some(first) = self.pending.first().map(|f| f.pts_ms) else {
+        let Some(first) = self.pending.first() else {
             if !au.keyframe {
                 return Err(MkvError::NeedKeyframe(au.pts_ms));
             }
-            self.last_ms = Some(au.pts_ms);
+            self.last_dts = Some(au.dts_ms);
             self.pending_bytes = au.data.len();
+            self.pts_range = (au.pts_ms, au.pts_ms);
             self.pending.push(au);
             return Ok(None);
         };
-        let span = au.pts_ms - first;
-        let done = if au.keyframe && span >= self.cfg.target_ms {
+        let (first_pts, first_dts) = (first.pts_ms, first.dts_ms);
+        let span = self.pts_range.1.max(au.pts_ms) - self.pts_range.0.min(au.pts_ms);
+        let offset = au.pts_ms - first_pts;
+        let done = if au.keyframe && au.dts_ms - first_dts >= self.cfg.target_ms {
             self.flush()
-        } else if span > self.cfg.max_ms {
+        } else if span > self.cfg.max_ms
+            || !(i64::from(i16::MIN)..=MAX_BLOCK_OFFSET_MS).contains(&offset)
+        {
             return Err(MkvError::GopTooLong {
-                start: first,
+                start: first_pts,
                 max: self.cfg.max_ms,
             });
         } else if self.pending_bytes + au.data.len() > MAX_FRAGMENT_BYTES - 64 * 1024 {
-            return Err(MkvError::FragmentTooLarge(first));
+            return Err(MkvError::FragmentTooLarge(first_pts));
         } else {
             None
         };
-        self.last_ms = Some(au.pts_ms);
+        self.last_dts = Some(au.dts_ms);
         self.pending_bytes += au.data.len();
+        self.pts_range = if self.pending.is_empty() {
+            (au.pts_ms, au.pts_ms)
+        } else {
+            (
+                self.pts_range.0.min(au.pts_ms),
+                self.pts_range.1.max(au.pts_ms),
+            )
+        };
         self.pending.push(au);
         Ok(done)
     }
@@ -251,10 +270,14 @@ impl Fragmenter {
     pub fn flush(&mut self) -> Option<Fragment> {
         let frames = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        // The Cluster timecode is the keyframe's presentation time; B-frames may sit on
+        // either side of it (int16 offsets), and the fragment spans the whole PTS range.
         let first = frames.first()?.pts_ms;
-        let last = frames.last()?.pts_ms;
+        let (low, high) = frames.iter().fold((i64::MAX, i64::MIN), |(lo, hi), f| {
+            (lo.min(f.pts_ms), hi.max(f.pts_ms))
+        });
         let interval = if frames.len() > 1 {
-            (last - first) / (frames.len() as i64 - 1)
+            (high - low) / (frames.len() as i64 - 1)
         } else {
             0
         };
@@ -286,8 +309,8 @@ impl Fragmenter {
         });
         Some(Fragment {
             timecode_ms: first,
-            last_ms: last,
-            duration_ms: last - first + interval,
+            last_ms: high,
+            duration_ms: high - low + interval,
             frames: frames.len(),
             bytes,
         })
@@ -300,6 +323,7 @@ mod tests {
 
     fn au(pts_ms: i64, keyframe: bool) -> AccessUnit {
         AccessUnit {
+            dts_ms: pts_ms,
             pts_ms,
             keyframe,
             data: vec![0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }],
@@ -368,5 +392,67 @@ mod tests {
         f.push(au(0, true)).unwrap();
         let frag = f.flush().unwrap();
         assert_eq!(&frag.bytes[..4], &[0x12, 0x54, 0xC3, 0x67]);
+    }
+
+    #[test]
+    fn b_frames_keep_decode_order_and_presentation_offsets() {
+        let mut f = Fragmenter::new(FragmenterConfig {
+            target_ms: 100,
+            max_ms: 10_000,
+        });
+        // decode order I P B B | I: presentation 0, 120, 40, 80 | 160
+        let frames = [
+            (0, -40, true),
+            (120, 0, false),
+            (40, 40, false),
+            (80, 80, false),
+        ];
+        for (pts, dts, key) in frames {
+            let unit = AccessUnit {
+                pts_ms: 1000 + pts,
+                dts_ms: 1000 + dts,
+                keyframe: key,
+                data: vec![1],
+            };
+            assert_eq!(f.push(unit), Ok(None));
+        }
+        let frag = f
+            .push(AccessUnit {
+                pts_ms: 1160,
+                dts_ms: 1120,
+                keyframe: true,
+                data: vec![1],
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (frag.timecode_ms, frag.last_ms, frag.frames),
+            (1000, 1120, 4)
+        );
+        // Block offsets in decode order: 0, 120, 40, 80.
+        let mut found = Vec::new();
+        let mut i = 0;
+        while i + 4 < frag.bytes.len() {
+            if frag.bytes[i] == 0xA3 && frag.bytes[i + 2] == 0x81 {
+                found.push(i16::from_be_bytes([frag.bytes[i + 3], frag.bytes[i + 4]]));
+                i += 6;
+            } else {
+                i += 1;
+            }
+        }
+        assert_eq!(found, [0, 120, 40, 80]);
+        // Decode time, not presentation time, must increase.
+        assert_eq!(
+            f.push(AccessUnit {
+                pts_ms: 1200,
+                dts_ms: 1120,
+                keyframe: false,
+                data: vec![1]
+            }),
+            Err(MkvError::NonMonotonic {
+                prev: 1120,
+                got: 1120
+            })
+        );
     }
 }

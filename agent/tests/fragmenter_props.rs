@@ -29,7 +29,7 @@ proptest! {
         for (i, (gap, key, size)) in seq.iter().enumerate() {
             t += gap;
             let key = *key || i == 0;
-            let au = AccessUnit { pts_ms: t, keyframe: key, data: vec![0x41; *size] };
+            let au = AccessUnit { pts_ms: t, dts_ms: t, keyframe: key, data: vec![0x41; *size] };
             match f.push(au) {
                 Ok(done) => {
                     accepted.push(t);

@@ -165,6 +165,7 @@ impl Encoded {
             .enumerate()
             .map(|(i, (key, data))| AccessUnit {
                 pts_ms: start_ms + (i as f64 * step).round() as i64,
+                dts_ms: start_ms + (i as f64 * step).round() as i64,
                 keyframe: *key,
                 data: data.clone(),
             })

@@ -31,9 +31,9 @@ fn agent_toml(url: &str, cameras: &str) -> String {
     )
 }
 
-/// 4 s of 320x240 H.264 in an MP4, keyframe every second.
-fn mp4_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let path = dir.join("recorded.mp4");
+/// 4 s of 320x240 H.264 in an MP4, keyframe every second, with `bframes` B-frames.
+fn mp4_file_with(dir: &std::path::Path, bframes: u32) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(format!("recorded-b{bframes}.mp4"));
     let out = std::process::Command::new("gst-launch-1.0")
         .args([
             "-q",
@@ -46,7 +46,7 @@ fn mp4_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
             "!",
             "x264enc",
             "key-int-max=25",
-            "bframes=0",
+            &format!("bframes={bframes}"),
             "!",
             "video/x-h264,profile=main",
             "!",
@@ -62,6 +62,10 @@ fn mp4_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(path)
+}
+
+fn mp4_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    mp4_file_with(dir, 0)
 }
 
 fn persisted(s: &UploadStats) -> u64 {
@@ -164,5 +168,88 @@ async fn a_broken_camera_does_not_hold_up_the_others() -> anyhow::Result<()> {
         dead.camera_stats.restarts.load(Ordering::Relaxed) >= 1,
         "the broken source is retried"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_frames_are_passed_through_in_decode_order() -> anyhow::Result<()> {
+    use aws_sdk_kinesisvideoarchivedmedia::primitives::DateTime;
+    use aws_sdk_kinesisvideoarchivedmedia::types::*;
+    let local = Local::start().await?;
+    let file = mp4_file_with(local.dir.path(), 2)?;
+    let probe = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=pict_type",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()?;
+    let b_frames = String::from_utf8_lossy(&probe.stdout)
+        .lines()
+        .filter(|l| l.starts_with('B'))
+        .count();
+    assert!(b_frames > 20, "the source really has B-frames ({b_frames})");
+    let cameras = format!(
+        "[[cameras]]\nname = \"bf\"\nstream_name = \"bf\"\nfragment_duration_ms = 1000\n\
+         source = {{ type = \"file\", path = \"{}\", realtime = false }}\ncreate_stream = {{ retention_period_hours = 1 }}",
+        file.display()
+    );
+    let (_stop, shutdown) = watch::channel(false);
+    let running = runner::start(
+        AgentConfig::from_toml("bf.toml", &agent_toml(&local.url(), &cameras))?,
+        shutdown.clone(),
+    )
+    .await?;
+    let cam = running.cameras[0].clone();
+    tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
+    assert_eq!(
+        cam.camera_stats.frames_discarded.load(Ordering::Relaxed),
+        0,
+        "no frame refused"
+    );
+    assert_eq!(persisted(&cam.upload_stats), 4);
+
+    // The stored fragments decode with every frame, and GetClip (with ctts) plays.
+    let listed = local
+        .archived()
+        .list_fragments()
+        .stream_name("bf")
+        .send()
+        .await?
+        .fragments
+        .unwrap_or_default();
+    let times: Vec<i64> = listed
+        .iter()
+        .map(|f| f.producer_timestamp.unwrap().to_millis().unwrap())
+        .collect();
+    let (first, last) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    let clip = local
+        .archived()
+        .get_clip()
+        .stream_name("bf")
+        .clip_fragment_selector(
+            ClipFragmentSelector::builder()
+                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
+                .timestamp_range(
+                    ClipTimestampRange::builder()
+                        .start_timestamp(DateTime::from_millis(first - 1))
+                        .end_timestamp(DateTime::from_millis(last + 1))
+                        .build()?,
+                )
+                .build()?,
+        )
+        .send()
+        .await?;
+    let path = local.dir.path().join("bf.mp4");
+    std::fs::write(&path, clip.payload.collect().await?.into_bytes())?;
+    let (codec, w, h, duration, frames) = ffprobe(&path)?;
+    assert_eq!((codec.as_str(), w, h, frames), ("h264", 320, 240, 100));
+    assert!((duration - 4.0).abs() < 0.5, "{duration}");
     Ok(())
 }

@@ -161,6 +161,7 @@ async fn rule_violations_get_their_error_ids() -> anyhow::Result<()> {
     tagged.tag_next("AWS_SOMETHING", "x");
     tagged.push(mkv::AccessUnit {
         pts_ms: t0,
+        dts_ms: t0,
         keyframe: true,
         data: vec![0, 0, 0, 1, 0x65],
     })?;
