@@ -6,10 +6,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_kinesisvideoarchivedmedia::primitives::DateTime;
-use aws_sdk_kinesisvideoarchivedmedia::types::{
-    ClipFragmentSelector, ClipFragmentSelectorType, ClipTimestampRange,
-};
 use kvs_edge_tests::*;
 
 #[tokio::main]
@@ -29,22 +25,7 @@ async fn main() -> Result<()> {
         }
     }
     let media = archived_client(&endpoint);
-    let mut fragments = Vec::new();
-    let mut token = None;
-    loop {
-        let page = media
-            .list_fragments()
-            .stream_name(&stream)
-            .max_results(1000)
-            .set_next_token(token)
-            .send()
-            .await?;
-        fragments.extend(page.fragments.unwrap_or_default());
-        token = page.next_token;
-        if token.is_none() {
-            break;
-        }
-    }
+    let fragments = list_all_fragments(&media, &stream).await?;
     let times: Vec<i64> = fragments
         .iter()
         .filter_map(|f| f.producer_timestamp.and_then(|t| t.to_millis().ok()))
@@ -52,23 +33,8 @@ async fn main() -> Result<()> {
     let (Some(&first), Some(&last)) = (times.iter().min(), times.iter().max()) else {
         bail!("stream {stream} holds no fragments")
     };
-    let clip = media
-        .get_clip()
-        .stream_name(&stream)
-        .clip_fragment_selector(
-            ClipFragmentSelector::builder()
-                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
-                .timestamp_range(
-                    ClipTimestampRange::builder()
-                        .start_timestamp(DateTime::from_millis(first - 1))
-                        .end_timestamp(DateTime::from_millis(last + 1))
-                        .build()?,
-                )
-                .build()?,
-        )
-        .send()
-        .await?;
-    let mp4 = clip.payload.collect().await?.into_bytes();
+    let clip = get_clip(&media, &stream, first - 1, last + 1).await?;
+    let mp4 = clip.1;
     std::fs::create_dir_all(&out)?;
     let path = out.join(format!("{stream}.mp4"));
     std::fs::write(&path, &mp4)?;

@@ -528,3 +528,62 @@ impl Drop for RtspServer {
         }
     }
 }
+
+/// GetClip of the fragments starting in [start_ms, end_ms] (producer time), through the
+/// AWS SDK: (Content-Type, MP4 bytes).
+pub async fn get_clip(
+    media: &aws_sdk_kinesisvideoarchivedmedia::Client,
+    stream: &str,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<(Option<String>, Bytes)> {
+    use aws_sdk_kinesisvideoarchivedmedia::primitives::DateTime;
+    use aws_sdk_kinesisvideoarchivedmedia::types::{
+        ClipFragmentSelector, ClipFragmentSelectorType, ClipTimestampRange,
+    };
+    let out = media
+        .get_clip()
+        .stream_name(stream)
+        .clip_fragment_selector(
+            ClipFragmentSelector::builder()
+                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
+                .timestamp_range(
+                    ClipTimestampRange::builder()
+                        .start_timestamp(DateTime::from_millis(start_ms))
+                        .end_timestamp(DateTime::from_millis(end_ms))
+                        .build()?,
+                )
+                .build()?,
+        )
+        .send()
+        .await
+        .with_context(|| format!("GetClip {stream}"))?;
+    let bytes = out.payload.collect().await?.into_bytes();
+    Ok((out.content_type, bytes))
+}
+
+/// Every fragment of a stream (ListFragments, all pages), sorted by producer timestamp.
+pub async fn list_all_fragments(
+    media: &aws_sdk_kinesisvideoarchivedmedia::Client,
+    stream: &str,
+) -> Result<Vec<aws_sdk_kinesisvideoarchivedmedia::types::Fragment>> {
+    let mut all = Vec::new();
+    let mut token = None;
+    loop {
+        let page = media
+            .list_fragments()
+            .stream_name(stream)
+            .max_results(1000)
+            .set_next_token(token)
+            .send()
+            .await
+            .with_context(|| format!("ListFragments {stream}"))?;
+        all.extend(page.fragments.unwrap_or_default());
+        token = page.next_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    all.sort_by_key(|f| f.producer_timestamp.and_then(|t| t.to_millis().ok()));
+    Ok(all)
+}

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aws_sdk_kinesisvideoarchivedmedia::primitives::DateTime;
-use aws_sdk_kinesisvideoarchivedmedia::types::*;
 use kvs_edge_agent::metrics::CameraMetrics;
 use kvs_edge_agent::runner;
 use kvs_edge_agent::uploader::UploadStats;
@@ -82,22 +80,7 @@ async fn stop_and_check(
     );
     assert_eq!(persisted(up), made, "every fragment made was PERSISTED");
     assert_eq!(up.fragments_dropped.load(Ordering::Relaxed), 0);
-    let mut listed = Vec::new();
-    let mut token = None;
-    loop {
-        let page = local
-            .archived()
-            .list_fragments()
-            .stream_name(stream)
-            .set_next_token(token)
-            .send()
-            .await?;
-        listed.extend(page.fragments.unwrap_or_default());
-        token = page.next_token;
-        if token.is_none() {
-            break;
-        }
-    }
+    let listed = list_all_fragments(&local.archived(), stream).await?;
     let mut spans: Vec<(i64, i64)> = listed
         .iter()
         .map(|f| {
@@ -166,24 +149,8 @@ async fn test_source_streams_every_fragment_and_the_clip_plays() -> anyhow::Resu
     let (start, _) = spans[0];
     let (last_start, last_len) = *spans.last().unwrap();
     let captured_ms = last_start + last_len - start;
-    let clip = local
-        .archived()
-        .get_clip()
-        .stream_name("agent-cam")
-        .clip_fragment_selector(
-            ClipFragmentSelector::builder()
-                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
-                .timestamp_range(
-                    ClipTimestampRange::builder()
-                        .start_timestamp(DateTime::from_millis(start))
-                        .end_timestamp(DateTime::from_millis(last_start))
-                        .build()?,
-                )
-                .build()?,
-        )
-        .send()
-        .await?;
-    let mp4 = clip.payload.collect().await?.into_bytes();
+    let clip = get_clip(&local.archived(), "agent-cam", start, last_start).await?;
+    let mp4 = clip.1;
     let path = local.dir.path().join("agent.mp4");
     std::fs::write(&path, &mp4)?;
     let (codec, w, h, duration, _) = ffprobe(&path)?;

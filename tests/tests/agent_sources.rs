@@ -173,8 +173,6 @@ async fn a_broken_camera_does_not_hold_up_the_others() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_frames_are_passed_through_in_decode_order() -> anyhow::Result<()> {
-    use aws_sdk_kinesisvideoarchivedmedia::primitives::DateTime;
-    use aws_sdk_kinesisvideoarchivedmedia::types::*;
     let local = Local::start().await?;
     let file = mp4_file_with(local.dir.path(), 2)?;
     let probe = std::process::Command::new("ffprobe")
@@ -229,25 +227,9 @@ async fn b_frames_are_passed_through_in_decode_order() -> anyhow::Result<()> {
         .map(|f| f.producer_timestamp.unwrap().to_millis().unwrap())
         .collect();
     let (first, last) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
-    let clip = local
-        .archived()
-        .get_clip()
-        .stream_name("bf")
-        .clip_fragment_selector(
-            ClipFragmentSelector::builder()
-                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
-                .timestamp_range(
-                    ClipTimestampRange::builder()
-                        .start_timestamp(DateTime::from_millis(first - 1))
-                        .end_timestamp(DateTime::from_millis(last + 1))
-                        .build()?,
-                )
-                .build()?,
-        )
-        .send()
-        .await?;
+    let clip = get_clip(&local.archived(), "bf", first - 1, last + 1).await?;
     let path = local.dir.path().join("bf.mp4");
-    std::fs::write(&path, clip.payload.collect().await?.into_bytes())?;
+    std::fs::write(&path, clip.1)?;
     let (codec, w, h, duration, frames) = ffprobe(&path)?;
     assert_eq!((codec.as_str(), w, h, frames), ("h264", 320, 240, 100));
     assert!((duration - 4.0).abs() < 0.5, "{duration}");

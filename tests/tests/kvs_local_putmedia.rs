@@ -153,22 +153,8 @@ async fn fragments_are_acked_persisted_listed_and_clipped() -> anyhow::Result<()
     assert!(first.server_timestamp.unwrap().to_millis()? >= now_ms() - T.as_millis() as i64);
 
     // GetClip of the middle 6 s: three whole fragments, a playable MP4.
-    use aws_sdk_kinesisvideoarchivedmedia::types::{
-        ClipFragmentSelector, ClipFragmentSelectorType,
-    };
-    let clip = archived
-        .get_clip()
-        .stream_name("cam-front")
-        .clip_fragment_selector(
-            ClipFragmentSelector::builder()
-                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
-                .timestamp_range(range(start + 2000, start + 7999))
-                .build()?,
-        )
-        .send()
-        .await?;
-    assert_eq!(clip.content_type.as_deref(), Some("video/mp4"));
-    let mp4 = clip.payload.collect().await?.into_bytes();
+    let (content_type, mp4) = get_clip(&archived, "cam-front", start + 2000, start + 7999).await?;
+    assert_eq!(content_type.as_deref(), Some("video/mp4"));
     let path = local.dir.path().join("clip.mp4");
     std::fs::write(&path, &mp4)?;
     let (codec, w, h, duration, frames) = ffprobe(&path)?;

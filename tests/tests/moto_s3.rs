@@ -32,29 +32,7 @@ async fn a_clip_round_trips_through_moto_s3() -> anyhow::Result<()> {
     });
     let acks = put_media(&local.url(), "cam", vec![body], Duration::from_secs(30)).await?;
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 2);
-    use aws_sdk_kinesisvideoarchivedmedia::primitives::DateTime;
-    use aws_sdk_kinesisvideoarchivedmedia::types::*;
-    let clip = local
-        .archived()
-        .get_clip()
-        .stream_name("cam")
-        .clip_fragment_selector(
-            ClipFragmentSelector::builder()
-                .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
-                .timestamp_range(
-                    ClipTimestampRange::builder()
-                        .start_timestamp(DateTime::from_millis(start))
-                        .end_timestamp(DateTime::from_millis(start + 2000))
-                        .build()?,
-                )
-                .build()?,
-        )
-        .send()
-        .await?
-        .payload
-        .collect()
-        .await?
-        .into_bytes();
+    let (_, clip) = get_clip(&local.archived(), "cam", start, start + 2000).await?;
     let path = local.dir.path().join("clip.mp4");
     let back = local.dir.path().join("back.mp4");
     std::fs::write(&path, &clip)?;
