@@ -10,6 +10,7 @@ pub mod camera;
 pub mod capture;
 pub mod credentials;
 pub mod h264;
+pub mod journal;
 pub mod kvs;
 pub mod metrics;
 pub mod mkv;

@@ -1,0 +1,856 @@
+//! The durable per-camera fragment journal: every fragment is appended (and by default
+//! fsynced) before it is sent, and released only when KVS says PERSISTED. Knows nothing
+//! of HTTP. Synchronous file I/O: callers run it on the blocking pool.
+//!
+//! On disk, in the camera's directory:
+//! ```text
+//! seg-<first seq, 20 digits>.log   append-only records: "KVJ1" | len u32 | crc32 u32 | payload
+//! released.log                     append-only release marks: "KVA1" | seq u64 | crc32 u32
+//! quarantine/                      segments found corrupt (kept, never deleted)
+//! ```
+//! A record's payload carries everything replay needs: sequence number, producer timecode,
+//! duration, the codec configuration (for the session header) and the Matroska bytes. The
+//! in-memory index is rebuilt from the segments alone; `released.log` only saves resending
+//! (a lost release mark means a resend, which KVS answers with 4004: already stored).
+//!
+//! On open, each segment is scanned: a torn last record (power loss mid-write) is cut off;
+//! a bad record followed by more data marks the segment corrupt: its readable records are
+//! copied into a fresh segment and the file is moved to `quarantine/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::capture::CodecConfig;
+
+const RECORD_MAGIC: &[u8; 4] = b"KVJ1";
+const RELEASE_MAGIC: &[u8; 4] = b"KVA1";
+const HEADER: usize = 12;
+const RELEASE_LEN: usize = 16;
+/// No fragment record is larger than the KVS fragment limit plus headroom.
+const MAX_RECORD: u32 = 52 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("journal {path}: record at byte {offset} is damaged: {reason}")]
+    Damaged {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path, source: io::Error) -> JournalError {
+    JournalError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync after every fragment: a fragment reported journaled survives power loss.
+    Always,
+    /// fsync at most this often: up to this much video can be lost on power loss.
+    Every(Duration),
+    /// Leave it to the OS: a crash of the agent loses nothing, power loss may.
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Drop the oldest unsent fragments to make room (the newest video wins).
+    DeleteOldest,
+    /// Refuse new fragments while full (the backlog wins; live video is lost meanwhile).
+    DenyNew,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// Budget for unreleased fragment bytes on disk.
+    pub max_bytes: u64,
+    /// Fragments older than this (producer time) are dropped; `None` keeps them.
+    pub max_age: Option<Duration>,
+    /// Keep at least this much free space on the file system.
+    pub min_free_bytes: u64,
+    pub policy: FullPolicy,
+    /// Start a new segment file past this size.
+    pub segment_bytes: u64,
+}
+
+/// A fragment as the journal stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub timecode_ms: i64,
+    pub duration_ms: i64,
+    pub codec: Arc<CodecConfig>,
+    pub bytes: Vec<u8>,
+}
+
+/// What the index knows of an unreleased fragment (no media bytes: RAM stays bounded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub timecode_ms: i64,
+    pub duration_ms: i64,
+    pub codec: Arc<CodecConfig>,
+    pub len: u64,
+    segment: u64,
+    offset: u64,
+}
+
+/// What `open` found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    pub pending: usize,
+    pub torn_bytes: u64,
+    pub quarantined: Vec<PathBuf>,
+    pub salvaged: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored {
+        seq: u64,
+        dropped_oldest: u64,
+    },
+    /// `deny_new` and full: the fragment was not stored.
+    Denied,
+}
+
+/// Counters for health and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JournalStats {
+    pub appended: u64,
+    pub released: u64,
+    pub dropped_oldest: u64,
+    pub denied: u64,
+    pub expired: u64,
+    pub bytes_written: u64,
+    pub fsyncs: u64,
+}
+
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+}
+
+pub struct Journal {
+    cfg: JournalConfig,
+    segments: BTreeMap<u64, Segment>,
+    active: Option<(u64, File)>,
+    entries: BTreeMap<u64, Entry>,
+    released: File,
+    released_count: usize,
+    next_seq: u64,
+    last_sync: Instant,
+    stats: JournalStats,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("seg-{id:020}.log"))
+}
+
+fn encode(seq: u64, r: &Record) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(r.bytes.len() + r.codec.avcc.len() + 48);
+    payload.push(1u8);
+    payload.extend_from_slice(&seq.to_be_bytes());
+    payload.extend_from_slice(&r.timecode_ms.to_be_bytes());
+    payload.extend_from_slice(&r.duration_ms.to_be_bytes());
+    payload.extend_from_slice(&r.codec.width.to_be_bytes());
+    payload.extend_from_slice(&r.codec.height.to_be_bytes());
+    payload.extend_from_slice(&(r.codec.avcc.len() as u32).to_be_bytes());
+    payload.extend_from_slice(&r.codec.avcc);
+    payload.extend_from_slice(&r.bytes);
+    let mut out = Vec::with_capacity(payload.len() + HEADER);
+    out.extend_from_slice(RECORD_MAGIC);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Parses a record payload: (seq, record).
+fn decode(payload: &[u8]) -> Option<(u64, Record)> {
+    let get = |at: usize, n: usize| payload.get(at..at + n);
+    if *payload.first()? != 1 {
+        return None;
+    }
+    let u64_at = |at| get(at, 8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+    let u32_at = |at| get(at, 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+    let seq = u64_at(1)?;
+    let timecode_ms = u64_at(9)? as i64;
+    let duration_ms = u64_at(17)? as i64;
+    let width = u32_at(25)?;
+    let height = u32_at(29)?;
+    let avcc_len = u32_at(33)? as usize;
+    let avcc = get(37, avcc_len)?.to_vec();
+    let bytes = payload.get(37 + avcc_len..)?.to_vec();
+    Some((
+        seq,
+        Record {
+            timecode_ms,
+            duration_ms,
+            codec: Arc::new(CodecConfig {
+                avcc,
+                width,
+                height,
+            }),
+            bytes,
+        },
+    ))
+}
+
+/// One scanned record: where it is, and its contents.
+struct Scanned {
+    offset: u64,
+    seq: u64,
+    record: Record,
+    total: u64,
+}
+
+enum ScanEnd {
+    Clean,
+    /// A damaged record at `offset` that reaches the end of the file: a torn write.
+    Torn {
+        offset: u64,
+    },
+    /// A damaged record with more data after it.
+    Corrupt {
+        offset: u64,
+    },
+}
+
+fn scan(path: &Path) -> Result<(Vec<Scanned>, ScanEnd, u64), JournalError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| io_err(path, e))?;
+    let len = data.len() as u64;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let bad = |pos: usize, reaches_end: bool| {
+            if reaches_end {
+                ScanEnd::Torn { offset: pos as u64 }
+            } else {
+                ScanEnd::Corrupt { offset: pos as u64 }
+            }
+        };
+        if rest.len() < HEADER {
+            return Ok((out, ScanEnd::Torn { offset: pos as u64 }, len));
+        }
+        let size = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let crc = u32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
+        if &rest[..4] != RECORD_MAGIC || size > MAX_RECORD {
+            // A header that cannot be trusted: torn only if nothing valid can follow.
+            return Ok((
+                out,
+                bad(pos, !rest[1..].windows(4).any(|w| w == RECORD_MAGIC)),
+                len,
+            ));
+        }
+        let end = HEADER + size as usize;
+        if rest.len() < end {
+            return Ok((out, ScanEnd::Torn { offset: pos as u64 }, len));
+        }
+        let payload = &rest[HEADER..end];
+        match (crc32fast::hash(payload) == crc)
+            .then(|| decode(payload))
+            .flatten()
+        {
+            Some((seq, record)) => out.push(Scanned {
+                offset: pos as u64,
+                seq,
+                record,
+                total: end as u64,
+            }),
+            None => return Ok((out, bad(pos, rest.len() == end), len)),
+        }
+        pos += end;
+    }
+    Ok((out, ScanEnd::Clean, len))
+}
+
+fn read_released(path: &Path) -> Result<(BTreeSet<u64>, u64), JournalError> {
+    let mut data = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => f.read_to_end(&mut data).map_err(|e| io_err(path, e))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io_err(path, e)),
+    };
+    let mut set = BTreeSet::new();
+    let mut good = 0;
+    for chunk in data.chunks(RELEASE_LEN) {
+        if chunk.len() < RELEASE_LEN || &chunk[..4] != RELEASE_MAGIC {
+            break;
+        }
+        let seq_bytes: [u8; 8] = chunk[4..12].try_into().expect("8 bytes");
+        if crc32fast::hash(&seq_bytes).to_be_bytes() != chunk[12..16] {
+            break;
+        }
+        set.insert(u64::from_be_bytes(seq_bytes));
+        good += RELEASE_LEN as u64;
+    }
+    Ok((set, good))
+}
+
+fn release_mark(seq: u64) -> [u8; RELEASE_LEN] {
+    let mut out = [0u8; RELEASE_LEN];
+    out[..4].copy_from_slice(RELEASE_MAGIC);
+    out[4..12].copy_from_slice(&seq.to_be_bytes());
+    out[12..].copy_from_slice(&crc32fast::hash(&seq.to_be_bytes()).to_be_bytes());
+    out
+}
+
+/// Free bytes on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+impl Journal {
+    /// Opens (creating) the journal, recovering what a crash or power loss left behind.
+    pub fn open(cfg: JournalConfig) -> Result<(Journal, Recovery), JournalError> {
+        let dir = cfg.dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let released_path = dir.join("released.log");
+        let (released_set, released_good) = read_released(&released_path)?;
+        let mut recovery = Recovery::default();
+        let mut segments = BTreeMap::new();
+        let mut entries = BTreeMap::new();
+        let mut salvage: Vec<(u64, Record)> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let name = e.map_err(|e| io_err(&dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name
+                .strip_prefix("seg-")
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut max_seq = released_set.last().copied();
+        for id in ids {
+            let path = segment_path(&dir, id);
+            let (records, end, file_len) = scan(&path)?;
+            let mut keep_len = file_len;
+            match end {
+                ScanEnd::Clean => {}
+                ScanEnd::Torn { offset } => {
+                    tracing::warn!(segment = %path.display(), offset, bytes = file_len - offset, "torn record at the end cut off");
+                    recovery.torn_bytes += file_len - offset;
+                    keep_len = offset;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| io_err(&path, e))?;
+                    f.set_len(offset)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| io_err(&path, e))?;
+                }
+                ScanEnd::Corrupt { offset } => {
+                    tracing::warn!(segment = %path.display(), offset, kept = records.len(), "damaged record: segment quarantined");
+                    let qdir = dir.join("quarantine");
+                    fs::create_dir_all(&qdir).map_err(|e| io_err(&qdir, e))?;
+                    let target = qdir.join(path.file_name().expect("segment file name"));
+                    fs::rename(&path, &target).map_err(|e| io_err(&path, e))?;
+                    recovery.quarantined.push(target);
+                    for s in records {
+                        max_seq = max_seq.max(Some(s.seq));
+                        if !released_set.contains(&s.seq) {
+                            salvage.push((s.seq, s.record));
+                        }
+                    }
+                    continue;
+                }
+            }
+            recovery.segments += 1;
+            for s in &records {
+                max_seq = max_seq.max(Some(s.seq));
+                if released_set.contains(&s.seq) {
+                    continue;
+                }
+                let r = &s.record;
+                entries.insert(
+                    s.seq,
+                    Entry {
+                        seq: s.seq,
+                        timecode_ms: r.timecode_ms,
+                        duration_ms: r.duration_ms,
+                        codec: r.codec.clone(),
+                        len: s.total,
+                        segment: id,
+                        offset: s.offset,
+                    },
+                );
+            }
+            segments.insert(
+                id,
+                Segment {
+                    path,
+                    bytes: keep_len,
+                },
+            );
+        }
+        let released = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&released_path)
+            .map_err(|e| io_err(&released_path, e))?;
+        // A torn release mark is cut off like a torn record.
+        released
+            .set_len(released_good)
+            .map_err(|e| io_err(&released_path, e))?;
+        let mut journal = Journal {
+            cfg,
+            segments,
+            active: None,
+            entries,
+            released,
+            released_count: released_set.len(),
+            next_seq: max_seq.map_or(0, |m| m + 1),
+            last_sync: Instant::now(),
+            stats: JournalStats::default(),
+        };
+        // Records saved from quarantined segments go into a fresh segment, same sequence.
+        recovery.salvaged = salvage.len();
+        for (seq, record) in salvage {
+            journal.write_record(seq, &record, true)?;
+        }
+        journal.collect_garbage()?;
+        recovery.pending = journal.entries.len();
+        Ok((journal, recovery))
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        self.stats
+    }
+
+    /// Unreleased fragments, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Unreleased fragments after `seq`, oldest first.
+    pub fn pending_after(&self, seq: Option<u64>) -> impl Iterator<Item = &Entry> {
+        let from = seq.map_or(0, |s| s + 1);
+        self.entries.range(from..).map(|(_, e)| e)
+    }
+
+    pub fn pending_bytes(&self) -> u64 {
+        self.entries.values().map(|e| e.len).sum()
+    }
+
+    /// Producer time of the oldest unreleased fragment.
+    pub fn oldest_ms(&self) -> Option<i64> {
+        self.entries.values().next().map(|e| e.timecode_ms)
+    }
+
+    /// Reads a fragment's record back (checksum verified).
+    pub fn read(&self, entry: &Entry) -> Result<Record, JournalError> {
+        let seg = self
+            .segments
+            .get(&entry.segment)
+            .ok_or_else(|| JournalError::Damaged {
+                path: self.cfg.dir.display().to_string(),
+                offset: entry.offset,
+                reason: format!("segment {} is gone", entry.segment),
+            })?;
+        let mut f = File::open(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+        let mut buf = vec![0u8; entry.len as usize];
+        f.seek(SeekFrom::Start(entry.offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| io_err(&seg.path, e))?;
+        let damaged = |reason: &str| JournalError::Damaged {
+            path: seg.path.display().to_string(),
+            offset: entry.offset,
+            reason: reason.to_string(),
+        };
+        if &buf[..4] != RECORD_MAGIC {
+            return Err(damaged("no record header"));
+        }
+        let crc = u32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if crc32fast::hash(&buf[HEADER..]) != crc {
+            return Err(damaged("checksum mismatch"));
+        }
+        decode(&buf[HEADER..])
+            .map(|(_, r)| r)
+            .ok_or_else(|| damaged("unreadable payload"))
+    }
+
+    /// Appends a fragment, making room by policy. The fragment is on disk (fsynced under
+    /// `FsyncPolicy::Always`) when this returns `Stored`.
+    pub fn append(&mut self, record: &Record, now_ms: i64) -> Result<Appended, JournalError> {
+        self.expire(now_ms)?;
+        let need = (HEADER + 37 + record.codec.avcc.len() + record.bytes.len()) as u64;
+        let mut dropped = 0;
+        while self.is_full(need) {
+            match (self.cfg.policy, self.entries.keys().next().copied()) {
+                (FullPolicy::DeleteOldest, Some(oldest)) => {
+                    self.release(oldest)?;
+                    self.stats.released -= 1;
+                    self.stats.dropped_oldest += 1;
+                    dropped += 1;
+                }
+                _ => {
+                    self.stats.denied += 1;
+                    return Ok(Appended::Denied);
+                }
+            }
+        }
+        let seq = self.next_seq;
+        match self.write_record(seq, record, false) {
+            Ok(()) => {}
+            Err(JournalError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::ENOSPC)
+                    || source.kind() == io::ErrorKind::StorageFull =>
+            {
+                // The disk filled up under us: the policy decides, as for the budget.
+                self.stats.denied += 1;
+                return Ok(Appended::Denied);
+            }
+            Err(e) => return Err(e),
+        }
+        self.next_seq += 1;
+        self.stats.appended += 1;
+        Ok(Appended::Stored {
+            seq,
+            dropped_oldest: dropped,
+        })
+    }
+
+    fn is_full(&self, need: u64) -> bool {
+        let over_budget = self.pending_bytes() + need > self.cfg.max_bytes;
+        let low_disk = self.cfg.min_free_bytes > 0
+            && free_bytes(&self.cfg.dir).is_some_and(|free| free < self.cfg.min_free_bytes + need);
+        over_budget || low_disk
+    }
+
+    fn write_record(
+        &mut self,
+        seq: u64,
+        record: &Record,
+        force_sync: bool,
+    ) -> Result<(), JournalError> {
+        let data = encode(seq, record);
+        if self
+            .active
+            .as_ref()
+            .is_none_or(|(id, _)| self.segments[id].bytes >= self.cfg.segment_bytes)
+        {
+            let path = segment_path(&self.cfg.dir, seq);
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            if let Ok(d) = File::open(&self.cfg.dir) {
+                let _ = d.sync_all();
+            }
+            self.segments.insert(seq, Segment { path, bytes: 0 });
+            self.active = Some((seq, file));
+        }
+        let (id, file) = self.active.as_mut().expect("opened above");
+        let seg = self.segments.get_mut(id).expect("active segment is known");
+        let offset = seg.bytes;
+        if let Err(e) = file.write_all(&data) {
+            // Leave no partial record behind.
+            let _ = file.set_len(offset);
+            return Err(io_err(&seg.path, e));
+        }
+        seg.bytes += data.len() as u64;
+        self.stats.bytes_written += data.len() as u64;
+        let sync = force_sync
+            || match self.cfg.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Every(d) => self.last_sync.elapsed() >= d,
+                FsyncPolicy::Never => false,
+            };
+        if sync {
+            file.sync_data().map_err(|e| io_err(&seg.path, e))?;
+            self.last_sync = Instant::now();
+            self.stats.fsyncs += 1;
+        }
+        self.entries.insert(
+            seq,
+            Entry {
+                seq,
+                timecode_ms: record.timecode_ms,
+                duration_ms: record.duration_ms,
+                codec: record.codec.clone(),
+                len: data.len() as u64,
+                segment: *id,
+                offset,
+            },
+        );
+        Ok(())
+    }
+
+    /// Marks a fragment PERSISTED: it will not be sent again; its segment goes when empty.
+    pub fn release(&mut self, seq: u64) -> Result<(), JournalError> {
+        if self.entries.remove(&seq).is_none() {
+            return Ok(());
+        }
+        let path = self.cfg.dir.join("released.log");
+        self.released
+            .write_all(&release_mark(seq))
+            .map_err(|e| io_err(&path, e))?;
+        self.released_count += 1;
+        self.stats.released += 1;
+        self.collect_garbage()
+    }
+
+    /// Drops fragments older than `max_age` (counted as expired).
+    pub fn expire(&mut self, now_ms: i64) -> Result<u64, JournalError> {
+        let Some(max_age) = self.cfg.max_age else {
+            return Ok(0);
+        };
+        let cutoff = now_ms - max_age.as_millis() as i64;
+        let old: Vec<u64> = self
+            .entries
+            .values()
+            .take_while(|e| e.timecode_ms < cutoff)
+            .map(|e| e.seq)
+            .collect();
+        for seq in &old {
+            self.release(*seq)?;
+            self.stats.released -= 1;
+            self.stats.expired += 1;
+        }
+        Ok(old.len() as u64)
+    }
+
+    /// Deletes segments with nothing unreleased left (not the active one) and compacts
+    /// `released.log` once it holds only marks for deleted segments.
+    fn collect_garbage(&mut self) -> Result<(), JournalError> {
+        let active = self.active.as_ref().map(|(id, _)| *id);
+        let live: BTreeSet<u64> = self.entries.values().map(|e| e.segment).collect();
+        let dead: Vec<u64> = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|id| Some(*id) != active && !live.contains(id))
+            .collect();
+        for id in dead {
+            let seg = self.segments.remove(&id).expect("listed above");
+            fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+        }
+        if self.released_count > 4096 {
+            // Keep one mark at the highest released sequence, so numbering never restarts.
+            let path = self.cfg.dir.join("released.log");
+            let tmp = self.cfg.dir.join("released.log.tmp");
+            // Needed: every released sequence whose record is still in a segment on disk.
+            let floor = self.next_seq.saturating_sub(1);
+            let oldest_segment = self
+                .segments
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(self.next_seq);
+            let mut marks = Vec::new();
+            for seq in (oldest_segment..self.next_seq).filter(|s| !self.entries.contains_key(s)) {
+                marks.extend_from_slice(&release_mark(seq));
+            }
+            marks.extend_from_slice(&release_mark(floor));
+            let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+            f.write_all(&marks)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| io_err(&tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+            self.released = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            self.released_count = marks.len() / RELEASE_LEN;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> JournalConfig {
+        JournalConfig {
+            dir: dir.to_path_buf(),
+            fsync: FsyncPolicy::Always,
+            max_bytes: 1 << 30,
+            max_age: None,
+            min_free_bytes: 0,
+            policy: FullPolicy::DeleteOldest,
+            segment_bytes: 4096,
+        }
+    }
+
+    fn record(tc: i64, size: usize) -> Record {
+        let codec = Arc::new(CodecConfig {
+            avcc: vec![1, 77, 0, 30],
+            width: 320,
+            height: 240,
+        });
+        Record {
+            timecode_ms: tc,
+            duration_ms: 1000,
+            codec,
+            bytes: vec![(tc % 251) as u8; size],
+        }
+    }
+
+    fn timecodes(j: &Journal) -> Vec<i64> {
+        j.pending().map(|e| e.timecode_ms).collect()
+    }
+
+    #[test]
+    fn survives_reopen_and_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, r) = Journal::open(cfg(dir.path())).unwrap();
+        assert_eq!(r, Recovery::default());
+        for tc in 0..10 {
+            j.append(&record(tc * 1000, 1500), 0).unwrap();
+        }
+        let first = j.pending().next().unwrap().clone();
+        assert_eq!(j.read(&first).unwrap(), record(0, 1500));
+        for seq in 0..4 {
+            j.release(seq).unwrap();
+        }
+        drop(j);
+        let (j, r) = Journal::open(cfg(dir.path())).unwrap();
+        assert_eq!(r.pending, 6);
+        assert_eq!(timecodes(&j), (4..10).map(|t| t * 1000).collect::<Vec<_>>());
+        assert_eq!(j.next_seq, 10, "numbering continues");
+        let segs = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("seg-")
+            })
+            .count();
+        assert!(
+            segs < 5,
+            "fully released segments are deleted ({segs} left)"
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_nothing_else_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(JournalConfig {
+            segment_bytes: 1 << 20,
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        for tc in 0..3 {
+            j.append(&record(tc, 500), 0).unwrap();
+        }
+        drop(j);
+        let seg = segment_path(dir.path(), 0);
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+        let (j, r) = Journal::open(cfg(dir.path())).unwrap();
+        assert_eq!(timecodes(&j), [0, 1]);
+        assert!(r.torn_bytes > 0 && r.quarantined.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_segment_is_quarantined_and_its_good_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(JournalConfig {
+            segment_bytes: 1 << 20,
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        for tc in 0..3 {
+            j.append(&record(tc, 500), 0).unwrap();
+        }
+        drop(j);
+        let seg = segment_path(dir.path(), 0);
+        let mut data = fs::read(&seg).unwrap();
+        let second = (HEADER + 37 + 4 + 500) + HEADER + 50; // inside record 1's payload
+        data[second] ^= 0xFF;
+        fs::write(&seg, &data).unwrap();
+        let (j, r) = Journal::open(cfg(dir.path())).unwrap();
+        assert_eq!(r.quarantined.len(), 1);
+        assert!(r.quarantined[0].exists(), "kept, not deleted");
+        assert_eq!(r.salvaged, 1);
+        assert_eq!(
+            timecodes(&j),
+            [0],
+            "the good record before the damage is kept"
+        );
+        assert_eq!(j.read(j.pending().next().unwrap()).unwrap(), record(0, 500));
+    }
+
+    #[test]
+    fn budgets_apply_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = (HEADER + 37 + 4 + 1000) as u64;
+        let (mut j, _) = Journal::open(JournalConfig {
+            max_bytes: one * 3,
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        for tc in 0..5 {
+            j.append(&record(tc, 1000), 0).unwrap();
+        }
+        assert_eq!(timecodes(&j), [2, 3, 4], "delete_oldest keeps the newest");
+        assert_eq!(j.stats().dropped_oldest, 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(JournalConfig {
+            max_bytes: one * 3,
+            policy: FullPolicy::DenyNew,
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        let outcomes: Vec<Appended> = (0..5)
+            .map(|tc| j.append(&record(tc, 1000), 0).unwrap())
+            .collect();
+        assert_eq!(timecodes(&j), [0, 1, 2], "deny_new keeps the backlog");
+        assert_eq!(outcomes[4], Appended::Denied);
+        assert_eq!(j.stats().denied, 2);
+    }
+
+    #[test]
+    fn old_fragments_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(JournalConfig {
+            max_age: Some(Duration::from_secs(60)),
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        j.append(&record(0, 10), 0).unwrap();
+        j.append(&record(50_000, 10), 50_000).unwrap();
+        j.append(&record(100_000, 10), 100_000).unwrap();
+        assert_eq!(timecodes(&j), [50_000, 100_000]);
+        assert_eq!(j.stats().expired, 1);
+    }
+}
