@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use kvs_edge_config::agent::{CameraConfig, SourceConfig};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::capture::{self, Capture, CaptureEvent, CaptureStats, CodecConfig};
@@ -21,7 +20,7 @@ use crate::timeline::{MediaTime, Timeline, WallMs};
 /// Added to decode times so that a DTS before the segment start stays positive; the
 /// timeline only uses differences.
 const DECODE_BIAS_NS: u64 = 10_000_000_000;
-use crate::uploader::Outgoing;
+use crate::journal::{Appended, Journal, Record};
 
 #[derive(Debug, Default)]
 pub struct CameraStats {
@@ -30,6 +29,8 @@ pub struct CameraStats {
     pub restarts: AtomicU64,
     pub stalls: AtomicU64,
     pub frames_discarded: AtomicU64,
+    /// Fragments the journal refused (full under `deny_new`, disk full, I/O errors).
+    pub fragments_denied: AtomicU64,
     /// The encoder element in use ("passthrough" when none).
     pub encoder: Mutex<String>,
 }
@@ -37,10 +38,13 @@ pub struct CameraStats {
 pub struct Camera {
     pub cfg: CameraConfig,
     pub stats: Arc<CameraStats>,
+    pub journal: Arc<std::sync::Mutex<Journal>>,
+    /// True while the journal refuses fragments (to log a burst once).
+    pub denying: std::sync::atomic::AtomicBool,
 }
 
 impl Camera {
-    pub async fn run(self, out: mpsc::Sender<Outgoing>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, out: mpsc::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
         let cam = &self.cfg;
         let mut timeline = Timeline::new();
         let mut fragmenter = Fragmenter::new(FragmenterConfig {
@@ -177,9 +181,11 @@ impl Camera {
         Ok(capture::pipeline_description(&cam.source, &encoder))
     }
 
+    /// Journals a finished fragment (fsynced by default) and tells the uploader. Budget
+    /// drops are counted by the journal and logged here once per burst.
     async fn emit(
         &self,
-        out: &mpsc::Sender<Outgoing>,
+        out: &mpsc::Sender<u64>,
         fragment: Option<Fragment>,
         codec: &Option<Arc<CodecConfig>>,
     ) {
@@ -187,14 +193,47 @@ impl Camera {
             return;
         };
         self.stats.fragments.fetch_add(1, Ordering::Relaxed);
-        let _ = out
-            .send(Outgoing {
-                timecode_ms: f.timecode_ms,
-                duration_ms: f.duration_ms,
-                bytes: Bytes::from(f.bytes),
-                codec: codec.clone(),
-            })
-            .await;
+        let record = Record {
+            timecode_ms: f.timecode_ms,
+            duration_ms: f.duration_ms,
+            codec: codec.clone(),
+            bytes: f.bytes,
+        };
+        let journal = self.journal.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&record, WallMs::now().0)
+        })
+        .await
+        .expect("journal task does not panic");
+        let cam = &self.cfg.name;
+        match outcome {
+            Ok(Appended::Stored {
+                seq,
+                dropped_oldest,
+            }) => {
+                debug!(camera = %cam, seq, timecode = f.timecode_ms, "journaled");
+                if dropped_oldest > 0 {
+                    warn!(camera = %cam, dropped_oldest, "journal full: dropped the oldest unsent video (on_full = delete_oldest)");
+                }
+                if self.denying.swap(false, Ordering::Relaxed) {
+                    info!(camera = %cam, "journal has room again: new video is stored");
+                }
+                let _ = out.send(seq).await;
+            }
+            Ok(Appended::Denied) => {
+                self.stats.fragments_denied.fetch_add(1, Ordering::Relaxed);
+                if !self.denying.swap(true, Ordering::Relaxed) {
+                    warn!(camera = %cam, "journal full: refusing new video until there is room (on_full = deny_new or disk full)");
+                }
+            }
+            Err(e) => {
+                self.stats.fragments_denied.fetch_add(1, Ordering::Relaxed);
+                error!(camera = %cam, timecode = f.timecode_ms, "could not journal a fragment: {e}");
+            }
+        }
     }
 
     /// Backs off before the next source start; true when shutdown was asked meanwhile.

@@ -87,6 +87,34 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
 }
 
+impl JournalConfig {
+    /// The configuration for one camera's journal in `dir`.
+    pub fn from_settings(
+        s: &kvs_edge_config::agent::JournalSettings,
+        dir: PathBuf,
+    ) -> JournalConfig {
+        use kvs_edge_config::agent::{FsyncMode, OnFull};
+        JournalConfig {
+            dir,
+            fsync: match s.fsync {
+                FsyncMode::Fragment => FsyncPolicy::Always,
+                FsyncMode::Interval => {
+                    FsyncPolicy::Every(Duration::from_millis(s.fsync_interval_ms))
+                }
+                FsyncMode::Never => FsyncPolicy::Never,
+            },
+            max_bytes: s.max_size_mb * 1024 * 1024,
+            max_age: s.max_age_hours.map(|h| Duration::from_secs(h * 3600)),
+            min_free_bytes: s.min_free_mb * 1024 * 1024,
+            policy: match s.on_full {
+                OnFull::DeleteOldest => FullPolicy::DeleteOldest,
+                OnFull::DenyNew => FullPolicy::DenyNew,
+            },
+            segment_bytes: s.segment_mb * 1024 * 1024,
+        }
+    }
+}
+
 /// A fragment as the journal stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -455,6 +483,15 @@ impl Journal {
     pub fn pending_after(&self, seq: Option<u64>) -> impl Iterator<Item = &Entry> {
         let from = seq.map_or(0, |s| s + 1);
         self.entries.range(from..).map(|(_, e)| e)
+    }
+
+    /// The entry of an unreleased fragment.
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        self.entries.get(&seq)
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.entries.len()
     }
 
     pub fn pending_bytes(&self) -> u64 {

@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::camera::CameraStats;
+use crate::journal::{Journal, JournalStats};
+use crate::timeline::WallMs;
 use crate::uploader::UploadStats;
 
 /// One camera's counters, as the registry holds them.
@@ -25,143 +27,164 @@ pub struct CameraMetrics {
     pub stream: String,
     pub camera_stats: Arc<CameraStats>,
     pub upload_stats: Arc<UploadStats>,
+    pub journal: Arc<std::sync::Mutex<Journal>>,
 }
+
+/// (help, kind, value) for one metric of one camera.
+type Metric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> u64,
+);
+
+/// Everything read once per camera per scrape.
+struct Snapshot<'a> {
+    c: &'a CameraMetrics,
+    journal: JournalStats,
+    pending: u64,
+    pending_bytes: u64,
+    oldest_age_s: u64,
+}
+
+const METRICS: &[Metric] = &[
+    ("frames_total", "counter", "Access units captured.", |s| {
+        s.c.camera_stats.capture.frames.load(R)
+    }),
+    (
+        "frames_discarded_total",
+        "counter",
+        "Frames dropped before fragmenting (waiting for a keyframe, over-long GOPs).",
+        |s| s.c.camera_stats.frames_discarded.load(R),
+    ),
+    ("fragments_total", "counter", "Fragments made.", |s| {
+        s.c.camera_stats.fragments.load(R)
+    }),
+    (
+        "fragments_sent_total",
+        "counter",
+        "Fragment uploads (a resend counts again).",
+        |s| s.c.upload_stats.fragments_sent.load(R),
+    ),
+    (
+        "fragments_persisted_total",
+        "counter",
+        "Fragments KVS acknowledged as PERSISTED.",
+        |s| s.c.upload_stats.fragments_persisted.load(R),
+    ),
+    (
+        "fragments_dropped_total",
+        "counter",
+        "Fragments dropped by the journal policy (oldest deleted, new denied, expired).",
+        |s| s.journal.dropped_oldest + s.journal.denied + s.journal.expired,
+    ),
+    (
+        "fragments_rejected_total",
+        "counter",
+        "Fragments KVS refused for good.",
+        |s| s.c.upload_stats.fragments_rejected.load(R),
+    ),
+    (
+        "bytes_sent_total",
+        "counter",
+        "Fragment bytes uploaded.",
+        |s| s.c.upload_stats.bytes_sent.load(R),
+    ),
+    (
+        "sessions_total",
+        "counter",
+        "PutMedia sessions opened.",
+        |s| s.c.upload_stats.sessions.load(R),
+    ),
+    (
+        "session_failures_total",
+        "counter",
+        "PutMedia sessions that failed.",
+        |s| s.c.upload_stats.session_failures.load(R),
+    ),
+    ("error_acks_total", "counter", "ERROR acks received.", |s| {
+        s.c.upload_stats.error_acks.load(R)
+    }),
+    (
+        "ack_latency_ms",
+        "gauge",
+        "Send-to-PERSISTED latency of the last fragment.",
+        |s| s.c.upload_stats.last_ack_latency_ms.load(R),
+    ),
+    (
+        "journal_pending_fragments",
+        "gauge",
+        "Fragments journaled and not yet PERSISTED.",
+        |s| s.pending,
+    ),
+    (
+        "journal_pending_bytes",
+        "gauge",
+        "Bytes journaled and not yet PERSISTED.",
+        |s| s.pending_bytes,
+    ),
+    (
+        "journal_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest unsent fragment.",
+        |s| s.oldest_age_s,
+    ),
+    (
+        "journal_bytes_written_total",
+        "counter",
+        "Bytes written to the journal (records and framing).",
+        |s| s.journal.bytes_written,
+    ),
+    (
+        "source_restarts_total",
+        "counter",
+        "Source restarts (errors, EOS, stalls).",
+        |s| s.c.camera_stats.restarts.load(R),
+    ),
+    (
+        "source_stalls_total",
+        "counter",
+        "Sources that stopped delivering frames.",
+        |s| s.c.camera_stats.stalls.load(R),
+    ),
+];
+
+const R: Ordering = Ordering::Relaxed;
 
 /// Renders every camera's counters in the Prometheus text format.
 pub fn render(cameras: &[CameraMetrics]) -> String {
+    let now = WallMs::now().0;
+    let snapshots: Vec<Snapshot> = cameras
+        .iter()
+        .map(|c| {
+            let j = c.journal.lock().unwrap_or_else(|p| p.into_inner());
+            Snapshot {
+                c,
+                journal: j.stats(),
+                pending: j.pending_len() as u64,
+                pending_bytes: j.pending_bytes(),
+                oldest_age_s: j
+                    .oldest_ms()
+                    .map_or(0, |ms| ((now - ms).max(0) / 1000) as u64),
+            }
+        })
+        .collect();
     let mut out = String::new();
-    let metric = |out: &mut String,
-                  name: &str,
-                  kind: &str,
-                  help: &str,
-                  value: &dyn Fn(&CameraMetrics) -> u64| {
+    for (name, kind, help, value) in METRICS {
         let _ = writeln!(
             out,
             "# HELP kvs_edge_{name} {help}\n# TYPE kvs_edge_{name} {kind}"
         );
-        for c in cameras {
+        for s in &snapshots {
             let _ = writeln!(
                 out,
                 "kvs_edge_{name}{{camera=\"{}\",stream=\"{}\"}} {}",
-                c.camera,
-                c.stream,
-                value(c)
+                s.c.camera,
+                s.c.stream,
+                value(s)
             );
         }
-    };
-    let r = Ordering::Relaxed;
-    metric(
-        &mut out,
-        "frames_total",
-        "counter",
-        "Access units captured.",
-        &|c| c.camera_stats.capture.frames.load(r),
-    );
-    metric(
-        &mut out,
-        "frames_discarded_total",
-        "counter",
-        "Frames dropped before fragmenting (waiting for a keyframe, over-long GOPs).",
-        &|c| c.camera_stats.frames_discarded.load(r),
-    );
-    metric(
-        &mut out,
-        "fragments_total",
-        "counter",
-        "Fragments made.",
-        &|c| c.camera_stats.fragments.load(r),
-    );
-    metric(
-        &mut out,
-        "fragments_sent_total",
-        "counter",
-        "Fragment uploads (a resend counts again).",
-        &|c| c.upload_stats.fragments_sent.load(r),
-    );
-    metric(
-        &mut out,
-        "fragments_persisted_total",
-        "counter",
-        "Fragments KVS acknowledged as PERSISTED.",
-        &|c| c.upload_stats.fragments_persisted.load(r),
-    );
-    metric(
-        &mut out,
-        "fragments_dropped_total",
-        "counter",
-        "Fragments dropped because the buffer was full.",
-        &|c| c.upload_stats.fragments_dropped.load(r),
-    );
-    metric(
-        &mut out,
-        "fragments_rejected_total",
-        "counter",
-        "Fragments KVS refused for good.",
-        &|c| c.upload_stats.fragments_rejected.load(r),
-    );
-    metric(
-        &mut out,
-        "bytes_sent_total",
-        "counter",
-        "Fragment bytes uploaded.",
-        &|c| c.upload_stats.bytes_sent.load(r),
-    );
-    metric(
-        &mut out,
-        "sessions_total",
-        "counter",
-        "PutMedia sessions opened.",
-        &|c| c.upload_stats.sessions.load(r),
-    );
-    metric(
-        &mut out,
-        "session_failures_total",
-        "counter",
-        "PutMedia sessions that failed.",
-        &|c| c.upload_stats.session_failures.load(r),
-    );
-    metric(
-        &mut out,
-        "error_acks_total",
-        "counter",
-        "ERROR acks received.",
-        &|c| c.upload_stats.error_acks.load(r),
-    );
-    metric(
-        &mut out,
-        "ack_latency_ms",
-        "gauge",
-        "Send-to-PERSISTED latency of the last fragment.",
-        &|c| c.upload_stats.last_ack_latency_ms.load(r),
-    );
-    metric(
-        &mut out,
-        "buffered_fragments",
-        "gauge",
-        "Fragments waiting for PERSISTED.",
-        &|c| c.upload_stats.buffered_fragments.load(r),
-    );
-    metric(
-        &mut out,
-        "buffered_bytes",
-        "gauge",
-        "Bytes waiting for PERSISTED.",
-        &|c| c.upload_stats.buffered_bytes.load(r),
-    );
-    metric(
-        &mut out,
-        "source_restarts_total",
-        "counter",
-        "Source restarts (errors, EOS, stalls).",
-        &|c| c.camera_stats.restarts.load(r),
-    );
-    metric(
-        &mut out,
-        "source_stalls_total",
-        "counter",
-        "Sources that stopped delivering frames.",
-        &|c| c.camera_stats.stalls.load(r),
-    );
+    }
     let _ = writeln!(
         out,
         "# HELP kvs_edge_encoder_info The H.264 encoder element in use.\n# TYPE kvs_edge_encoder_info gauge"

@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::camera::{Camera, CameraStats};
+use crate::journal::{Journal, JournalConfig};
 use crate::metrics::{self, CameraMetrics};
 use crate::uploader::{UploadStats, Uploader};
 use crate::{capture, credentials, kvs};
@@ -22,6 +23,8 @@ pub enum AgentError {
     Credentials(#[from] credentials::CredentialsError),
     #[error(transparent)]
     Capture(#[from] capture::CaptureError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("metrics listener {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -62,11 +65,27 @@ pub async fn start(
     for cam in cfg.cameras.iter().filter(|c| c.enabled).cloned() {
         let camera_stats = Arc::new(CameraStats::default());
         let upload_stats = Arc::new(UploadStats::default());
+        let dir = cfg.state_dir.join("journal").join(&cam.name);
+        let (journal, recovery) =
+            Journal::open(JournalConfig::from_settings(&cfg.journal, dir.clone()))?;
+        if recovery.pending > 0 || recovery.torn_bytes > 0 || !recovery.quarantined.is_empty() {
+            info!(
+                camera = %cam.name,
+                pending = recovery.pending,
+                torn_bytes = recovery.torn_bytes,
+                quarantined = recovery.quarantined.len(),
+                salvaged = recovery.salvaged,
+                "journal {} recovered: unsent video goes out first",
+                dir.display()
+            );
+        }
+        let journal = Arc::new(std::sync::Mutex::new(journal));
         cameras.push(CameraMetrics {
             camera: cam.name.clone(),
             stream: cam.stream_name.clone(),
             camera_stats: camera_stats.clone(),
             upload_stats: upload_stats.clone(),
+            journal: journal.clone(),
         });
         let uploader = Uploader {
             stream: cam.stream_name.clone(),
@@ -76,6 +95,7 @@ pub async fn start(
             cfg: cfg.upload.clone(),
             stats: upload_stats,
             tls: tls.clone(),
+            journal: journal.clone(),
         };
         let mut shutdown = shutdown.clone();
         let client = client.clone();
@@ -103,6 +123,8 @@ pub async fn start(
             Camera {
                 cfg: cam,
                 stats: camera_stats,
+                journal,
+                denying: Default::default(),
             }
             .run(tx, shutdown)
             .await;

@@ -3,8 +3,8 @@
 
 mod common;
 
-fn default_chain_toml(url: &str, stream: &str) -> String {
-    common::agent_toml(url, stream).replace(
+fn default_chain_toml(url: &str, stream: &str, state: &std::path::Path) -> String {
+    common::agent_toml(url, stream, state).replace(
         "kind = \"static\"\n        access_key_id = \"kvslocal\"\n        secret_access_key = \"kvslocal-secret\"",
         "kind = \"default\"",
     )
@@ -18,7 +18,7 @@ async fn stream_with(env: Vec<(String, String)>, stream: &'static str) {
     ))
     .await
     .unwrap();
-    let toml = default_chain_toml(&server.url(), stream);
+    let toml = default_chain_toml(&server.url(), stream, dir.path());
     assert!(toml.contains("kind = \"default\""));
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, toml).unwrap();

@@ -242,7 +242,7 @@ async fn the_agent_streams_with_iot_credentials_only() {
         secret_key: ISSUED_SECRET.into(),
     }];
     let server = kvs_local::Server::start(cfg).await.unwrap();
-    let toml = common::agent_toml(&server.url(), "iot-cam").replace(
+    let toml = common::agent_toml(&server.url(), "iot-cam", dir.path()).replace(
         "[credentials]\n        kind = \"static\"\n        access_key_id = \"kvslocal\"\n        secret_access_key = \"kvslocal-secret\"",
         &format!(
             "[credentials]\nkind = \"iot\"\nendpoint = \"{}\"\nrole_alias = \"{ROLE_ALIAS}\"\nthing_name = \"{THING}\"\ncert_path = \"{}\"\nkey_path = \"{}\"\nca_path = \"{}\"",

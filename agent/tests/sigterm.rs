@@ -16,7 +16,11 @@ async fn sigterm_sends_the_last_fragment_and_exits_zero() {
     .await
     .unwrap();
     let config = dir.path().join("agent.toml");
-    std::fs::write(&config, common::agent_toml(&server.url(), "sigterm-cam")).unwrap();
+    std::fs::write(
+        &config,
+        common::agent_toml(&server.url(), "sigterm-cam", dir.path()),
+    )
+    .unwrap();
     let (status, seen) = tokio::task::spawn_blocking(move || common::run_agent(&config, &[], 2))
         .await
         .unwrap();

@@ -13,7 +13,11 @@ async fn streams_over_https_trusting_a_private_ca() {
     let server = kvs_local::Server::start(cfg).await.unwrap();
     assert!(server.url().starts_with("https://127.0.0.1:"));
     let config = dir.path().join("agent.toml");
-    std::fs::write(&config, common::agent_toml(&server.url(), "tls-cam")).unwrap();
+    std::fs::write(
+        &config,
+        common::agent_toml(&server.url(), "tls-cam", dir.path()),
+    )
+    .unwrap();
     let ca = dir.path().join("ca.pem").display().to_string();
     let (status, seen) = tokio::task::spawn_blocking(move || {
         common::run_agent(&config, &[("SSL_CERT_FILE", &ca)], 2)

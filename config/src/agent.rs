@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub upload: UploadConfig,
+    #[serde(default)]
+    pub journal: JournalSettings,
     pub cameras: Vec<CameraConfig>,
 }
 
@@ -111,15 +113,92 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// The on-device journal, per camera under `<state_dir>/journal/<camera>`. Knobs after the
+/// KVS Edge Agent's (`MaxLocalMediaSizeInMB`, `EdgeRetentionInHours`, `StrategyOnFullSize`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSettings {
+    /// `fragment`: fsync each fragment (nothing acknowledged as journaled is lost, even on
+    /// power loss); `interval`: at most every `fsync_interval_ms`; `never`: leave it to the OS.
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    /// Budget per camera for unsent video on disk.
+    #[serde(default = "default_journal_size")]
+    pub max_size_mb: u64,
+    /// Unsent video older than this is dropped (counted); absent = kept until the budget.
+    pub max_age_hours: Option<u64>,
+    /// Keep this much disk free, whatever the budget says.
+    #[serde(default = "default_min_free")]
+    pub min_free_mb: u64,
+    #[serde(default)]
+    pub on_full: OnFull,
+    #[serde(default = "default_segment")]
+    pub segment_mb: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    #[default]
+    Fragment,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Drop the oldest unsent video to make room (DELETE_OLDEST_MEDIA).
+    #[default]
+    DeleteOldest,
+    /// Refuse new video while full (DENY_NEW_MEDIA): the backlog is kept, live video is lost.
+    DenyNew,
+}
+
+fn default_fsync_interval() -> u64 {
+    1000
+}
+fn default_journal_size() -> u64 {
+    1024
+}
+fn default_min_free() -> u64 {
+    256
+}
+fn default_segment() -> u64 {
+    16
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            fsync: FsyncMode::default(),
+            fsync_interval_ms: default_fsync_interval(),
+            max_size_mb: default_journal_size(),
+            max_age_hours: None,
+            min_free_mb: default_min_free(),
+            on_full: OnFull::default(),
+            segment_mb: default_segment(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     /// Start a new PutMedia session after this long (KVS ends them at ~45 min).
     #[serde(default = "default_rotate")]
     pub session_rotate_secs: u64,
-    /// Fragments kept in memory while unacknowledged (the journal issue replaces this).
-    #[serde(default = "default_buffer")]
-    pub max_buffer_mib: u64,
+    /// Fragments sent but not yet PERSISTED, at most (the rest wait in the journal).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Upload rate caps per stream (KVS allows 5 fragments/s and 12.5 MB/s); lower them
+    /// so that draining a backlog leaves the uplink usable.
+    #[serde(default = "default_fps_cap")]
+    pub max_fragments_per_sec: u32,
+    #[serde(default = "default_bytes_cap")]
+    pub max_bytes_per_sec: u64,
     /// Backoff between failed sessions: from `min` doubling to `max`, with jitter.
     #[serde(default = "default_backoff_min")]
     pub backoff_min_ms: u64,
@@ -133,8 +212,14 @@ pub struct UploadConfig {
 fn default_rotate() -> u64 {
     40 * 60
 }
-fn default_buffer() -> u64 {
-    64
+fn default_in_flight() -> usize {
+    16
+}
+fn default_fps_cap() -> u32 {
+    5
+}
+fn default_bytes_cap() -> u64 {
+    12_500_000
 }
 fn default_backoff_min() -> u64 {
     250
@@ -150,7 +235,9 @@ impl Default for UploadConfig {
     fn default() -> Self {
         UploadConfig {
             session_rotate_secs: default_rotate(),
-            max_buffer_mib: default_buffer(),
+            max_in_flight: default_in_flight(),
+            max_fragments_per_sec: default_fps_cap(),
+            max_bytes_per_sec: default_bytes_cap(),
             backoff_min_ms: default_backoff_min(),
             backoff_max_ms: default_backoff_max(),
             ack_timeout_secs: default_ack_timeout(),
@@ -467,6 +554,28 @@ impl AgentConfig {
                 "upload.session_rotate_secs".into(),
                 "must be 60 to 2640 (KVS ends sessions at 45 min)".into(),
             ));
+        }
+        if u.max_in_flight == 0 || u.max_fragments_per_sec == 0 || u.max_bytes_per_sec < 100_000 {
+            return Err(err(
+                "upload".into(),
+                "max_in_flight and max_fragments_per_sec must be at least 1, max_bytes_per_sec at least 100000".into(),
+            ));
+        }
+        let j = &self.journal;
+        if j.max_size_mb < 16 {
+            return Err(err(
+                "journal.max_size_mb".into(),
+                "must be at least 16".into(),
+            ));
+        }
+        if j.max_age_hours.is_some_and(|h| !(1..=720).contains(&h)) {
+            return Err(err(
+                "journal.max_age_hours".into(),
+                "must be 1 to 720 (like EdgeRetentionInHours)".into(),
+            ));
+        }
+        if !(1..=256).contains(&j.segment_mb) {
+            return Err(err("journal.segment_mb".into(), "must be 1 to 256".into()));
         }
         let (mut names, mut streams) = (HashSet::new(), HashSet::new());
         for (i, cam) in self.cameras.iter().enumerate() {

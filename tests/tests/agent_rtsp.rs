@@ -23,6 +23,7 @@ async fn rtsp_h264_is_passed_through_and_reconnects() -> anyhow::Result<()> {
     let port = camera.port;
     let text = format!(
         r#"
+        state_dir = "{}"
         [aws]
         region = "us-east-1"
         endpoint_url = "{}"
@@ -38,6 +39,7 @@ async fn rtsp_h264_is_passed_through_and_reconnects() -> anyhow::Result<()> {
         source = {{ type = "rtsp", url = "{}", transport = "tcp", latency_ms = 100 }}
         create_stream = {{ retention_period_hours = 1 }}
         "#,
+        local.dir.path().join("agent-state").display(),
         local.url(),
         camera.url()
     );

@@ -94,9 +94,10 @@ pub fn assert_nothing_lost(seen: &[String]) -> u64 {
     made.expect("count")
 }
 
-pub fn agent_toml(endpoint: &str, stream: &str) -> String {
+pub fn agent_toml(endpoint: &str, stream: &str, state: &Path) -> String {
     format!(
         r#"
+        state_dir = "{}"
         [aws]
         region = "us-east-1"
         endpoint_url = "{endpoint}"
@@ -110,7 +111,8 @@ pub fn agent_toml(endpoint: &str, stream: &str) -> String {
         fragment_duration_ms = 1000
         source = {{ type = "test", width = 160, height = 120, fps = 25 }}
         create_stream = {{ retention_period_hours = 1 }}
-        "#
+        "#,
+        state.join("agent-state").display()
     )
 }
 
