@@ -221,7 +221,8 @@ impl Camera {
                 if self.denying.swap(false, Ordering::Relaxed) {
                     info!(camera = %cam, "journal has room again: new video is stored");
                 }
-                let _ = out.send(seq).await;
+                // A hint only: the uploader reads the journal, so a full channel loses nothing.
+                let _ = out.try_send(seq);
             }
             Ok(Appended::Denied) => {
                 self.stats.fragments_denied.fetch_add(1, Ordering::Relaxed);

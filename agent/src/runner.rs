@@ -8,9 +8,8 @@ use kvs_edge_config::AgentConfig;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::backoff::Backoff;
 use crate::camera::{Camera, CameraStats};
 use crate::journal::{Journal, JournalConfig};
 use crate::metrics::{self, CameraMetrics};
@@ -96,28 +95,12 @@ pub async fn start(
             stats: upload_stats,
             tls: tls.clone(),
             journal: journal.clone(),
+            create_stream: cam.create_stream.clone(),
         };
-        let mut shutdown = shutdown.clone();
-        let client = client.clone();
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            // Stream set-up first; a camera whose stream cannot be set up keeps retrying
-            // (slowly) without holding up the others.
-            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-            loop {
-                match kvs::ensure_stream(&client, &cam.stream_name, cam.create_stream.as_ref())
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        error!(camera = %cam.name, "{e}; retrying in {delay:?}");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                }
-            }
+            // Capture starts at once, whatever the network: the journal holds the video
+            // until the uploader has set the stream up and can send it.
             let (tx, rx) = mpsc::channel(64);
             let upload = tokio::spawn(uploader.run(rx));
             Camera {

@@ -100,6 +100,8 @@ pub struct Uploader {
     /// TLS for https data endpoints (built once; `None` = built per session).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub journal: Arc<Mutex<Journal>>,
+    /// Create the stream when it is missing (kvssink-style); `None` = it must exist.
+    pub create_stream: Option<kvs_edge_config::agent::CreateStreamConfig>,
 }
 
 /// A fragment of the window: the journal's metadata, and when it went out in this session.
@@ -200,7 +202,34 @@ impl Uploader {
         );
     }
 
+    /// Stream set-up (DescribeStream, CreateStream when allowed, TagStream), retried with
+    /// backoff while the camera keeps journaling. False when the camera stopped meanwhile.
+    async fn set_up(&self, appended: &mut mpsc::Receiver<u64>) -> bool {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            match crate::kvs::ensure_stream(&self.kvs, &self.stream, self.create_stream.as_ref())
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    error!(stream = %self.stream, "{e}; retrying in {delay:?}");
+                    let until = Instant::now() + delay;
+                    loop {
+                        tokio::select! {
+                            _ = sleep_until(until) => break,
+                            n = appended.recv() => if n.is_none() { return false },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     async fn upload(&self, mut appended: mpsc::Receiver<u64>) {
+        if !self.set_up(&mut appended).await {
+            return;
+        }
         let mut window: VecDeque<Slot> = VecDeque::new();
         let mut pulled: Option<u64> = None;
         let mut endpoint = DataEndpoint::new(&self.stream);

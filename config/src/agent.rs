@@ -562,10 +562,10 @@ impl AgentConfig {
             ));
         }
         let j = &self.journal;
-        if j.max_size_mb < 16 {
+        if j.max_size_mb == 0 {
             return Err(err(
                 "journal.max_size_mb".into(),
-                "must be at least 16".into(),
+                "must be at least 1".into(),
             ));
         }
         if j.max_age_hours.is_some_and(|h| !(1..=720).contains(&h)) {

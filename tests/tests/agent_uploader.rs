@@ -92,6 +92,7 @@ async fn uploader(
         stats: stats.clone(),
         tls: None,
         journal,
+        create_stream: None,
     };
     (u, stats)
 }

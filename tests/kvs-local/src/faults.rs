@@ -14,7 +14,8 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
-    /// Close the listening socket: connection attempts get ECONNREFUSED until cleared.
+    /// Like a network outage: close open connections and the listening socket, so connection
+    /// attempts get ECONNREFUSED until cleared.
     /// (The admin listener, when configured with `--admin-listen`, stays up.)
     pub refuse_connections: bool,
     /// PutMedia: abort the connection (no final chunk) once a session has sent this many bytes.

@@ -197,8 +197,10 @@ async fn accept_loop(
     loop {
         let refusing = !admin_only && *refuse.borrow_and_update();
         if refusing && listener.is_some() {
-            info!("refusing connections on {addr} (fault injection)");
+            info!("refusing connections on {addr} and closing open ones (fault injection)");
             listener = None;
+            // Like a network outage: established connections (a PutMedia upload) die too.
+            connections.abort_all();
         }
         if !refusing && listener.is_none() {
             match TcpListener::bind(addr).await {
