@@ -42,6 +42,14 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    // Take over SIGTERM first: a stop during start-up is an orderly stop too.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kvs-edge-agent: installing the SIGTERM handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cfg = match load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -62,11 +70,6 @@ async fn main() -> ExitCode {
         }
     };
     tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
