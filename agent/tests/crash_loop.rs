@@ -76,7 +76,7 @@ async fn sigkill_at_random_points_loses_nothing_journaled() {
     let mut outage_cycles = 0;
     for cycle in 0..CYCLES {
         // A third of the cycles run during an outage, so later ones replay a backlog.
-        let outage = rng.next() % 3 == 0;
+        let outage = rng.next().is_multiple_of(3);
         outage_cycles += usize::from(outage);
         server.set_faults(kvs_local::Faults {
             refuse_connections: outage,

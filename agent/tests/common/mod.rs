@@ -1,5 +1,6 @@
 //! Shared by the binary tests: run `kvs-edge-agent` as a child process against a config,
 //! follow its log until N fragments are PERSISTED, stop it with SIGTERM, collect its log.
+#![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -178,7 +179,6 @@ fn issue(dir: &Path, name: &str, subject: &str, ext: &str) {
 
 /// A test CA (`ca.pem`), a server certificate for 127.0.0.1 (`server.pem`/`.key`) and a
 /// device certificate (`device.pem`/`.key`). X.509 v3 with extensions: rustls needs them.
-#[allow(dead_code)]
 pub fn certificates(dir: &Path) {
     let ec = [
         "-newkey",
