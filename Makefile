@@ -24,6 +24,7 @@ lint:
 bench: deps
 	$(CARGO) run --release -p kvs-local --example bench_ingest
 	scripts/bench-agent
+	scripts/bench-journal
 
 ## fuzz: a minute of cargo-fuzz on kvs-local's PutMedia parser (needs the nightly toolchain)
 fuzz:

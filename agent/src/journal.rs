@@ -136,6 +136,15 @@ pub struct Entry {
     offset: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pressure {
+    None,
+    /// Unsent fragments would exceed `max_bytes`.
+    Budget,
+    /// The file system is short of `min_free_bytes`.
+    Disk,
+}
+
 /// What `open` found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -189,22 +198,24 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:020}.log"))
 }
 
+/// Frames a record in one buffer (no intermediate payload copy: fragments are ~1 MB).
 fn encode(seq: u64, r: &Record) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(r.bytes.len() + r.codec.avcc.len() + 48);
-    payload.push(1u8);
-    payload.extend_from_slice(&seq.to_be_bytes());
-    payload.extend_from_slice(&r.timecode_ms.to_be_bytes());
-    payload.extend_from_slice(&r.duration_ms.to_be_bytes());
-    payload.extend_from_slice(&r.codec.width.to_be_bytes());
-    payload.extend_from_slice(&r.codec.height.to_be_bytes());
-    payload.extend_from_slice(&(r.codec.avcc.len() as u32).to_be_bytes());
-    payload.extend_from_slice(&r.codec.avcc);
-    payload.extend_from_slice(&r.bytes);
-    let mut out = Vec::with_capacity(payload.len() + HEADER);
+    let payload_len = 37 + r.codec.avcc.len() + r.bytes.len();
+    let mut out = Vec::with_capacity(HEADER + payload_len);
     out.extend_from_slice(RECORD_MAGIC);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&(payload_len as u32).to_be_bytes());
+    out.extend_from_slice(&[0; 4]); // CRC, filled in below
+    out.push(1u8);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&r.timecode_ms.to_be_bytes());
+    out.extend_from_slice(&r.duration_ms.to_be_bytes());
+    out.extend_from_slice(&r.codec.width.to_be_bytes());
+    out.extend_from_slice(&r.codec.height.to_be_bytes());
+    out.extend_from_slice(&(r.codec.avcc.len() as u32).to_be_bytes());
+    out.extend_from_slice(&r.codec.avcc);
+    out.extend_from_slice(&r.bytes);
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[8..12].copy_from_slice(&crc.to_be_bytes());
     out
 }
 
@@ -505,34 +516,58 @@ impl Journal {
 
     /// Reads a fragment's record back (checksum verified).
     pub fn read(&self, entry: &Entry) -> Result<Record, JournalError> {
+        let buf = self.read_checked(entry)?;
+        decode(&buf[HEADER..])
+            .map(|(_, r)| r)
+            .ok_or_else(|| self.damaged(entry, "unreadable payload"))
+    }
+
+    /// Reads a fragment's Matroska bytes back (checksum verified) without copying them out
+    /// of the read buffer: what the uploader sends.
+    pub fn read_media(&self, entry: &Entry) -> Result<bytes::Bytes, JournalError> {
+        let buf = self.read_checked(entry)?;
+        let avcc_len = buf
+            .get(HEADER + 33..HEADER + 37)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| self.damaged(entry, "unreadable payload"))?;
+        let start = HEADER + 37 + avcc_len;
+        if start > buf.len() {
+            return Err(self.damaged(entry, "unreadable payload"));
+        }
+        Ok(bytes::Bytes::from(buf).slice(start..))
+    }
+
+    fn damaged(&self, entry: &Entry, reason: &str) -> JournalError {
+        let path = self
+            .segments
+            .get(&entry.segment)
+            .map_or_else(|| self.cfg.dir.clone(), |s| s.path.clone());
+        JournalError::Damaged {
+            path: path.display().to_string(),
+            offset: entry.offset,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The whole record of `entry`, header and checksum verified.
+    fn read_checked(&self, entry: &Entry) -> Result<Vec<u8>, JournalError> {
         let seg = self
             .segments
             .get(&entry.segment)
-            .ok_or_else(|| JournalError::Damaged {
-                path: self.cfg.dir.display().to_string(),
-                offset: entry.offset,
-                reason: format!("segment {} is gone", entry.segment),
-            })?;
+            .ok_or_else(|| self.damaged(entry, &format!("segment {} is gone", entry.segment)))?;
         let mut f = File::open(&seg.path).map_err(|e| io_err(&seg.path, e))?;
         let mut buf = vec![0u8; entry.len as usize];
         f.seek(SeekFrom::Start(entry.offset))
             .and_then(|_| f.read_exact(&mut buf))
             .map_err(|e| io_err(&seg.path, e))?;
-        let damaged = |reason: &str| JournalError::Damaged {
-            path: seg.path.display().to_string(),
-            offset: entry.offset,
-            reason: reason.to_string(),
-        };
-        if &buf[..4] != RECORD_MAGIC {
-            return Err(damaged("no record header"));
+        if buf.get(..4) != Some(RECORD_MAGIC.as_slice()) {
+            return Err(self.damaged(entry, "no record header"));
         }
         let crc = u32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
         if crc32fast::hash(&buf[HEADER..]) != crc {
-            return Err(damaged("checksum mismatch"));
+            return Err(self.damaged(entry, "checksum mismatch"));
         }
-        decode(&buf[HEADER..])
-            .map(|(_, r)| r)
-            .ok_or_else(|| damaged("unreadable payload"))
+        Ok(buf)
     }
 
     /// Appends a fragment, making room by policy. The fragment is on disk (fsynced under
@@ -541,46 +576,99 @@ impl Journal {
         self.expire(now_ms)?;
         let need = (HEADER + 37 + record.codec.avcc.len() + record.bytes.len()) as u64;
         let mut dropped = 0;
-        while self.is_full(need) {
-            match (self.cfg.policy, self.entries.keys().next().copied()) {
-                (FullPolicy::DeleteOldest, Some(oldest)) => {
-                    self.release(oldest)?;
-                    self.stats.released -= 1;
-                    self.stats.dropped_oldest += 1;
-                    dropped += 1;
-                }
-                _ => {
+        let mut disk_retry = true;
+        loop {
+            match self.pressure(need) {
+                Pressure::None => {}
+                Pressure::Budget | Pressure::Disk
+                    if self.cfg.policy == FullPolicy::DenyNew || self.entries.is_empty() =>
+                {
                     self.stats.denied += 1;
                     return Ok(Appended::Denied);
                 }
+                // Over the byte budget: the oldest fragment goes.
+                Pressure::Budget => {
+                    let oldest = *self.entries.keys().next().expect("not empty");
+                    dropped += self.drop_entries(&[oldest])?;
+                    continue;
+                }
+                // Short of disk: only deleting a file frees space, so the oldest segment goes.
+                Pressure::Disk => {
+                    dropped += self.drop_oldest_segment()?;
+                    continue;
+                }
+            }
+            let seq = self.next_seq;
+            match self.write_record(seq, record, false) {
+                Ok(()) => {
+                    self.next_seq += 1;
+                    self.stats.appended += 1;
+                    return Ok(Appended::Stored {
+                        seq,
+                        dropped_oldest: dropped,
+                    });
+                }
+                Err(JournalError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOSPC)
+                        || source.kind() == io::ErrorKind::StorageFull =>
+                {
+                    // The disk filled up under us: start a new segment next time (so this one
+                    // can be deleted once released) and apply the policy, once.
+                    self.active = None;
+                    if self.cfg.policy == FullPolicy::DeleteOldest
+                        && disk_retry
+                        && !self.entries.is_empty()
+                    {
+                        disk_retry = false;
+                        dropped += self.drop_oldest_segment()?;
+                        continue;
+                    }
+                    self.stats.denied += 1;
+                    return Ok(Appended::Denied);
+                }
+                Err(e) => return Err(e),
             }
         }
-        let seq = self.next_seq;
-        match self.write_record(seq, record, false) {
-            Ok(()) => {}
-            Err(JournalError::Io { source, .. })
-                if source.raw_os_error() == Some(libc::ENOSPC)
-                    || source.kind() == io::ErrorKind::StorageFull =>
-            {
-                // The disk filled up under us: the policy decides, as for the budget.
-                self.stats.denied += 1;
-                return Ok(Appended::Denied);
-            }
-            Err(e) => return Err(e),
-        }
-        self.next_seq += 1;
-        self.stats.appended += 1;
-        Ok(Appended::Stored {
-            seq,
-            dropped_oldest: dropped,
-        })
     }
 
-    fn is_full(&self, need: u64) -> bool {
-        let over_budget = self.pending_bytes() + need > self.cfg.max_bytes;
+    fn pressure(&self, need: u64) -> Pressure {
+        if self.pending_bytes() + need > self.cfg.max_bytes {
+            return Pressure::Budget;
+        }
         let low_disk = self.cfg.min_free_bytes > 0
             && free_bytes(&self.cfg.dir).is_some_and(|free| free < self.cfg.min_free_bytes + need);
-        over_budget || low_disk
+        if low_disk {
+            Pressure::Disk
+        } else {
+            Pressure::None
+        }
+    }
+
+    /// Drops unsent fragments by policy (counted as dropped, not released).
+    fn drop_entries(&mut self, seqs: &[u64]) -> Result<u64, JournalError> {
+        for seq in seqs {
+            self.release(*seq)?;
+            self.stats.released -= 1;
+            self.stats.dropped_oldest += 1;
+        }
+        Ok(seqs.len() as u64)
+    }
+
+    /// Drops every unsent fragment of the oldest segment and deletes its file.
+    fn drop_oldest_segment(&mut self) -> Result<u64, JournalError> {
+        let Some(oldest) = self.entries.values().next().map(|e| e.segment) else {
+            return Ok(0);
+        };
+        if self.active.as_ref().is_some_and(|(id, _)| *id == oldest) {
+            self.active = None;
+        }
+        let seqs: Vec<u64> = self
+            .entries
+            .values()
+            .filter(|e| e.segment == oldest)
+            .map(|e| e.seq)
+            .collect();
+        self.drop_entries(&seqs)
     }
 
     fn write_record(
@@ -680,8 +768,16 @@ impl Journal {
     /// Deletes segments with nothing unreleased left (not the active one) and compacts
     /// `released.log` once it holds only marks for deleted segments.
     fn collect_garbage(&mut self) -> Result<(), JournalError> {
-        let active = self.active.as_ref().map(|(id, _)| *id);
         let live: BTreeSet<u64> = self.entries.values().map(|e| e.segment).collect();
+        // A fully released active segment goes too: otherwise a full disk never frees up.
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|(id, _)| !live.contains(id))
+        {
+            self.active = None;
+        }
+        let active = self.active.as_ref().map(|(id, _)| *id);
         let dead: Vec<u64> = self
             .segments
             .keys()

@@ -440,12 +440,12 @@ impl Uploader {
             {
                 let seq = window[i].seq;
                 match with_journal(&self.journal, move |j| match j.get(seq).cloned() {
-                    Some(e) => j.read(&e).map(Some),
+                    Some(e) => j.read_media(&e).map(Some),
                     None => Ok(None),
                 })
                 .await
                 {
-                    Ok(Some(record)) => ready = Some((seq, Bytes::from(record.bytes))),
+                    Ok(Some(media)) => ready = Some((seq, media)),
                     Ok(None) => {
                         // Dropped by the journal's budget meanwhile.
                         window.remove(i);

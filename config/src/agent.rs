@@ -167,7 +167,7 @@ fn default_min_free() -> u64 {
     256
 }
 fn default_segment() -> u64 {
-    16
+    4
 }
 
 impl Default for JournalSettings {

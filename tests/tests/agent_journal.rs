@@ -330,3 +330,104 @@ async fn full_with_deny_new_keeps_the_backlog() -> anyhow::Result<()> {
     stored_once_in_order(&local).await?;
     Ok(())
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills a 3 MB tmpfs (the budget would allow a gigabyte: only the file system says no)
+/// during an outage, then lets KVS back. Returns (captured, persisted, dropped, refused), or
+/// `None` where mounting is not allowed.
+async fn really_full_disk(policy: &str) -> anyhow::Result<Option<(u64, u64, u64, u64)>> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "journal-cam", 24).await?;
+    let mount = local.dir.path().join("tiny");
+    std::fs::create_dir_all(&mount)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mount)
+        .output()?;
+    if !mounted.status.success() {
+        // CI and the reference machine run as root; elsewhere this one needs sudo.
+        println!(
+            "skipped: mounting a tmpfs needs root ({})",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return Ok(None);
+    }
+    let _guard = Tmpfs(mount.clone());
+    local.server.set_faults(Faults {
+        refuse_connections: true,
+        ..Faults::default()
+    });
+    let (stop, shutdown) = watch::channel(false);
+    // The budget would allow a gigabyte: only the file system says no (ENOSPC).
+    let running = runner::start(
+        config_with(
+            &local.url(),
+            &mount,
+            &format!("max_size_mb = 1024\nmin_free_mb = 0\non_full = \"{policy}\""),
+            "pattern = \"snow\"",
+            2000,
+        ),
+        shutdown.clone(),
+    )
+    .await?;
+    let cam = running.cameras[0].clone();
+    // Well past what 3 MB holds (~125 kB fragments).
+    fragments_made(&cam, 40).await;
+    // KVS comes back: the journal drains, space frees up, new video is stored again.
+    local.server.set_faults(Faults::default());
+    // What was kept, and then three fragments made after the disk had room again.
+    let target =
+        persisted(&cam.upload_stats) + cam.journal.lock().unwrap().pending_len() as u64 + 3;
+    tokio::time::timeout(
+        BOUND,
+        cam.upload_stats.wait_until(|s| persisted(s) >= target),
+    )
+    .await?;
+    stop.send_replace(true);
+    tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(20))).await?;
+    let (captured, done) = (made(&cam), persisted(&cam.upload_stats));
+    let denied = cam.camera_stats.fragments_denied.load(Ordering::Relaxed);
+    let dropped = cam.journal.lock().unwrap().stats().dropped_oldest;
+    println!(
+        "{policy}: captured {captured}, persisted {done}, dropped-by-policy {}, lost {}",
+        dropped + denied,
+        captured - done - dropped - denied
+    );
+    assert_eq!(
+        captured,
+        done + dropped + denied,
+        "every fragment persisted or counted as dropped"
+    );
+    stored_once_in_order(&local).await?;
+    Ok(Some((captured, done, dropped, denied)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_really_full_disk_with_deny_new_refuses_new_video_and_keeps_running() -> anyhow::Result<()>
+{
+    if let Some((_, _, dropped, denied)) = really_full_disk("deny_new").await? {
+        assert!(
+            denied >= 3 && dropped == 0,
+            "new video refused, the backlog kept"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_really_full_disk_with_delete_oldest_frees_whole_segments() -> anyhow::Result<()> {
+    if let Some((_, _, dropped, _)) = really_full_disk("delete_oldest").await? {
+        assert!(
+            dropped >= 3,
+            "the oldest segments were deleted to make room"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+"""Shared by scripts/bench-agent and scripts/bench-journal: paths, the 1080p sample file,
+/proc readings, kvs-local start-up and the agent's Prometheus metrics."""
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+CACHE = os.environ.get("KVS_EDGE_CACHE", os.path.expanduser("~/.cache/kvs-edge"))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target"))
+RELEASE = os.path.join(TARGET, "release")
+
+
+def build_release():
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], check=True)
+
+
+def sample_1080p():
+    """40 s of 1080p30 H.264 at 4 Mbit/s (made once, cached). Noise, so that the encoder
+    really spends the bitrate: a plain test pattern compresses to a twentieth of it."""
+    path = os.path.join(CACHE, "bench", "1080p30-4mbps-noise.mp4")
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    print("bench: encoding 40 s of 1080p30 at 4 Mbit/s (once)…", file=sys.stderr)
+    subprocess.run(
+        ["gst-launch-1.0", "-q", "videotestsrc", "num-buffers=1200", "pattern=snow", "!",
+         "video/x-raw,format=I420,width=1920,height=1080,framerate=30/1", "!",
+         "x264enc", "speed-preset=ultrafast", "bitrate=4000", "key-int-max=30", "bframes=0", "!",
+         "video/x-h264,profile=main", "!", "mp4mux", "!", "filesink", f"location={path}.tmp"],
+        check=True)
+    os.rename(path + ".tmp", path)
+    return path
+
+
+def rss_mib(pid):
+    status = open(f"/proc/{pid}/status").read()
+    get = lambda key: int(re.search(rf"{key}:\s+(\d+)", status).group(1)) / 1024
+    return get("VmRSS"), get("VmHWM")
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def start_kvs_local(data):
+    p = subprocess.Popen([os.path.join(RELEASE, "kvs-local"), "--listen", "127.0.0.1:0", "--data-dir", data],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return p, p.stdout.readline().split()[3]
+
+
+def metrics(port):
+    """{metric name: value}, summed over cameras."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for m in re.finditer(r"kvs_edge_(\w+)\{[^}]*\} (\d+)", text):
+        out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+    return out
