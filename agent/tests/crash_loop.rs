@@ -6,9 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 const CYCLES: usize = 20;
@@ -32,26 +30,6 @@ fn value(line: &str, key: &str) -> Option<i64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn spawn(config: &std::path::Path) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvs-edge-agent"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "kvs_edge_agent=debug")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the agent starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +61,7 @@ async fn sigkill_at_random_points_loses_nothing_journaled() {
             ..Default::default()
         });
         let kill_after = Duration::from_millis(400 + rng.next() % 2200);
-        let (mut child, rx) = spawn(&config);
+        let (mut child, rx) = common::spawn_agent(&config, &[]);
         // The random point of death: the time waited is the experiment, not synchronisation.
         let lines: Vec<String> = tokio::task::spawn_blocking(move || {
             let deadline = std::time::Instant::now() + kill_after;
@@ -117,7 +95,7 @@ async fn sigkill_at_random_points_loses_nothing_journaled() {
 
     // A last run with KVS up, until every journaled fragment is delivered.
     server.set_faults(kvs_local::Faults::default());
-    let (mut child, rx) = spawn(&config);
+    let (mut child, rx) = common::spawn_agent(&config, &[]);
     let wanted = journaled.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut seen = Vec::new();

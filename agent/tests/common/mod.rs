@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -19,18 +19,14 @@ pub fn number(line: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Blocking: call from `spawn_blocking` when a server runs on the test's runtime.
-pub fn run_agent(
-    config: &Path,
-    env: &[(&str, &str)],
-    persisted: usize,
-) -> (ExitStatus, Vec<String>) {
+/// Starts the agent binary with debug logs and only the environment the test gives (no
+/// inherited AWS settings, and never instance metadata: 169.254.169.254 is not loopback).
+/// Its stderr lines arrive on the receiver.
+pub fn spawn_agent(config: &Path, env: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvs-edge-agent"))
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "kvs_edge_agent=debug")
-        // Only what the test gives: no inherited AWS settings, and never instance metadata
-        // (169.254.169.254 is not loopback).
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_SESSION_TOKEN")
@@ -49,6 +45,16 @@ pub fn run_agent(
             let _ = tx.send(line);
         }
     });
+    (child, rx)
+}
+
+/// Blocking: call from `spawn_blocking` when a server runs on the test's runtime.
+pub fn run_agent(
+    config: &Path,
+    env: &[(&str, &str)],
+    persisted: usize,
+) -> (ExitStatus, Vec<String>) {
+    let (mut child, rx) = spawn_agent(config, env);
     let mut seen = Vec::new();
     let mut count = 0;
     while count < persisted {
