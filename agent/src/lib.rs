@@ -14,6 +14,7 @@ pub mod journal;
 pub mod kvs;
 pub mod metrics;
 pub mod mkv;
+pub mod mqtt;
 pub mod net;
 pub mod putmedia;
 pub mod runner;

@@ -38,13 +38,46 @@ type Metric = (
     fn(&Snapshot) -> u64,
 );
 
-/// Everything read once per camera per scrape.
-struct Snapshot<'a> {
-    c: &'a CameraMetrics,
-    journal: JournalStats,
-    pending: u64,
-    pending_bytes: u64,
-    oldest_age_s: u64,
+/// Everything read once per camera per scrape (Prometheus) or per stats message (MQTT).
+pub struct Snapshot<'a> {
+    pub c: &'a CameraMetrics,
+    pub journal: JournalStats,
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub oldest_age_s: u64,
+}
+
+impl<'a> Snapshot<'a> {
+    pub fn of(c: &'a CameraMetrics) -> Snapshot<'a> {
+        let now = WallMs::now().0;
+        let j = c.journal.lock().unwrap_or_else(|p| p.into_inner());
+        Snapshot {
+            c,
+            journal: j.stats(),
+            pending: j.pending_len() as u64,
+            pending_bytes: j.pending_bytes(),
+            oldest_age_s: j
+                .oldest_ms()
+                .map_or(0, |ms| ((now - ms).max(0) / 1000) as u64),
+        }
+    }
+
+    /// The counters as a JSON object, named as in Prometheus without the `kvs_edge_` prefix.
+    pub fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({ "camera": self.c.camera, "stream": self.c.stream });
+        for (name, _, _, value) in METRICS {
+            v[*name] = serde_json::json!(value(self));
+        }
+        v["encoder"] = serde_json::json!(
+            self.c
+                .camera_stats
+                .encoder
+                .try_lock()
+                .map(|e| e.clone())
+                .unwrap_or_default()
+        );
+        v
+    }
 }
 
 const METRICS: &[Metric] = &[
@@ -153,22 +186,7 @@ const R: Ordering = Ordering::Relaxed;
 
 /// Renders every camera's counters in the Prometheus text format.
 pub fn render(cameras: &[CameraMetrics]) -> String {
-    let now = WallMs::now().0;
-    let snapshots: Vec<Snapshot> = cameras
-        .iter()
-        .map(|c| {
-            let j = c.journal.lock().unwrap_or_else(|p| p.into_inner());
-            Snapshot {
-                c,
-                journal: j.stats(),
-                pending: j.pending_len() as u64,
-                pending_bytes: j.pending_bytes(),
-                oldest_age_s: j
-                    .oldest_ms()
-                    .map_or(0, |ms| ((now - ms).max(0) / 1000) as u64),
-            }
-        })
-        .collect();
+    let snapshots: Vec<Snapshot> = cameras.iter().map(Snapshot::of).collect();
     let mut out = String::new();
     for (name, kind, help, value) in METRICS {
         let _ = writeln!(

@@ -38,6 +38,8 @@ pub struct Running {
     /// One task per camera; the agent is done when they are.
     tasks: JoinSet<()>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
+    /// Publishes "stopped" on shutdown, so it is waited for (briefly).
+    mqtt_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts every enabled camera. Returns once they run; `shutdown` (set to true) stops them.
@@ -124,18 +126,30 @@ pub async fn start(
         info!("metrics on http://{}/metrics", metrics_addr.unwrap_or(addr));
         metrics_task = Some(tokio::spawn(metrics::serve(listener, cameras.clone())));
     }
+    let mqtt_task = cfg.mqtt.clone().map(|m| {
+        tokio::spawn(crate::mqtt::run(
+            m,
+            cfg.device_id.clone(),
+            cameras.clone(),
+            shutdown.clone(),
+        ))
+    });
     info!(cameras = cameras.len(), device = %cfg.device_id, "agent started");
     Ok(Running {
         cameras,
         metrics_addr,
         tasks,
         metrics_task,
+        mqtt_task,
     })
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(t) = self.metrics_task.take() {
+        for t in [self.metrics_task.take(), self.mqtt_task.take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
     }
@@ -159,8 +173,11 @@ impl Running {
         .await
         .is_err()
         {
-            warn!("shutdown grace period over: unacknowledged fragments are left behind");
+            warn!("shutdown grace period over: unacknowledged fragments stay in the journal");
             self.tasks.shutdown().await;
+        }
+        if let Some(t) = self.mqtt_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub upload: UploadConfig,
     #[serde(default)]
     pub journal: JournalSettings,
+    /// MQTT health and (later) control; off when absent.
+    pub mqtt: Option<MqttConfig>,
     pub cameras: Vec<CameraConfig>,
 }
 
@@ -111,6 +113,38 @@ impl fmt::Debug for CredentialsConfig {
 pub struct MetricsConfig {
     /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9464`); off when absent.
     pub listen: Option<SocketAddr>,
+}
+
+/// The MQTT broker the agent reports to (topics under `<prefix>/<device_id>/`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Topic prefix (like Frigate's `frigate/`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Default: `kvs-edge-<device_id>`.
+    pub client_id: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Publish per-camera stats this often.
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_secs: u64,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_prefix() -> String {
+    "kvs-edge".into()
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_stats_interval() -> u64 {
+    30
 }
 
 /// The on-device journal, per camera under `<state_dir>/journal/<camera>`. Knobs after the
@@ -576,6 +610,31 @@ impl AgentConfig {
         }
         if !(1..=256).contains(&j.segment_mb) {
             return Err(err("journal.segment_mb".into(), "must be 1 to 256".into()));
+        }
+        if let Some(m) = &self.mqtt {
+            if m.host.trim().is_empty() {
+                return Err(err("mqtt.host".into(), "must not be empty".into()));
+            }
+            let topic_safe =
+                |t: &str| !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('$');
+            if !topic_safe(&m.prefix)
+                || !topic_safe(&self.device_id)
+                || self.device_id.contains('/')
+            {
+                return Err(err(
+                    "mqtt.prefix".into(),
+                    "prefix and device_id must be MQTT topic levels without +, # or a leading $"
+                        .into(),
+                ));
+            }
+            if !(5..=3600).contains(&m.keep_alive_secs)
+                || !(1..=86_400).contains(&m.stats_interval_secs)
+            {
+                return Err(err(
+                    "mqtt".into(),
+                    "keep_alive_secs must be 5 to 3600 and stats_interval_secs 1 to 86400".into(),
+                ));
+            }
         }
         let (mut names, mut streams) = (HashSet::new(), HashSet::new());
         for (i, cam) in self.cameras.iter().enumerate() {

@@ -587,3 +587,141 @@ pub async fn list_all_fragments(
     all.sort_by_key(|f| f.producer_timestamp.and_then(|t| t.to_millis().ok()));
     Ok(all)
 }
+
+/// mosquitto on a loopback port (free, or a given one to restart on), stopped by PID when
+/// dropped. Readiness is its own "running" log line.
+pub struct Mosquitto {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start(port: Option<u16>) -> Result<Mosquitto> {
+        use std::io::BufRead;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type all\n"
+            ),
+        )?;
+        let mut child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting mosquitto (scripts/install-deps installs it)")?;
+        let stderr = child.stderr.take().context("mosquitto stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(line) if line.contains(" running") => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("mosquitto did not start: {}", seen.join("\n"));
+                }
+            }
+        }
+        Ok(Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An MQTT subscriber on `topic_filter`, collecting (topic, payload, retained).
+pub struct MqttWatch {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttWatch {
+    pub async fn subscribe(port: u16, topic_filter: &str) -> Result<MqttWatch> {
+        let mut opts = rumqttc::MqttOptions::new(format!("watch-{}", now_ms()), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);
+        client
+            .subscribe(topic_filter, rumqttc::QoS::AtLeastOnce)
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Ok(event) = events.poll().await {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    if tx.send((p.topic.clone(), payload, p.retain)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(MqttWatch { rx, task })
+    }
+
+    /// The first message (topic, payload, retained) matching `pred`, within `within`.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&str, &str) -> bool,
+    ) -> Result<(String, String, bool)> {
+        tokio::time::timeout(within, async {
+            while let Some((t, p, r)) = self.rx.recv().await {
+                if pred(&t, &p) {
+                    return Ok((t, p, r));
+                }
+            }
+            bail!("the subscription ended")
+        })
+        .await
+        .context("no matching MQTT message in time")?
+    }
+}
+
+impl Drop for MqttWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The agent binary built by `cargo test --workspace` (beside this test's executable).
+pub fn agent_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("target dir")?
+        .join("kvs-edge-agent");
+    ensure!(
+        bin.exists(),
+        "{} is missing: build the workspace first (make test does)",
+        bin.display()
+    );
+    Ok(bin)
+}
