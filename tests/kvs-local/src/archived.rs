@@ -369,7 +369,7 @@ fn get_clip(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError> {
             total <= GET_CLIP_MAX_BYTES
         })
         .collect();
-    let (mp4, _) = build_clip(state, &info, &selected)?;
+    let mp4 = build_clip(state, &info, &selected)?;
     Ok(respond(StatusCode::OK, "video/mp4", mp4))
 }
 
@@ -379,7 +379,7 @@ fn build_clip(
     state: &State,
     info: &StreamInfo,
     selected: &[&FragmentMeta],
-) -> Result<(Vec<u8>, usize), ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let mut first_header: Option<std::sync::Arc<SessionHeader>> = None;
     let mut bodies = Vec::new();
     for meta in selected {
@@ -448,7 +448,7 @@ fn build_clip(
         height: track.height as u32,
         avcc: &track.codec_private,
     };
-    Ok((mp4::write(&video, &samples), bodies.len()))
+    Ok(mp4::write(&video, &samples))
 }
 
 #[cfg(test)]
