@@ -192,6 +192,17 @@ impl Encoded {
     }
 }
 
+impl Encoded {
+    /// A whole PutMedia body (session header, then every fragment) and the fragments.
+    pub fn upload(&self, start_ms: i64, target_ms: i64) -> Result<(Vec<u8>, Vec<mkv::Fragment>)> {
+        let (mut body, fragments) = self.fragments(start_ms, target_ms)?;
+        for f in &fragments {
+            body.extend_from_slice(&f.bytes);
+        }
+        Ok((body, fragments))
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -385,45 +396,53 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Result<Moto> {
-        use std::io::BufRead;
-        let python = venv_python()?;
-        let bin = python.with_file_name("moto_server");
+        let bin = venv_python()?.with_file_name("moto_server");
         let port = free_port()?;
-        let mut child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let child = start_until_ready(cmd, "Running on", Duration::from_secs(60))
             .with_context(|| format!("starting {}", bin.display()))?;
-        let stderr = child.stderr.take().context("moto stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining after readiness so moto never blocks on a full pipe.
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("Running on") => break,
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!("moto_server did not become ready: {}", seen.join("\n"));
-                }
-            }
-        }
         Ok(Moto {
             child,
             url: format!("http://127.0.0.1:{port}"),
         })
+    }
+}
+
+/// Starts a server process and waits (bounded) until its stderr shows `ready`; stderr keeps
+/// being drained afterwards so the server never blocks on a full pipe.
+pub fn start_until_ready(
+    mut cmd: Command,
+    ready: &str,
+    within: Duration,
+) -> Result<std::process::Child> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) if line.contains(ready) => return Ok(child),
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("not ready within {within:?}: {}", seen.join("\n"));
+            }
+        }
     }
 }
 
@@ -598,7 +617,6 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(port: Option<u16>) -> Result<Mosquitto> {
-        use std::io::BufRead;
         let port = match port {
             Some(p) => p,
             None => free_port()?,
@@ -611,36 +629,10 @@ impl Mosquitto {
                 "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type all\n"
             ),
         )?;
-        let mut child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        let mut cmd = Command::new("mosquitto");
+        cmd.arg("-c").arg(&conf);
+        let child = start_until_ready(cmd, " running", Duration::from_secs(20))
             .context("starting mosquitto (scripts/install-deps installs it)")?;
-        let stderr = child.stderr.take().context("mosquitto stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                Ok(line) if line.contains(" running") => break,
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!("mosquitto did not start: {}", seen.join("\n"));
-                }
-            }
-        }
         Ok(Mosquitto {
             child,
             port,

@@ -14,11 +14,7 @@ async fn boto3_drives_every_operation() -> anyhow::Result<()> {
     create_stream(&local.control(), "boto-cam", 24).await?;
     let video = Encoded::gstreamer(125, 25, 25, 320, 240)?;
     let start = now_ms() - 120_000;
-    let (header, fragments) = video.fragments(start, 1000)?;
-    let body = fragments.iter().fold(header, |mut b, f| {
-        b.extend_from_slice(&f.bytes);
-        b
-    });
+    let (body, _) = video.upload(start, 1000)?;
     let acks = put_media(
         &local.url(),
         "boto-cam",

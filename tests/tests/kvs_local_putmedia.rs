@@ -199,11 +199,7 @@ async fn fragments_survive_a_restart_and_stay_monotonic() -> anyhow::Result<()> 
     create_stream(&local.control(), "cam", 1).await?;
     let video = Encoded::gstreamer(50, 25, 25, 160, 120)?;
     let start = now_ms() - 30_000;
-    let (header, fragments) = video.fragments(start, 1000)?;
-    let mut body = header.clone();
-    fragments
-        .iter()
-        .for_each(|f| body.extend_from_slice(&f.bytes));
+    let (body, _) = video.upload(start, 1000)?;
     let acks = put_media(&local.url(), "cam", vec![body.clone()], T).await?;
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 2, "{acks:?}");
 
@@ -236,11 +232,7 @@ async fn fragments_survive_a_restart_and_stay_monotonic() -> anyhow::Result<()> 
     assert!(acks_of(&acks, AckEvent::Persisted).is_empty());
 
     // Later video is accepted.
-    let (header, fragments) = video.fragments(start + 10_000, 1000)?;
-    let mut body = header;
-    fragments
-        .iter()
-        .for_each(|f| body.extend_from_slice(&f.bytes));
+    let (body, _) = video.upload(start + 10_000, 1000)?;
     let acks = put_media(&server.url(), "cam", vec![body], T).await?;
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 2, "{acks:?}");
     server.stop().await;
@@ -252,11 +244,7 @@ async fn retention_expires_old_fragments() -> anyhow::Result<()> {
     let local = Local::start().await?;
     create_stream(&local.control(), "short", 1).await?;
     let video = Encoded::gstreamer(25, 25, 25, 160, 120)?;
-    let (header, fragments) = video.fragments(now_ms() - 10_000, 1000)?;
-    let mut body = header;
-    fragments
-        .iter()
-        .for_each(|f| body.extend_from_slice(&f.bytes));
+    let (body, _) = video.upload(now_ms() - 10_000, 1000)?;
     let acks = put_media(&local.url(), "short", vec![body], T).await?;
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 1);
     let archived = local.archived();
@@ -297,11 +285,7 @@ async fn zero_retention_acks_without_persisting() -> anyhow::Result<()> {
     let local = Local::start().await?;
     create_stream(&local.control(), "live-only", 0).await?;
     let video = Encoded::gstreamer(25, 25, 25, 160, 120)?;
-    let (header, fragments) = video.fragments(now_ms() - 5_000, 1000)?;
-    let mut body = header;
-    fragments
-        .iter()
-        .for_each(|f| body.extend_from_slice(&f.bytes));
+    let (body, _) = video.upload(now_ms() - 5_000, 1000)?;
     let acks = put_media(&local.url(), "live-only", vec![body], T).await?;
     assert_eq!(acks_of(&acks, AckEvent::Received).len(), 1);
     assert!(

@@ -263,13 +263,7 @@ async fn injected_putmedia_faults() -> anyhow::Result<()> {
     create_stream(&local.control(), "cam", 1).await?;
     let video = Encoded::gstreamer(100, 25, 25, 160, 120)?;
     let t0 = now_ms() - 300_000;
-    let body = |start: i64| -> anyhow::Result<Vec<u8>> {
-        let (h, frags) = video.fragments(start, 1000)?;
-        Ok(frags.iter().fold(h, |mut b, f| {
-            b.extend_from_slice(&f.bytes);
-            b
-        }))
-    };
+    let body = |start: i64| -> anyhow::Result<Vec<u8>> { Ok(video.upload(start, 1000)?.0) };
 
     // Refused connections: the client sees a connect error; clearing the fault restores service.
     local.server.set_faults(Faults {

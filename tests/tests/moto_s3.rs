@@ -25,11 +25,7 @@ async fn a_clip_round_trips_through_moto_s3() -> anyhow::Result<()> {
     create_stream(&local.control(), "cam", 24).await?;
     let video = Encoded::gstreamer(50, 25, 25, 320, 240)?;
     let start = now_ms() - 30_000;
-    let (header, fragments) = video.fragments(start, 1000)?;
-    let body = fragments.iter().fold(header, |mut b, f| {
-        b.extend_from_slice(&f.bytes);
-        b
-    });
+    let (body, _) = video.upload(start, 1000)?;
     let acks = put_media(&local.url(), "cam", vec![body], Duration::from_secs(30)).await?;
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 2);
     let (_, clip) = get_clip(&local.archived(), "cam", start, start + 2000).await?;
