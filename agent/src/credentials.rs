@@ -145,11 +145,6 @@ impl CredentialSource {
     pub async fn invalidate(&self) {
         *self.cached.lock().await = None;
     }
-
-    /// When the current credentials expire, if known (for health reporting).
-    pub async fn expiry(&self) -> Option<SystemTime> {
-        self.cached.lock().await.as_ref().and_then(|c| c.expiry())
-    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

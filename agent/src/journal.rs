@@ -174,7 +174,6 @@ pub struct JournalStats {
     pub denied: u64,
     pub expired: u64,
     pub bytes_written: u64,
-    pub fsyncs: u64,
 }
 
 struct Segment {
@@ -714,7 +713,6 @@ impl Journal {
         if sync {
             file.sync_data().map_err(|e| io_err(&seg.path, e))?;
             self.last_sync = Instant::now();
-            self.stats.fsyncs += 1;
         }
         self.entries.insert(
             seq,
@@ -888,8 +886,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_torn_tail_is_cut_and_nothing_else_lost() {
+    /// A closed journal holding records 0, 1, 2 (500 bytes each) in segment 0.
+    fn three_records_in_one_segment() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(JournalConfig {
             segment_bytes: 1 << 20,
@@ -899,7 +897,12 @@ mod tests {
         for tc in 0..3 {
             j.append(&record(tc, 500), 0).unwrap();
         }
-        drop(j);
+        dir
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_nothing_else_lost() {
+        let dir = three_records_in_one_segment();
         let seg = segment_path(dir.path(), 0);
         let len = fs::metadata(&seg).unwrap().len();
         OpenOptions::new()
@@ -915,16 +918,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_segment_is_quarantined_and_its_good_records_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(JournalConfig {
-            segment_bytes: 1 << 20,
-            ..cfg(dir.path())
-        })
-        .unwrap();
-        for tc in 0..3 {
-            j.append(&record(tc, 500), 0).unwrap();
-        }
-        drop(j);
+        let dir = three_records_in_one_segment();
         let seg = segment_path(dir.path(), 0);
         let mut data = fs::read(&seg).unwrap();
         let second = (HEADER + 37 + 4 + 500) + HEADER + 50; // inside record 1's payload

@@ -87,8 +87,11 @@ const METRICS: &[Metric] = &[
     (
         "frames_discarded_total",
         "counter",
-        "Frames dropped before fragmenting (waiting for a keyframe, over-long GOPs).",
-        |s| s.c.camera_stats.frames_discarded.load(R),
+        "Frames dropped before fragmenting (waiting for a keyframe, over-long GOPs, no usable codec data).",
+        |s| {
+            s.c.camera_stats.frames_discarded.load(R)
+                + s.c.camera_stats.capture.dropped_no_codec.load(R)
+        },
     ),
     ("fragments_total", "counter", "Fragments made.", |s| {
         s.c.camera_stats.fragments.load(R)

@@ -291,10 +291,6 @@ impl Upload {
     pub fn finish(&mut self) {
         self.body = None;
     }
-
-    pub fn is_finished(&self) -> bool {
-        self.body.is_none()
-    }
 }
 
 impl Acks {

@@ -9,7 +9,7 @@
 //! fragments and reads media bytes from the journal only to send them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -40,8 +40,6 @@ pub struct UploadStats {
     /// Sessions ended to stay under KVS's connection-age limit.
     pub rotations: AtomicU64,
     pub last_ack_latency_ms: AtomicU64,
-    /// Producer timestamp of the newest PERSISTED fragment.
-    pub last_persisted_ms: AtomicI64,
     /// Woken whenever a fragment is PERSISTED, a session fails or rotates (health, tests).
     pub changed: tokio::sync::Notify,
 }
@@ -534,9 +532,6 @@ impl Uploader {
                         .last_ack_latency_ms
                         .store(latency, Ordering::Relaxed);
                     debug!(stream = %self.stream, timecode = tc, latency_ms = latency, "PERSISTED");
-                    self.stats
-                        .last_persisted_ms
-                        .fetch_max(tc, Ordering::Relaxed);
                     self.stats.bump(&self.stats.fragments_persisted);
                     backoff.reset();
                 }

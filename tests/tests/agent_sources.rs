@@ -70,6 +70,17 @@ fn mp4_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     mp4_file_with(dir, 0)
 }
 
+/// Starts the agent in-process on `cameras`, its state under the test's directory.
+async fn start_agent(
+    local: &Local,
+    name: &str,
+    cameras: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<runner::Running> {
+    let toml = agent_toml(&local.url(), cameras, &local.dir.path().join("agent-state"));
+    Ok(runner::start(AgentConfig::from_toml(name, &toml)?, shutdown.clone()).await?)
+}
+
 fn persisted(s: &UploadStats) -> u64 {
     s.fragments_persisted.load(Ordering::Relaxed)
 }
@@ -84,18 +95,7 @@ async fn a_recorded_file_is_passed_through_and_the_agent_finishes() -> anyhow::R
         file.display()
     );
     let (_stop, shutdown) = watch::channel(false);
-    let running = runner::start(
-        AgentConfig::from_toml(
-            "file.toml",
-            &agent_toml(
-                &local.url(),
-                &cameras,
-                &local.dir.path().join("agent-state"),
-            ),
-        )?,
-        shutdown.clone(),
-    )
-    .await?;
+    let running = start_agent(&local, "file.toml", &cameras, &shutdown).await?;
     let cam = running.cameras[0].clone();
     // No shutdown asked: the file ends, the agent delivers it and is done.
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
@@ -123,18 +123,7 @@ async fn a_looped_file_keeps_timecodes_increasing() -> anyhow::Result<()> {
         file.display()
     );
     let (stop, shutdown) = watch::channel(false);
-    let running = runner::start(
-        AgentConfig::from_toml(
-            "loop.toml",
-            &agent_toml(
-                &local.url(),
-                &cameras,
-                &local.dir.path().join("agent-state"),
-            ),
-        )?,
-        shutdown.clone(),
-    )
-    .await?;
+    let running = start_agent(&local, "loop.toml", &cameras, &shutdown).await?;
     let cam = running.cameras[0].clone();
     tokio::time::timeout(BOUND, cam.upload_stats.wait_until(|s| persisted(s) >= 10)).await?;
     stop.send_replace(true);
@@ -174,18 +163,7 @@ async fn a_broken_camera_does_not_hold_up_the_others() -> anyhow::Result<()> {
          source = {{ type = \"test\", width = 160, height = 120 }}\ncreate_stream = {{ retention_period_hours = 1 }}"
     );
     let (stop, shutdown) = watch::channel(false);
-    let running = runner::start(
-        AgentConfig::from_toml(
-            "two.toml",
-            &agent_toml(
-                &local.url(),
-                &cameras,
-                &local.dir.path().join("agent-state"),
-            ),
-        )?,
-        shutdown.clone(),
-    )
-    .await?;
+    let running = start_agent(&local, "two.toml", &cameras, &shutdown).await?;
     let (dead, alive) = (running.cameras[0].clone(), running.cameras[1].clone());
     tokio::time::timeout(BOUND, alive.upload_stats.wait_until(|s| persisted(s) >= 3)).await?;
     stop.send_replace(true);
@@ -230,18 +208,7 @@ async fn b_frames_are_passed_through_in_decode_order() -> anyhow::Result<()> {
         file.display()
     );
     let (_stop, shutdown) = watch::channel(false);
-    let running = runner::start(
-        AgentConfig::from_toml(
-            "bf.toml",
-            &agent_toml(
-                &local.url(),
-                &cameras,
-                &local.dir.path().join("agent-state"),
-            ),
-        )?,
-        shutdown.clone(),
-    )
-    .await?;
+    let running = start_agent(&local, "bf.toml", &cameras, &shutdown).await?;
     let cam = running.cameras[0].clone();
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
     assert_eq!(
