@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{AwsSettings, ConfigError};
 
@@ -132,6 +132,48 @@ pub struct MqttConfig {
     /// Publish per-camera stats this often.
     #[serde(default = "default_stats_interval")]
     pub stats_interval_secs: u64,
+    /// TLS to the broker (server verification always on); plain TCP when absent.
+    pub tls: Option<MqttTls>,
+    /// Also take the configuration from an AWS IoT named shadow.
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// TLS to the broker: a CA file (system roots when absent), a client certificate for mutual
+/// TLS (AWS IoT Core's device certificate), and ALPN protocols (AWS IoT on port 443 needs
+/// `x-amzn-mqtt-ca`, which is the default there).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    pub ca_path: Option<PathBuf>,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+}
+
+/// AWS IoT Device Shadow mode: desired configuration from
+/// `$aws/things/<thing_name>/shadow/name/<name>/…`, reported back after it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    pub thing_name: String,
+    #[serde(default = "default_shadow_name")]
+    pub name: String,
+}
+
+fn default_shadow_name() -> String {
+    "kvs-edge".into()
+}
+
+impl MqttTls {
+    /// The ALPN protocols to offer: the configured ones, or AWS IoT's on port 443.
+    pub fn alpn_for(&self, port: u16) -> Vec<String> {
+        if self.alpn.is_empty() && port == 443 {
+            vec!["x-amzn-mqtt-ca".into()]
+        } else {
+            self.alpn.clone()
+        }
+    }
 }
 
 fn default_mqtt_port() -> u16 {
@@ -149,7 +191,7 @@ fn default_stats_interval() -> u64 {
 
 /// The on-device journal, per camera under `<state_dir>/journal/<camera>`. Knobs after the
 /// KVS Edge Agent's (`MaxLocalMediaSizeInMB`, `EdgeRetentionInHours`, `StrategyOnFullSize`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalSettings {
     /// `fragment`: fsync each fragment (nothing acknowledged as journaled is lost, even on
@@ -172,7 +214,7 @@ pub struct JournalSettings {
     pub segment_mb: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncMode {
     #[default]
@@ -181,7 +223,7 @@ pub enum FsyncMode {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Drop the oldest unsent video to make room (DELETE_OLDEST_MEDIA).
@@ -218,7 +260,7 @@ impl Default for JournalSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     /// Start a new PutMedia session after this long (KVS ends them at ~45 min).
@@ -279,7 +321,7 @@ impl Default for UploadConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub name: String,
@@ -315,7 +357,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CreateStreamConfig {
     /// Hours of archive (kvssink `retention-period`); 0 = no archive.
@@ -330,7 +372,7 @@ fn default_retention() -> u32 {
     24
 }
 
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// videotestsrc with a burned-in wall clock.
@@ -465,7 +507,7 @@ fn default_device() -> PathBuf {
     PathBuf::from("/dev/video0")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RtspTransport {
     #[default]
@@ -473,7 +515,7 @@ pub enum RtspTransport {
     Udp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum V4l2Format {
     /// Whatever the camera offers, decoded and encoded.
@@ -485,7 +527,7 @@ pub enum V4l2Format {
     H264,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncoderConfig {
     #[serde(default = "default_bitrate")]
@@ -626,6 +668,28 @@ impl AgentConfig {
                     "prefix and device_id must be MQTT topic levels without +, # or a leading $"
                         .into(),
                 ));
+            }
+            if let Some(t) = &m.tls
+                && t.cert_path.is_some() != t.key_path.is_some()
+            {
+                return Err(err(
+                    "mqtt.tls".into(),
+                    "cert_path and key_path go together (the client certificate and its key)".into(),
+                ));
+            }
+            if let Some(s) = &m.shadow {
+                for (field, value) in [("thing_name", &s.thing_name), ("name", &s.name)] {
+                    let ok = (1..=128).contains(&value.len())
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b));
+                    if !ok {
+                        return Err(err(
+                            format!("mqtt.shadow.{field}"),
+                            format!("{value:?} must be 1-128 characters of [a-zA-Z0-9_:-]"),
+                        ));
+                    }
+                }
             }
             if !(5..=3600).contains(&m.keep_alive_secs)
                 || !(1..=86_400).contains(&m.stats_interval_secs)

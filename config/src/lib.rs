@@ -4,6 +4,7 @@
 //! `agent` is the agent's `agent.toml`; the archiver's section arrives with its issue.
 
 pub mod agent;
+pub mod remote;
 
 pub use agent::AgentConfig;
 use serde::Deserialize;
