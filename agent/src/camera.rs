@@ -2,19 +2,25 @@
 //! Restarts the source with tiered backoff after errors, EOS or a stall (no frame for
 //! `stall_timeout_secs`); loops files at once; never crashes, never spins. On shutdown it
 //! flushes the fragment in progress and closes the channel, which lets the uploader finish.
+//!
+//! Configuration changes arrive on a watch channel: a bitrate change is applied to the
+//! running encoder; anything else about the capture restarts the source at once (the
+//! journal and the uploader carry on). Commands tag fragments with alarms and take snapshots.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kvs_edge_config::agent::{CameraConfig, SourceConfig};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::capture::{self, Capture, CaptureEvent, CaptureStats, CodecConfig};
+use crate::control::Alarm;
 use crate::mkv::{AccessUnit, Fragment, Fragmenter, FragmenterConfig, MkvError};
+use crate::snapshot::{self, SnapshotError};
 use crate::timeline::{MediaTime, Timeline, WallMs};
 
 /// Added to decode times so that a DTS before the segment start stays positive; the
@@ -35,26 +41,60 @@ pub struct CameraStats {
     pub encoder: Mutex<String>,
 }
 
+/// What a camera can be asked to do while it runs.
+pub enum CameraCommand {
+    /// Tag the fragments overlapping the alarm's window (from now on) with its id and label.
+    Alarm(Alarm),
+    /// A JPEG of the latest keyframe.
+    Snapshot(oneshot::Sender<Result<Vec<u8>, SnapshotError>>),
+}
+
 pub struct Camera {
     pub cfg: CameraConfig,
     pub stats: Arc<CameraStats>,
     pub journal: Arc<std::sync::Mutex<Journal>>,
     /// True while the journal refuses fragments (to log a burst once).
     pub denying: std::sync::atomic::AtomicBool,
+    /// Configuration changes for this camera (the runner restarts the whole camera for
+    /// changes to the stream itself).
+    pub updates: watch::Receiver<CameraConfig>,
+    pub commands: mpsc::Receiver<CameraCommand>,
+}
+
+/// Alarms that still cover fragments, and the last keyframe (for snapshots).
+#[derive(Default)]
+struct Marks {
+    alarms: Vec<Alarm>,
+    keyframe: Option<(Arc<CodecConfig>, Vec<u8>)>,
+}
+
+impl Marks {
+    /// The tags of a fragment spanning `[start_ms, end_ms]`; forgets alarms that ended before it.
+    fn tags(&mut self, start_ms: i64, end_ms: i64) -> Vec<(String, String)> {
+        self.alarms.retain(|a| a.end_ms >= start_ms);
+        self.alarms
+            .iter()
+            .filter(|a| a.start_ms <= end_ms)
+            .flat_map(|a| {
+                [
+                    ("ALARM_ID".to_string(), a.id.clone()),
+                    ("ALARM_LABEL".to_string(), a.label.clone()),
+                ]
+            })
+            .collect()
+    }
 }
 
 impl Camera {
-    pub async fn run(self, out: mpsc::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
-        let cam = &self.cfg;
+    pub async fn run(mut self, out: mpsc::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
         let mut timeline = Timeline::new();
-        let mut fragmenter = Fragmenter::new(FragmenterConfig {
-            target_ms: cam.fragment_duration_ms as i64,
-            max_ms: cam.max_fragment_duration_ms as i64,
-        });
+        let mut fragmenter = self.fragmenter();
         let mut codec: Option<Arc<CodecConfig>> = None;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let stall = Duration::from_secs(cam.stall_timeout_secs);
+        let mut marks = Marks::default();
         'sources: loop {
+            let cam = self.cfg.clone();
+            let stall = Duration::from_secs(cam.stall_timeout_secs);
             let description = match self.describe() {
                 Ok(d) => d,
                 Err(e) => {
@@ -102,6 +142,12 @@ impl Camera {
                                 keyframe: unit.keyframe,
                                 data: unit.data,
                             };
+                            if au.keyframe {
+                                // This keyframe may close the fragment: give it its alarm tags.
+                                let start = fragmenter.pending_start_ms().unwrap_or(au.pts_ms);
+                                fragmenter.set_tags(marks.tags(start, au.pts_ms));
+                                marks.keyframe = Some((unit.codec.clone(), au.data.clone()));
+                            }
                             match fragmenter.push(au) {
                                 Ok(done) => {
                                     backoff.reset();
@@ -134,12 +180,49 @@ impl Camera {
                         break "stall";
                     }
                     _ = shutdown.changed() => break 'sources,
+                    Ok(()) = self.updates.changed() => {
+                        let next = self.updates.borrow_and_update().clone();
+                        if next == self.cfg {
+                            continue;
+                        }
+                        let mut only_bitrate = self.cfg.clone();
+                        only_bitrate.encoder.bitrate_kbps = next.encoder.bitrate_kbps;
+                        if only_bitrate == next && capture.set_bitrate(next.encoder.bitrate_kbps) {
+                            info!(camera = %cam.name, bitrate_kbps = next.encoder.bitrate_kbps, "bitrate changed on the running encoder");
+                            self.cfg = next;
+                            continue;
+                        }
+                        self.cfg = next;
+                        break "reconfigured";
+                    }
+                    Some(command) = self.commands.recv() => match command {
+                        CameraCommand::Alarm(alarm) => {
+                            info!(camera = %cam.name, id = %alarm.id, label = %alarm.label, "alarm: tagging fragments until {}", alarm.end_ms);
+                            marks.alarms.retain(|a| a.id != alarm.id);
+                            marks.alarms.push(alarm);
+                        }
+                        CameraCommand::Snapshot(reply) => {
+                            let frame = marks.keyframe.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let jpeg = match frame {
+                                    Some((codec, data)) => snapshot::jpeg(&codec, &data, 85),
+                                    None => Err(SnapshotError::NoKeyframe),
+                                };
+                                let _ = reply.send(jpeg);
+                            });
+                        }
+                    },
                 }
             };
             drop(capture);
             // What was captured so far is complete video: send it.
-            self.emit(&out, fragmenter.flush(), &codec).await;
+            self.flush(&out, &mut fragmenter, &mut marks, &codec).await;
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            if ended == "reconfigured" {
+                info!(camera = %cam.name, "configuration changed: restarting the source");
+                fragmenter = self.fragmenter();
+                continue;
+            }
             let looping = matches!(cam.source, SourceConfig::File { looping: true, .. });
             if ended == "end of stream" && looping {
                 continue;
@@ -152,8 +235,29 @@ impl Camera {
                 break 'sources;
             }
         }
-        self.emit(&out, fragmenter.flush(), &codec).await;
-        info!(camera = %cam.name, fragments = self.stats.fragments.load(Ordering::Relaxed), "capture stopped");
+        self.flush(&out, &mut fragmenter, &mut marks, &codec).await;
+        info!(camera = %self.cfg.name, fragments = self.stats.fragments.load(Ordering::Relaxed), "capture stopped");
+    }
+
+    fn fragmenter(&self) -> Fragmenter {
+        Fragmenter::new(FragmenterConfig {
+            target_ms: self.cfg.fragment_duration_ms as i64,
+            max_ms: self.cfg.max_fragment_duration_ms as i64,
+        })
+    }
+
+    /// Emits the fragment in progress, tagged with the alarms that overlap it.
+    async fn flush(
+        &self,
+        out: &mpsc::Sender<u64>,
+        fragmenter: &mut Fragmenter,
+        marks: &mut Marks,
+        codec: &Option<Arc<CodecConfig>>,
+    ) {
+        if let Some(start) = fragmenter.pending_start_ms() {
+            fragmenter.set_tags(marks.tags(start, WallMs::now().0));
+        }
+        self.emit(out, fragmenter.flush(), codec).await;
     }
 
     /// The pipeline for this camera, choosing an encoder when one is needed.
@@ -238,12 +342,18 @@ impl Camera {
     }
 
     /// Backs off before the next source start; true when shutdown was asked meanwhile.
-    async fn pause(&self, backoff: &mut Backoff, shutdown: &mut watch::Receiver<bool>) -> bool {
+    /// A configuration change ends the pause early (the new settings may be the fix).
+    async fn pause(&mut self, backoff: &mut Backoff, shutdown: &mut watch::Receiver<bool>) -> bool {
         let delay = backoff.next_delay();
         info!(camera = %self.cfg.name, "restarting the source in {delay:?}");
         tokio::select! {
             _ = tokio::time::sleep(delay) => *shutdown.borrow(),
             _ = shutdown.changed() => true,
+            Ok(()) = self.updates.changed() => {
+                self.cfg = self.updates.borrow_and_update().clone();
+                backoff.reset();
+                false
+            }
         }
     }
 }

@@ -81,7 +81,7 @@ pub const ENCODER_CANDIDATES: &[&str] = &[
 pub fn encoder_chain(element: &str, cfg: &EncoderConfig, key_int: u32) -> String {
     match element {
         "x264enc" => format!(
-            "x264enc tune=zerolatency speed-preset=veryfast bitrate={} key-int-max={key_int} bframes=0 \
+            "x264enc name=encoder tune=zerolatency speed-preset=veryfast bitrate={} key-int-max={key_int} bframes=0 \
              ! video/x-h264,profile=main",
             cfg.bitrate_kbps
         ),
@@ -323,6 +323,19 @@ impl Capture {
             .set_state(gst::State::Playing)
             .map_err(|e| CaptureError::Start(format!("{e}: see the error event")))?;
         Ok(Capture { pipeline, events })
+    }
+
+    /// Changes the encoder's bitrate while running; false when the pipeline has no encoder
+    /// that can (passthrough sources, hardware encoders: those restart instead).
+    pub fn set_bitrate(&self, kbps: u32) -> bool {
+        let Some(encoder) = self.pipeline.by_name("encoder") else {
+            return false;
+        };
+        if encoder.find_property("bitrate").is_none() {
+            return false;
+        }
+        encoder.set_property("bitrate", kbps);
+        true
     }
 
     /// The next event; `None` once the pipeline has gone quiet for good.

@@ -480,6 +480,15 @@ impl Journal {
         Ok((journal, recovery))
     }
 
+    /// Applies new settings (budgets, fsync, policy) to the open journal; its directory stays.
+    /// The budgets are enforced from the next append on.
+    pub fn set_limits(&mut self, cfg: JournalConfig) {
+        self.cfg = JournalConfig {
+            dir: self.cfg.dir.clone(),
+            ..cfg
+        };
+    }
+
     pub fn stats(&self) -> JournalStats {
         self.stats
     }

@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod camera;
 pub mod capture;
+pub mod control;
 pub mod credentials;
 pub mod h264;
 pub mod journal;
@@ -16,8 +17,10 @@ pub mod metrics;
 pub mod mkv;
 pub mod mqtt;
 pub mod net;
+pub mod persisted;
 pub mod putmedia;
 pub mod runner;
+pub mod snapshot;
 pub mod timeline;
 pub mod tls;
 pub mod uploader;

@@ -19,7 +19,7 @@ struct Args {
     /// After SIGTERM, how long to keep sending what was captured before exiting.
     #[arg(long, default_value_t = 10)]
     shutdown_grace_secs: u64,
-    /// Validate the configuration, print it (secrets redacted) and exit.
+    /// Validate the configuration, print what would run (secrets redacted) and exit.
     #[arg(long)]
     check: bool,
 }
@@ -76,7 +76,12 @@ async fn agent_main() -> ExitCode {
         }
     };
     if args.check {
-        println!("{cfg:#?}");
+        // What would run: the file, with the remote configuration accepted last over it.
+        let (cfg, version, note) = kvs_edge_agent::persisted::effective(cfg);
+        if let Some(note) = note {
+            println!("# {note}");
+        }
+        println!("# configuration version {version}\n{cfg:#?}");
         return ExitCode::SUCCESS;
     }
     let (stop, shutdown) = watch::channel(false);

@@ -30,6 +30,20 @@ pub struct CameraMetrics {
     pub journal: Arc<std::sync::Mutex<Journal>>,
 }
 
+/// The cameras running now; the runner adds and removes them as the configuration changes.
+#[derive(Clone, Default)]
+pub struct Registry(Arc<std::sync::RwLock<Vec<CameraMetrics>>>);
+
+impl Registry {
+    pub fn cameras(&self) -> Vec<CameraMetrics> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, cameras: Vec<CameraMetrics>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = cameras;
+    }
+}
+
 /// (help, kind, value) for one metric of one camera.
 type Metric = (
     &'static str,
@@ -227,8 +241,7 @@ pub fn render(cameras: &[CameraMetrics]) -> String {
 }
 
 /// Serves `/metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, cameras: Vec<CameraMetrics>) {
-    let cameras = Arc::new(cameras);
+pub async fn serve(listener: TcpListener, cameras: Registry) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -241,7 +254,7 @@ pub async fn serve(listener: TcpListener, cameras: Vec<CameraMetrics>) {
                     let resp = if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(render(&cameras))))
+                            .body(Full::new(Bytes::from(render(&cameras.cameras()))))
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

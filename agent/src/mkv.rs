@@ -204,9 +204,15 @@ impl Fragmenter {
         }
     }
 
-    /// Adds fragment metadata (a KVS MKV tag) to the next fragment emitted.
-    pub fn tag_next(&mut self, name: &str, value: &str) {
-        self.tags.push((name.to_string(), value.to_string()));
+    /// Sets the fragment metadata (KVS MKV tags) of the fragment being built, replacing
+    /// what was set before; it is written when the fragment is emitted.
+    pub fn set_tags(&mut self, tags: Vec<(String, String)>) {
+        self.tags = tags;
+    }
+
+    /// The presentation time of the fragment being built (its first keyframe), if any.
+    pub fn pending_start_ms(&self) -> Option<i64> {
+        self.pending.first().map(|au| au.pts_ms)
     }
 
     /// Adds an access unit (in decode order); returns the fragment it completed, if any.
@@ -388,7 +394,7 @@ mod tests {
     #[test]
     fn tags_precede_the_cluster() {
         let mut f = Fragmenter::new(FragmenterConfig::default());
-        f.tag_next("alarm", "door");
+        f.set_tags(vec![("alarm".into(), "door".into())]);
         f.push(au(0, true)).unwrap();
         let frag = f.flush().unwrap();
         assert_eq!(&frag.bytes[..4], &[0x12, 0x54, 0xC3, 0x67]);

@@ -674,7 +674,8 @@ impl AgentConfig {
             {
                 return Err(err(
                     "mqtt.tls".into(),
-                    "cert_path and key_path go together (the client certificate and its key)".into(),
+                    "cert_path and key_path go together (the client certificate and its key)"
+                        .into(),
                 ));
             }
             if let Some(s) = &m.shadow {

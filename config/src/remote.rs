@@ -115,6 +115,48 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// The merge patch that turns `from` into `to`: changed keys, `null` for removed ones.
+/// `merge_patch(from, diff(from, to)) == to` for documents without nulls.
+pub fn diff(from: &Value, to: &Value) -> Value {
+    match (from, to) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut out = Map::new();
+            for (key, new) in b {
+                match a.get(key) {
+                    Some(old) if old == new => {}
+                    Some(old) => {
+                        out.insert(key.clone(), diff(old, new));
+                    }
+                    None if new.is_null() => {}
+                    None => {
+                        out.insert(key.clone(), new.clone());
+                    }
+                }
+            }
+            for key in a.keys() {
+                if !b.contains_key(key) {
+                    out.insert(key.clone(), Value::Null);
+                }
+            }
+            Value::Object(out)
+        }
+        _ => to.clone(),
+    }
+}
+
+/// Removes `null` members everywhere (a document as a merge-patch store such as an AWS IoT
+/// shadow keeps it: there, null means "delete").
+pub fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.retain(|_, v| !v.is_null());
+            o.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 /// Handles a `config/set` payload against the running configuration and its version.
 pub fn handle_set(
     current: &AgentConfig,
@@ -308,7 +350,10 @@ fn from_document(current: &AgentConfig, mut doc: Value) -> Result<AgentConfig, C
     }
     let remote: Remote = serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
-        remote_error(if path == "." { String::new() } else { path }, e.inner().to_string())
+        remote_error(
+            if path == "." { String::new() } else { path },
+            e.inner().to_string(),
+        )
     })?;
     let mut next = current.clone();
     next.upload = remote.upload;
@@ -398,7 +443,10 @@ mod tests {
         let front = a.config.cameras.iter().find(|c| c.name == "front").unwrap();
         assert_eq!(front.encoder.bitrate_kbps, 1500);
         let door = a.config.cameras.iter().find(|c| c.name == "door").unwrap();
-        assert_eq!(door, base().cameras.iter().find(|c| c.name == "door").unwrap());
+        assert_eq!(
+            door,
+            base().cameras.iter().find(|c| c.name == "door").unwrap()
+        );
         assert_eq!(a.config.upload, base().upload);
     }
 
@@ -475,7 +523,10 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(set(&deep).is_err());
-        let big = format!(r#"{{"version": 4, "token": "{}"}}"#, "x".repeat(MAX_DOCUMENT_BYTES));
+        let big = format!(
+            r#"{{"version": 4, "token": "{}"}}"#,
+            "x".repeat(MAX_DOCUMENT_BYTES)
+        );
         assert!(set(&big).unwrap_err().reason.contains("limit"));
     }
 
@@ -484,11 +535,35 @@ mod tests {
         let cfg = base();
         let state = redacted(&cfg);
         let text = state.to_string();
-        assert!(!text.contains("hunter2") && !text.contains("\"pw\""), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("\"pw\""),
+            "{text}"
+        );
         let mut echo = state.clone();
         echo["version"] = Value::from(4);
         let a = handle_set(&cfg, 3, echo.to_string().as_bytes()).unwrap();
         assert_eq!(a.config, cfg, "an echoed state document changes nothing");
+    }
+
+    #[test]
+    fn diff_is_the_inverse_of_merge_patch() {
+        let mut from = document(&base());
+        let mut changed = base();
+        changed.cameras.remove(1);
+        changed.cameras[0].encoder.bitrate_kbps = 900;
+        let mut to = document(&changed);
+        strip_nulls(&mut from);
+        strip_nulls(&mut to);
+        let patch = diff(&from, &to);
+        assert_eq!(patch["cameras"]["door"], Value::Null);
+        assert_eq!(
+            patch["cameras"]["front"],
+            serde_json::json!({"encoder": {"bitrate_kbps": 900}})
+        );
+        let mut merged = from.clone();
+        merge_patch(&mut merged, &patch);
+        assert_eq!(merged, to);
+        assert_eq!(diff(&to, &to), serde_json::json!({}));
     }
 
     #[test]

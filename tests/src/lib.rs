@@ -13,6 +13,8 @@ use bytes::Bytes;
 use kvs_edge_agent::h264;
 use kvs_edge_agent::mkv::{self, AccessUnit, Fragmenter, FragmenterConfig, TrackSpec};
 use kvs_edge_agent::putmedia::{Ack, AckEvent, Session, SessionParams};
+pub mod certs;
+
 pub use kvs_local::{Config, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, Faults, Server};
 
 pub const REGION: &str = "us-east-1";
@@ -617,6 +619,23 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(port: Option<u16>) -> Result<Mosquitto> {
+        Mosquitto::start_with(port, "")
+    }
+
+    /// A TLS listener with the certificates of `certs::certificates(dir)`: the server
+    /// certificate for 127.0.0.1, and client certificates signed by the test CA required.
+    pub fn start_tls(certs: &Path) -> Result<Mosquitto> {
+        let d = certs.display();
+        Mosquitto::start_with(
+            None,
+            &format!(
+                "cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+                 require_certificate true\nuse_identity_as_username true\n"
+            ),
+        )
+    }
+
+    fn start_with(port: Option<u16>, listener_options: &str) -> Result<Mosquitto> {
         let port = match port {
             Some(p) => p,
             None => free_port()?,
@@ -626,7 +645,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type all\n"
+                "listener {port} 127.0.0.1\n{listener_options}allow_anonymous true\n\
+                 log_dest stderr\nlog_type all\n"
             ),
         )?;
         let mut cmd = Command::new("mosquitto");
@@ -648,41 +668,104 @@ impl Drop for Mosquitto {
     }
 }
 
-/// An MQTT subscriber on `topic_filter`, collecting (topic, payload, retained).
+/// An MQTT client subscribed to a topic filter, collecting (topic, payload, retained); it
+/// also publishes (commands, shadow answers).
 pub struct MqttWatch {
-    rx: tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
+    client: rumqttc::AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl MqttWatch {
+    /// Subscribes on the plain listener at `port`; returns once the broker acknowledged it.
     pub async fn subscribe(port: u16, topic_filter: &str) -> Result<MqttWatch> {
+        let opts = rumqttc::MqttOptions::new(format!("watch-{}", now_ms()), "127.0.0.1", port);
+        MqttWatch::connect(opts, topic_filter).await
+    }
+
+    /// Like `subscribe`, over TLS with the test CA and the device certificate in `certs`.
+    pub async fn subscribe_tls(port: u16, certs: &Path, topic_filter: &str) -> Result<MqttWatch> {
+        let tls = kvs_edge_agent::tls::client_config(
+            Some(&certs.join("ca.pem")),
+            Some((&certs.join("device.pem"), &certs.join("device.key"))),
+        )?;
         let mut opts = rumqttc::MqttOptions::new(format!("watch-{}", now_ms()), "127.0.0.1", port);
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols.clear();
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+        ));
+        MqttWatch::connect(opts, topic_filter).await
+    }
+
+    async fn connect(mut opts: rumqttc::MqttOptions, topic_filter: &str) -> Result<MqttWatch> {
         opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
         client
             .subscribe(topic_filter, rumqttc::QoS::AtLeastOnce)
             .await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let _client = client;
-            while let Ok(event) = events.poll().await {
-                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
-                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
-                    if tx.send((p.topic.clone(), payload, p.retain)).is_err() {
-                        return;
+        // Until the SUBACK, so that nothing published after this returns is missed.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match events.poll().await? {
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => return Ok(()),
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
                     }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .context("no SUBACK in time")?
+        .map_err(|e: rumqttc::ConnectionError| anyhow::anyhow!("MQTT: {e}"))?;
+        let task = tokio::spawn(async move {
+            while let Ok(event) = events.poll().await {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event
+                    && tx
+                        .send((p.topic.clone(), p.payload.to_vec(), p.retain))
+                        .is_err()
+                {
+                    return;
                 }
             }
         });
-        Ok(MqttWatch { rx, task })
+        Ok(MqttWatch { rx, client, task })
     }
 
-    /// The first message (topic, payload, retained) matching `pred`, within `within`.
+    /// Publishes at QoS 1.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        retain: bool,
+    ) -> Result<()> {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .await?;
+        Ok(())
+    }
+
+    /// The first message (topic, payload as text, retained) matching `pred`, within `within`.
     pub async fn wait_for(
         &mut self,
         within: Duration,
         pred: impl Fn(&str, &str) -> bool,
     ) -> Result<(String, String, bool)> {
+        let (t, p, r) = self
+            .wait_for_raw(within, |t, p| pred(t, &String::from_utf8_lossy(p)))
+            .await?;
+        Ok((t, String::from_utf8_lossy(&p).into_owned(), r))
+    }
+
+    /// The first message matching `pred`, with its payload as bytes.
+    pub async fn wait_for_raw(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&str, &[u8]) -> bool,
+    ) -> Result<(String, Vec<u8>, bool)> {
         tokio::time::timeout(within, async {
             while let Some((t, p, r)) = self.rx.recv().await {
                 if pred(&t, &p) {
@@ -694,11 +777,30 @@ impl MqttWatch {
         .await
         .context("no matching MQTT message in time")?
     }
+
+    /// The first message on `topic`, parsed as JSON.
+    pub async fn json_on(&mut self, within: Duration, topic: &str) -> Result<serde_json::Value> {
+        let (_, p, _) = self.wait_for(within, |t, _| t == topic).await?;
+        serde_json::from_str(&p).with_context(|| format!("{topic}: not JSON: {p}"))
+    }
 }
 
 impl Drop for MqttWatch {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Shows the agent's logs in a test's output when `RUST_LOG` is set (e.g.
+/// `RUST_LOG=kvs_edge_agent=debug cargo test … -- --nocapture`); a no-op otherwise.
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("RUST_LOG")
+        && let Ok(filter) = tracing_subscriber::EnvFilter::try_new(filter)
+    {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     }
 }
 

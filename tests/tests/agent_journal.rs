@@ -96,7 +96,7 @@ async fn an_outage_loses_nothing() -> anyhow::Result<()> {
     let state = local.dir.path().join("state");
     let (stop, shutdown) = watch::channel(false);
     let running = runner::start(config(&local.url(), &state, ""), shutdown.clone()).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     tokio::time::timeout(BOUND, cam.upload_stats.wait_until(|s| persisted(s) >= 2)).await?;
 
     local.server.set_faults(Faults {
@@ -143,7 +143,7 @@ async fn a_restart_sends_the_backlog_first_then_live_video() -> anyhow::Result<(
     });
     let (stop, shutdown) = watch::channel(false);
     let running = runner::start(config(&local.url(), &state, ""), shutdown.clone()).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     fragments_made(&cam, 6).await;
     stop.send_replace(true);
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(1))).await?;
@@ -154,7 +154,7 @@ async fn a_restart_sends_the_backlog_first_then_live_video() -> anyhow::Result<(
     local.server.set_faults(Faults::default());
     let (stop, shutdown) = watch::channel(false);
     let running = runner::start(config(&local.url(), &state, ""), shutdown.clone()).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     tokio::time::timeout(
         BOUND,
         cam.upload_stats
@@ -186,7 +186,7 @@ async fn a_torn_write_loses_at_most_the_torn_record() -> anyhow::Result<()> {
     });
     let (stop, shutdown) = watch::channel(false);
     let running = runner::start(config(&local.url(), &state, ""), shutdown.clone()).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     fragments_made(&cam, 5).await;
     stop.send_replace(true);
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(1))).await?;
@@ -212,7 +212,7 @@ async fn a_torn_write_loses_at_most_the_torn_record() -> anyhow::Result<()> {
     local.server.set_faults(Faults::default());
     let (stop, shutdown) = watch::channel(false);
     let running = runner::start(config(&local.url(), &state, ""), shutdown.clone()).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     tokio::time::timeout(
         BOUND,
         cam.upload_stats
@@ -248,7 +248,7 @@ async fn fill(policy: &str) -> anyhow::Result<(Local, CameraMetrics, u64, Vec<i6
         shutdown.clone(),
     )
     .await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     fragments_made(&cam, 20).await;
     let (pending_bytes, pending_times) = {
         let j = cam.journal.lock().unwrap();
@@ -377,7 +377,7 @@ async fn really_full_disk(policy: &str) -> anyhow::Result<Option<(u64, u64, u64,
         shutdown.clone(),
     )
     .await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     // Well past what 3 MB holds (~125 kB fragments).
     fragments_made(&cam, 40).await;
     // KVS comes back: the journal drains, space frees up, new video is stored again.

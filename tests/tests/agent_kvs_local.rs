@@ -117,7 +117,7 @@ async fn test_source_streams_every_fragment_and_the_clip_plays() -> anyhow::Resu
         shutdown.clone(),
     )
     .await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     let metrics_addr = running.metrics_addr.expect("metrics listener");
     wait(&cam.upload_stats, "4 fragments", |s| persisted(s) >= 4).await;
 
@@ -185,7 +185,7 @@ async fn recovers_from_injected_faults_without_losing_fragments() -> anyhow::Res
         shutdown.clone(),
     )
     .await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     let up: Arc<UploadStats> = cam.upload_stats.clone();
     let failures = |s: &UploadStats| s.session_failures.load(Ordering::Relaxed);
     wait(&up, "the first fragments", |s| persisted(s) >= 2).await;

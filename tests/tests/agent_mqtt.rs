@@ -55,7 +55,7 @@ async fn availability_and_stats_then_stopped() -> anyhow::Result<()> {
     )?;
     let (stop, shutdown) = watch::channel(false);
     let running = runner::start(cfg, shutdown.clone()).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
 
     let (_, first, _) = watch_all.wait_for(BOUND, |t, _| t == AVAILABLE).await?;
     assert_eq!(
@@ -124,7 +124,7 @@ async fn a_broker_restart_never_interrupts_streaming() -> anyhow::Result<()> {
     )?;
     let (stop, shutdown) = watch::channel(false);
     let running = runner::start(cfg, shutdown.clone()).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     let mut watch_all = MqttWatch::subscribe(port, "kvs-edge/#").await?;
     watch_all
         .wait_for(BOUND, |t, p| t == AVAILABLE && p == "online")

@@ -49,7 +49,7 @@ async fn rtsp_h264_is_passed_through_and_reconnects() -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     let up = cam.upload_stats.clone();
     let persisted =
         |s: &kvs_edge_agent::uploader::UploadStats| s.fragments_persisted.load(Ordering::Relaxed);

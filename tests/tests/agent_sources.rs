@@ -96,7 +96,7 @@ async fn a_recorded_file_is_passed_through_and_the_agent_finishes() -> anyhow::R
     );
     let (_stop, shutdown) = watch::channel(false);
     let running = start_agent(&local, "file.toml", &cameras, &shutdown).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     // No shutdown asked: the file ends, the agent delivers it and is done.
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
     assert_eq!(
@@ -124,7 +124,7 @@ async fn a_looped_file_keeps_timecodes_increasing() -> anyhow::Result<()> {
     );
     let (stop, shutdown) = watch::channel(false);
     let running = start_agent(&local, "loop.toml", &cameras, &shutdown).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     tokio::time::timeout(BOUND, cam.upload_stats.wait_until(|s| persisted(s) >= 10)).await?;
     stop.send_replace(true);
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(2))).await?;
@@ -164,7 +164,7 @@ async fn a_broken_camera_does_not_hold_up_the_others() -> anyhow::Result<()> {
     );
     let (stop, shutdown) = watch::channel(false);
     let running = start_agent(&local, "two.toml", &cameras, &shutdown).await?;
-    let (dead, alive) = (running.cameras[0].clone(), running.cameras[1].clone());
+    let (dead, alive) = (running.cameras()[0].clone(), running.cameras()[1].clone());
     tokio::time::timeout(BOUND, alive.upload_stats.wait_until(|s| persisted(s) >= 3)).await?;
     stop.send_replace(true);
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(20))).await?;
@@ -209,7 +209,7 @@ async fn b_frames_are_passed_through_in_decode_order() -> anyhow::Result<()> {
     );
     let (_stop, shutdown) = watch::channel(false);
     let running = start_agent(&local, "bf.toml", &cameras, &shutdown).await?;
-    let cam = running.cameras[0].clone();
+    let cam = running.cameras()[0].clone();
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
     assert_eq!(
         cam.camera_stats.frames_discarded.load(Ordering::Relaxed),

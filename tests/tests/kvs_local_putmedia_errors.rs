@@ -158,7 +158,7 @@ async fn rule_violations_get_their_error_ids() -> anyhow::Result<()> {
 
     // Fragment metadata: reserved names and more than 10 tags per fragment.
     let mut tagged = mkv::Fragmenter::new(mkv::FragmenterConfig::default());
-    tagged.tag_next("AWS_SOMETHING", "x");
+    tagged.set_tags(vec![("AWS_SOMETHING".into(), "x".into())]);
     tagged.push(mkv::AccessUnit {
         pts_ms: t0,
         dts_ms: t0,
