@@ -152,7 +152,16 @@ pub fn parse(
             Command::Patch(patch(json!({ "fragment_duration_ms": ms })))
         }
         "alarm" => Command::Alarm(alarm(&value, now).map_err(|r| refuse(&token, r))?),
-        "snapshot" => Command::Snapshot,
+        "snapshot" => match &value {
+            Value::Null => Command::Snapshot,
+            Value::String(s) if s.is_empty() => Command::Snapshot,
+            _ => {
+                return Err(refuse(
+                    &token,
+                    "a snapshot takes no value (an empty payload, or {\"token\": …})".into(),
+                ));
+            }
+        },
         other => {
             return Err(refuse(
                 &token,
@@ -419,6 +428,7 @@ mod tests {
             ("front", "streaming", "maybe", "ON or OFF"),
             ("back", "streaming", "ON", "unknown camera"),
             ("front", "zoom", "2", "unknown feature"),
+            ("front", "snapshot", "now", "no value"),
             ("front", "bitrate", "-5", "whole number"),
             ("front", "alarm", "ON", "expected"),
             ("front", "alarm", r#"{"label": "x"}"#, "id: required"),

@@ -338,6 +338,7 @@ fn from_document(current: &AgentConfig, mut doc: Value) -> Result<AgentConfig, C
             }
         }
     }
+    no_arrays_for_objects(&doc, "")?;
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Remote {
@@ -368,6 +369,22 @@ fn from_document(current: &AgentConfig, mut doc: Value) -> Result<AgentConfig, C
         e
     })?;
     Ok(next)
+}
+
+/// serde reads a struct from an array of its fields in order; in a document that is only
+/// ever a mistake, so arrays are refused everywhere but in the one list setting.
+fn no_arrays_for_objects(v: &Value, path: &str) -> Result<(), ConfigError> {
+    match v {
+        Value::Array(_) if path.ends_with(".encoder.prefer") => Ok(()),
+        Value::Array(_) => Err(remote_error(
+            path.trim_start_matches('.'),
+            "expected an object or a single value, not an array",
+        )),
+        Value::Object(o) => o
+            .iter()
+            .try_for_each(|(k, v)| no_arrays_for_objects(v, &format!("{path}.{k}"))),
+        _ => Ok(()),
+    }
 }
 
 /// `cameras[1].source` → `cameras.back.source`: documents key cameras by name.
@@ -491,6 +508,10 @@ mod tests {
             (
                 r#"{"version": 4, "token": "a", "aws": {"region": "x"}}"#,
                 "aws",
+            ),
+            (
+                r#"{"version": 4, "token": "a", "cameras": {"front": {"encoder": []}}}"#,
+                "cameras.front.encoder",
             ),
             (r#"{"version": 3, "token": "a"}"#, "version"),
             (r#"{"version": -1, "token": "a"}"#, "version"),

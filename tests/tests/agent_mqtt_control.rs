@@ -408,3 +408,72 @@ async fn commands_change_settings_mark_alarms_and_take_snapshots() -> anyhow::Re
     agent.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_payloads_are_answered_and_streaming_continues() -> anyhow::Result<()> {
+    init_logs();
+    let broker = Mosquitto::start(None)?;
+    let local = Local::start().await?;
+    let state = local.dir.path().join("state");
+    let file = AgentConfig::from_toml("ctl.toml", &toml(&local.url(), &state, broker.port))?;
+    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
+    let agent = Agent::start(file).await?;
+    let cam = agent.camera("cam").expect("cam runs");
+    more_persisted(&cam, 1).await?;
+
+    let corpus: Vec<Vec<u8>> = vec![
+        b"{\"version\": 9, ".to_vec(), // truncated
+        format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)).into_bytes(), // deep
+        format!(
+            r#"{{"version": 9, "cameras": {}1{}}}"#,
+            r#"{"a":"#.repeat(5_000),
+            "}".repeat(5_000)
+        )
+        .into_bytes(),
+        format!(r#"{{"version": 9, "pad": "{}"}}"#, "x".repeat(512 * 1024)).into_bytes(), // big
+        br#"{"version": "nine", "cameras": {"cam": {"enabled": "yes"}}}"#.to_vec(),
+        br#"{"version": 9, "cameras": {"cam": {"encoder": {"bitrate_kbps": [1, 2]}}}}"#.to_vec(),
+        br#"{"version": 9, "cameras": {"cam": {"source": {"type": "test", "fps": -3}}}}"#.to_vec(),
+        br#"{"version": 9, "aws": {"endpoint_url": "http://evil"}}"#.to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x80, 0xc3], // not UTF-8
+        br#"{"value": {"deep": [1]}, "token": 7}"#.to_vec(), // wrong token
+    ];
+    let topics: Vec<(String, String)> = std::iter::once((
+        format!("{BASE}/config/set"),
+        format!("{BASE}/config/rejected"),
+    ))
+    .chain(kvs_edge_agent::control::FEATURES.iter().map(|f| {
+        (
+            format!("{BASE}/cam/{f}/set"),
+            format!("{BASE}/cam/{f}/rejected"),
+        )
+    }))
+    .collect();
+    for (set, rejected) in &topics {
+        for payload in &corpus {
+            mq.publish(set, payload.clone(), false).await?;
+            let (_, answer, _) = mq
+                .wait_for(BOUND, |t, p| {
+                    t == rejected || (t.ends_with("/accepted") && !p.is_empty())
+                })
+                .await?;
+            let answer: Value = serde_json::from_str(&answer)?;
+            assert!(
+                answer["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                "{set}: every hostile payload is rejected with a reason, got {answer}"
+            );
+        }
+    }
+    // Still streaming, still online, and nothing changed.
+    more_persisted(&cam, 2).await?;
+    assert_eq!(
+        retained(broker.port, &format!("{BASE}/available")).await?,
+        "online"
+    );
+    let state_doc: Value =
+        serde_json::from_str(&retained(broker.port, &format!("{BASE}/config/state")).await?)?;
+    assert_eq!(state_doc["version"], 0);
+    assert_eq!(state_doc["cameras"]["cam"]["encoder"]["bitrate_kbps"], 500);
+    agent.stop().await?;
+    Ok(())
+}
