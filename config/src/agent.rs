@@ -905,6 +905,26 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_tls_and_shadow_settings() {
+        let with = |mqtt: &str| AgentConfig::from_toml("agent.toml", &format!("{MINIMAL}\n{mqtt}"));
+        let cfg = with("[mqtt]\nhost = \"x.iot.us-east-1.amazonaws.com\"\nport = 443\n[mqtt.tls]\ncert_path = \"d.pem\"\nkey_path = \"d.key\"\n[mqtt.shadow]\nthing_name = \"pi-7\"")
+            .unwrap();
+        let m = cfg.mqtt.unwrap();
+        let tls = m.tls.unwrap();
+        assert_eq!(
+            tls.alpn_for(443),
+            ["x-amzn-mqtt-ca"],
+            "AWS IoT on 443 needs ALPN"
+        );
+        assert!(tls.alpn_for(8883).is_empty());
+        assert_eq!(m.shadow.unwrap().name, "kvs-edge");
+        let e = with("[mqtt]\nhost = \"h\"\n[mqtt.tls]\ncert_path = \"d.pem\"").unwrap_err();
+        assert_eq!(e.path, "mqtt.tls");
+        let e = with("[mqtt]\nhost = \"h\"\n[mqtt.shadow]\nthing_name = \"a/#\"").unwrap_err();
+        assert_eq!(e.path, "mqtt.shadow.thing_name");
+    }
+
+    #[test]
     fn rtsp_passwords_never_print() {
         let src = SourceConfig::Rtsp {
             url: "rtsp://admin:hunter2@10.0.0.5:554/stream1".into(),

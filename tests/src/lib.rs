@@ -645,7 +645,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n{listener_options}allow_anonymous true\n\
+                // `user root`: as root, mosquitto would switch to its own user, which
+                // cannot read the test's private files (only as root does it switch).
+                "user root\nlistener {port} 127.0.0.1\n{listener_options}allow_anonymous true\n\
                  log_dest stderr\nlog_type all\n"
             ),
         )?;
