@@ -2,8 +2,9 @@
 //! Matroska fragmenter → uploader (PutMedia sessions, acks, retries). `runner` wires the
 //! cameras together; `main.rs` is a thin binary over it.
 //!
-//! Pure protocol code: `h264`, `mkv`, `timeline`, and the ack parser and request signing in
-//! `putmedia`. I/O at the edges: `capture`, `putmedia::Session`, `uploader`, `kvs`, `metrics`.
+//! Pure protocol code: `h264`, `mkv`, `timeline`, `control`, and the ack parser and request
+//! signing in `putmedia`. I/O at the edges: `capture`, `putmedia::Session`, `uploader`, `kvs`,
+//! `metrics`, `mqtt`, `persisted`, `snapshot`.
 
 pub mod backoff;
 pub mod camera;
