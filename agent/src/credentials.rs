@@ -47,6 +47,8 @@ pub struct CredentialSource {
     kind: &'static str,
     provider: SharedCredentialsProvider,
     cached: Mutex<Option<Credentials>>,
+    /// When the credentials in use expire (ms since the epoch; 0: never or not known yet).
+    expires_ms: std::sync::atomic::AtomicI64,
 }
 
 impl CredentialSource {
@@ -114,6 +116,7 @@ impl CredentialSource {
             kind,
             provider,
             cached: Mutex::new(None),
+            expires_ms: Default::default(),
         })
     }
 
@@ -137,8 +140,28 @@ impl CredentialSource {
                 reason: error_chain(&e),
             }
         })?;
+        let expires_ms = fresh
+            .expiry()
+            .and_then(|e| e.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        self.expires_ms
+            .store(expires_ms, std::sync::atomic::Ordering::Relaxed);
         *cached = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Where the credentials come from (`static`, `default chain`, `iot`, …).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Seconds until the credentials in use expire (negative: expired); `None` when they do
+    /// not expire or none were fetched yet. For health reporting.
+    pub fn expires_in_secs(&self) -> Option<i64> {
+        match self.expires_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some((ms - crate::timeline::WallMs::now().0) / 1000),
+        }
     }
 
     /// Forgets the cached credentials (after a 403): the next `get` asks the provider again.

@@ -202,9 +202,16 @@ const METRICS: &[Metric] = &[
 const R: Ordering = Ordering::Relaxed;
 
 /// Renders every camera's counters in the Prometheus text format.
-pub fn render(cameras: &[CameraMetrics]) -> String {
+pub fn render(cameras: &[CameraMetrics], credentials_expire_in: Option<i64>) -> String {
     let snapshots: Vec<Snapshot> = cameras.iter().map(Snapshot::of).collect();
     let mut out = String::new();
+    if let Some(secs) = credentials_expire_in {
+        let _ = writeln!(
+            out,
+            "# HELP kvs_edge_credentials_expiry_seconds Seconds until the AWS credentials in use expire.\n\
+             # TYPE kvs_edge_credentials_expiry_seconds gauge\nkvs_edge_credentials_expiry_seconds {secs}"
+        );
+    }
     for (name, kind, help, value) in METRICS {
         let _ = writeln!(
             out,
@@ -241,20 +248,27 @@ pub fn render(cameras: &[CameraMetrics]) -> String {
 }
 
 /// Serves `/metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, cameras: Registry) {
+pub async fn serve(
+    listener: TcpListener,
+    cameras: Registry,
+    credentials: Arc<crate::credentials::CredentialSource>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let cameras = cameras.clone();
+        let (cameras, credentials) = (cameras.clone(), credentials.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let cameras = cameras.clone();
+                let (cameras, credentials) = (cameras.clone(), credentials.clone());
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(render(&cameras.cameras()))))
+                            .body(Full::new(Bytes::from(render(
+                                &cameras.cameras(),
+                                credentials.expires_in_secs(),
+                            ))))
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kvs_edge_config::AgentConfig;
@@ -40,6 +41,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::camera::CameraCommand;
 use crate::control::{self, Alarm, Command, Plan};
+use crate::credentials::CredentialSource;
 use crate::metrics::{CameraMetrics, Registry, Snapshot};
 use crate::runner::Control;
 use crate::timeline::WallMs;
@@ -120,10 +122,41 @@ impl ShadowTopics {
     }
 }
 
-/// The stats message: every camera's counters (named as in Prometheus).
-pub fn stats_payload(device: &str, cameras: &[CameraMetrics]) -> String {
-    let cams: Vec<Value> = cameras.iter().map(|c| Snapshot::of(c).json()).collect();
-    json!({ "device": device, "time": WallMs::now().0, "cameras": cams }).to_string()
+/// Frame and byte counts per camera at the previous stats message, for rates.
+type Rates = HashMap<String, (Instant, u64, u64)>;
+
+/// The stats message: every camera's counters (named as in Prometheus), its measured frame
+/// rate and upload bitrate since the previous message, and the credentials' expiry.
+pub fn stats_payload(
+    device: &str,
+    cameras: &[CameraMetrics],
+    credentials: &CredentialSource,
+    rates: &mut Rates,
+) -> String {
+    let now = Instant::now();
+    let cams: Vec<Value> = cameras
+        .iter()
+        .map(|c| {
+            let mut v = Snapshot::of(c).json();
+            let frames = c.camera_stats.capture.frames.load(Ordering::Relaxed);
+            let bytes = c.upload_stats.bytes_sent.load(Ordering::Relaxed);
+            if let Some((at, f0, b0)) = rates.insert(c.camera.clone(), (now, frames, bytes)) {
+                let secs = now.duration_since(at).as_secs_f64().max(0.001);
+                v["fps"] = json!(((frames.saturating_sub(f0)) as f64 / secs * 10.0).round() / 10.0);
+                v["bitrate_kbps"] =
+                    json!((bytes.saturating_sub(b0) as f64 * 8.0 / 1000.0 / secs).round());
+            }
+            v
+        })
+        .collect();
+    rates.retain(|name, _| cameras.iter().any(|c| &c.camera == name));
+    json!({
+        "device": device,
+        "time": WallMs::now().0,
+        "credentials": {"source": credentials.kind(), "expires_in_s": credentials.expires_in_secs()},
+        "cameras": cams,
+    })
+    .to_string()
 }
 
 /// What the agent's MQTT side starts from and acts through.
@@ -133,6 +166,7 @@ pub struct Context {
     pub version: u64,
     pub control: Control,
     pub registry: Registry,
+    pub credentials: Arc<CredentialSource>,
 }
 
 /// What the event-loop task reports.
@@ -231,6 +265,7 @@ struct Agent {
     /// What the shadow holds as reported (to send only differences, nulls for removals).
     shadow_reported: Value,
     shadow_version: u64,
+    rates: Rates,
 }
 
 /// Runs the MQTT side until `shutdown`; then publishes "stopped" and disconnects.
@@ -262,6 +297,7 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
         persisted: HashMap::new(),
         shadow_reported: Value::Null,
         shadow_version: 0,
+        rates: HashMap::new(),
     };
     loop {
         let next_alarm_end = agent.alarms.values().map(|a| a.end_ms).min();
@@ -367,7 +403,12 @@ impl Agent {
             return;
         }
         // Stats are periodic: one lost to a full queue is replaced by the next.
-        let payload = stats_payload(&self.ctx.config.device_id, &self.ctx.registry.cameras());
+        let payload = stats_payload(
+            &self.ctx.config.device_id,
+            &self.ctx.registry.cameras(),
+            &self.ctx.credentials,
+            &mut self.rates,
+        );
         let _ = self
             .client
             .try_publish(&self.topics.stats, QoS::AtMostOnce, false, payload);
@@ -693,10 +734,7 @@ impl Agent {
                 None => json!({ "state": "offline", "reason": "not running" }),
                 Some(m) => {
                     let snap = Snapshot::of(m);
-                    let persisted = m
-                        .upload_stats
-                        .fragments_persisted
-                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let persisted = m.upload_stats.fragments_persisted.load(Ordering::Relaxed);
                     // Online: fragments reached KVS lately (within two stats intervals).
                     let window = Duration::from_secs(self.cfg.stats_interval_secs * 2)
                         .max(Duration::from_secs(10));
@@ -716,7 +754,7 @@ impl Agent {
                         "quality": quality,
                         "backlog_fragments": snap.pending,
                         "backlog_age_s": snap.oldest_age_s,
-                        "ack_latency_ms": m.upload_stats.last_ack_latency_ms.load(std::sync::atomic::Ordering::Relaxed),
+                        "ack_latency_ms": m.upload_stats.last_ack_latency_ms.load(Ordering::Relaxed),
                     })
                 }
             };

@@ -367,7 +367,7 @@ pub async fn start(
     let shared = Shared {
         kvs: kvs::client(&cfg.aws, credentials.provider()),
         region: cfg.aws.region.clone().unwrap_or_default(),
-        credentials,
+        credentials: credentials.clone(),
         tls,
     };
     let registry = Registry::default();
@@ -398,7 +398,11 @@ pub async fn start(
             .map_err(|source| AgentError::Metrics { addr, source })?;
         metrics_addr = listener.local_addr().ok();
         info!("metrics on http://{}/metrics", metrics_addr.unwrap_or(addr));
-        metrics_task = Some(tokio::spawn(metrics::serve(listener, registry.clone())));
+        metrics_task = Some(tokio::spawn(metrics::serve(
+            listener,
+            registry.clone(),
+            credentials.clone(),
+        )));
     }
     let mqtt_task = cfg.mqtt.clone().map(|m| {
         tokio::spawn(crate::mqtt::run(
@@ -408,6 +412,7 @@ pub async fn start(
                 version,
                 control: control.clone(),
                 registry: registry.clone(),
+                credentials: credentials.clone(),
             },
             shutdown.clone(),
         ))

@@ -164,6 +164,9 @@ async fn fetches_caches_and_refreshes_temporary_credentials_over_mutual_tls() {
         [THING],
         "the thing name, not a stream name, is sent"
     );
+    // Health reporting (stats, Prometheus) shows how long they last.
+    let reported = source.expires_in_secs().unwrap();
+    assert!((3500..=3600).contains(&reported), "{reported}");
 
     source.get().await.unwrap();
     assert_eq!(iot.requests.load(Ordering::SeqCst), 1, "cached while valid");

@@ -75,6 +75,7 @@ async fn availability_and_stats_then_stopped() -> anyhow::Result<()> {
                         .as_u64()
                         .unwrap_or(0)
                         >= 1
+                        && v["cameras"][0]["fps"].as_f64().unwrap_or(0.0) > 0.0
                 })
         })
         .await?;
@@ -88,6 +89,15 @@ async fn availability_and_stats_then_stopped() -> anyhow::Result<()> {
             c["encoder"].as_str()
         ),
         (Some("cam"), Some("mqtt-cam"), Some("x264enc"))
+    );
+    // Measured since the previous message: the 20 fps test source, and the upload rate.
+    let fps = c["fps"].as_f64().unwrap();
+    assert!((5.0..=30.0).contains(&fps), "fps {fps}");
+    assert!(c["bitrate_kbps"].is_number(), "{c}");
+    assert_eq!(v["credentials"]["source"], "static");
+    assert!(
+        v["credentials"]["expires_in_s"].is_null(),
+        "static keys do not expire"
     );
     for key in [
         "frames_total",
