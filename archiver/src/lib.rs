@@ -1,4 +1,22 @@
 //! kvs-edge-archiver: runs in the cloud (Lambda, SQS consumer or CLI). An alarm event
 //! becomes a clip window, the clip is fetched with GetClip, stored in S3 and handed to
-//! MediaConvert. The modules (event, resolve, clip, store, transcode, replay) arrive with
-//! the archiver issues; this crate exists now so the workspace has its final shape.
+//! MediaConvert.
+//!
+//! Pure: `event` (every delivery shape → alarm transitions), `decide` (streams, window, key).
+//! Fetching, storing and the runtimes arrive with the rest of the archiver issue.
+
+pub mod decide;
+pub mod event;
+
+use kvs_edge_config::archiver::ArchiverConfig;
+
+/// Every decision an input holds (one per record), or why the input is not an event.
+pub fn decisions(
+    cfg: &ArchiverConfig,
+    input: &[u8],
+) -> Result<Vec<decide::Decision>, event::EventError> {
+    Ok(event::parse(input)?
+        .into_iter()
+        .map(|e| decide::decide(cfg, e))
+        .collect())
+}

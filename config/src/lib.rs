@@ -1,9 +1,11 @@
 //! kvs-edge-config: the typed configuration shared by the agent and the archiver.
 //!
 //! Every error names where it came from and the field path (`cameras[0].stream_name`).
-//! `agent` is the agent's `agent.toml`; the archiver's section arrives with its issue.
+//! `agent` is the agent's `agent.toml`, `remote` the document it takes over MQTT, `archiver`
+//! the archiver's `archiver.toml`.
 
 pub mod agent;
+pub mod archiver;
 pub mod remote;
 
 pub use agent::AgentConfig;

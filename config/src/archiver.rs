@@ -1,0 +1,268 @@
+//! The archiver's configuration (`archiver.toml`, or the `KVS_EDGE_ARCHIVER_CONFIG` file in
+//! Lambda): where clips go, the default clip window, and which alarms mean which streams.
+//!
+//! ```toml
+//! bucket = "camera-clips"
+//! [clip]
+//! pre_roll_s = 60          # the default window is 180 s, as in the source document
+//! post_roll_s = 120
+//! [[mappings]]
+//! alarm = "garage-*"       # an alarm name or ARN; `*` matches any run of characters
+//! streams = ["garage-cam"]
+//! post_roll_s = 30
+//! ```
+
+use serde::Deserialize;
+
+use crate::{AwsSettings, ConfigError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiverConfig {
+    #[serde(default)]
+    pub aws: AwsSettings,
+    /// The bucket clips are stored in.
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+    /// Object key of a clip. Fields: `{stream}`, `{alarm}` (the alarm name, made key-safe),
+    /// `{yyyy}`, `{mm}`, `{dd}` (of the window start, UTC), `{start}`, `{end}`
+    /// (`20240217T115308Z`).
+    #[serde(default = "default_key_template")]
+    pub key_template: String,
+    /// Server-side encryption with this KMS key (SSE-KMS); S3's default encryption otherwise.
+    pub sse_kms_key_id: Option<String>,
+    #[serde(default)]
+    pub clip: ClipSettings,
+    /// Alarm → streams, tried in order; the first match wins.
+    #[serde(default)]
+    pub mappings: Vec<Mapping>,
+    /// Use the `StreamName` dimension of the alarm's metric (KVS metrics carry it) when no
+    /// mapping matches.
+    #[serde(default = "yes")]
+    pub use_stream_dimension: bool,
+    /// Alarms silenced by a CloudWatch mute rule make no clip (by default they still do:
+    /// muting stops notifications, not the need for evidence).
+    #[serde(default)]
+    pub skip_muted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipSettings {
+    /// Seconds before the alarm.
+    #[serde(default = "default_pre_roll")]
+    pub pre_roll_s: u64,
+    /// Seconds after the alarm.
+    #[serde(default = "default_post_roll")]
+    pub post_roll_s: u64,
+    /// How long to wait for the post-roll to be ingested before clipping what exists.
+    #[serde(default = "default_ingest_wait")]
+    pub ingest_wait_s: u64,
+}
+
+impl Default for ClipSettings {
+    fn default() -> Self {
+        ClipSettings {
+            pre_roll_s: default_pre_roll(),
+            post_roll_s: default_post_roll(),
+            ingest_wait_s: default_ingest_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// An alarm name or ARN pattern (`*` matches any run of characters).
+    pub alarm: String,
+    pub streams: Vec<String>,
+    pub pre_roll_s: Option<u64>,
+    pub post_roll_s: Option<u64>,
+}
+
+fn default_bucket() -> String {
+    "kvs-edge-clips".into()
+}
+fn default_key_template() -> String {
+    "clips/{stream}/{yyyy}/{mm}/{dd}/{alarm}-{start}-{end}.mp4".into()
+}
+fn default_pre_roll() -> u64 {
+    60
+}
+fn default_post_roll() -> u64 {
+    120
+}
+fn default_ingest_wait() -> u64 {
+    120
+}
+fn yes() -> bool {
+    true
+}
+
+/// A clip window may not exceed GetClip's 24-hour range.
+const MAX_WINDOW_S: u64 = 24 * 3600;
+
+impl Default for ArchiverConfig {
+    fn default() -> Self {
+        ArchiverConfig::from_toml("defaults", "").expect("the defaults are valid")
+    }
+}
+
+impl ArchiverConfig {
+    pub fn from_toml(source_name: &str, text: &str) -> Result<ArchiverConfig, ConfigError> {
+        let cfg: ArchiverConfig = crate::from_toml(source_name, text)?;
+        cfg.validate(source_name)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |path: String, message: String| ConfigError {
+            source_name: source_name.into(),
+            path,
+            message,
+        };
+        self.aws.validate(source_name, "aws")?;
+        let b = &self.bucket;
+        if !(3..=63).contains(&b.len())
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-".contains(&c))
+        {
+            return Err(err(
+                "bucket".into(),
+                format!("{b:?} is not an S3 bucket name (3-63 of a-z 0-9 . -)"),
+            ));
+        }
+        if !self.key_template.contains("{start}") && !self.key_template.contains("{alarm}") {
+            return Err(err(
+                "key_template".into(),
+                "must contain {start} or {alarm}: clips of different alarms need different keys"
+                    .into(),
+            ));
+        }
+        if let Some(unknown) = template_fields(&self.key_template)
+            .into_iter()
+            .find(|f| !KEY_FIELDS.contains(&f.as_str()))
+        {
+            return Err(err(
+                "key_template".into(),
+                format!(
+                    "unknown field {{{unknown}}}; known: {}",
+                    KEY_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let window = |pre: u64, post: u64, path: String| {
+            if pre + post == 0 || pre + post > MAX_WINDOW_S {
+                Err(err(
+                    path,
+                    "pre_roll_s + post_roll_s must be 1 s to 24 h".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        window(self.clip.pre_roll_s, self.clip.post_roll_s, "clip".into())?;
+        for (i, m) in self.mappings.iter().enumerate() {
+            if m.alarm.is_empty() {
+                return Err(err(
+                    format!("mappings[{i}].alarm"),
+                    "must not be empty".into(),
+                ));
+            }
+            if m.streams.is_empty() {
+                return Err(err(
+                    format!("mappings[{i}].streams"),
+                    "name at least one stream".into(),
+                ));
+            }
+            window(
+                m.pre_roll_s.unwrap_or(self.clip.pre_roll_s),
+                m.post_roll_s.unwrap_or(self.clip.post_roll_s),
+                format!("mappings[{i}]"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+const KEY_FIELDS: [&str; 7] = ["stream", "alarm", "yyyy", "mm", "dd", "start", "end"];
+
+fn template_fields(t: &str) -> Vec<String> {
+    t.split('{')
+        .skip(1)
+        .filter_map(|s| s.split_once('}').map(|(f, _)| f.to_string()))
+        .collect()
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let cfg = ArchiverConfig::from_toml("a.toml", "bucket = \"clips\"").unwrap();
+        assert_eq!((cfg.clip.pre_roll_s, cfg.clip.post_roll_s), (60, 120));
+        assert!(cfg.use_stream_dimension && !cfg.skip_muted);
+        for (text, path) in [
+            ("bucket = \"Clips!\"", "bucket"),
+            (
+                "bucket = \"clips\"\nkey_template = \"x/{stream}.mp4\"",
+                "key_template",
+            ),
+            (
+                "bucket = \"clips\"\nkey_template = \"{alarm}/{nope}\"",
+                "key_template",
+            ),
+            (
+                "bucket = \"clips\"\n[clip]\npre_roll_s = 0\npost_roll_s = 0",
+                "clip",
+            ),
+            (
+                "bucket = \"clips\"\n[[mappings]]\nalarm = \"a\"\nstreams = []",
+                "mappings[0].streams",
+            ),
+        ] {
+            assert_eq!(
+                ArchiverConfig::from_toml("a.toml", text).unwrap_err().path,
+                path,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("garage-*", "garage-motion"));
+        assert!(glob_match(
+            "*:alarm:garage-*",
+            "arn:aws:cloudwatch:us-east-1:1:alarm:garage-x"
+        ));
+        assert!(glob_match("a*b*c", "aXXbYYc") && glob_match("*", "") && glob_match("abc", "abc"));
+        assert!(
+            !glob_match("garage-*", "door")
+                && !glob_match("a*b", "ab-")
+                && !glob_match("ab*ba", "aba")
+        );
+    }
+}
