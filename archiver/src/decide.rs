@@ -52,6 +52,31 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// A clip asked for by hand (`kvs-edge-archiver clip`): `name` stands in for the alarm.
+    pub fn manual(name: &str, stream: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Decision {
+        Decision::Clip(Box::new(ClipRequest {
+            alarm: Alarm {
+                shape: "manual",
+                event_id: None,
+                name: name.to_string(),
+                arn: None,
+                reason: "requested from the command line".into(),
+                time: start,
+                previous: None,
+                region: None,
+                account: None,
+                dimensions: Vec::new(),
+                muted_by: None,
+            },
+            streams: vec![stream.to_string()],
+            start,
+            end,
+            resolved_by: "command line".into(),
+        }))
+    }
+}
+
 pub fn decide(cfg: &ArchiverConfig, event: Event) -> Decision {
     let alarm = match event {
         Event::Ignore(reason) => return Decision::Ignore(reason),

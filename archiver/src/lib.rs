@@ -2,11 +2,14 @@
 //! becomes a clip window, the clip is fetched with GetClip, stored in S3 and handed to
 //! MediaConvert.
 //!
-//! Pure: `event` (every delivery shape → alarm transitions), `decide` (streams, window, key).
-//! Fetching, storing and the runtimes arrive with the rest of the archiver issue.
+//! Pure: `event` (every delivery shape → alarm transitions), `decide` (streams, window, key),
+//! `plan` (GetClip requests for a window). I/O: `clip` (ListFragments, GetClip), `store` (S3).
 
+pub mod clip;
 pub mod decide;
 pub mod event;
+pub mod plan;
+pub mod store;
 
 use kvs_edge_config::archiver::ArchiverConfig;
 

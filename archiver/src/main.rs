@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kvs_edge_archiver::clip::Archiver;
+use kvs_edge_archiver::decide::Decision;
 use kvs_edge_config::archiver::ArchiverConfig;
 
 /// Turns CloudWatch alarms into archived clips of Kinesis Video Streams.
@@ -20,12 +22,25 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Handles one event delivery (a file, or - for standard input).
+    /// Handles one event delivery (a file, or - for standard input): clips into S3, one JSON
+    /// line per stream on standard output.
     HandleEvent {
         input: String,
         /// Touch nothing; print the decision as JSON (one line per record).
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Stores the clip of an explicit window (RFC 3339 times).
+    Clip {
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        start: String,
+        #[arg(long)]
+        end: String,
+        /// Names the clip (the `{alarm}` of the key template).
+        #[arg(long, default_value = "manual")]
+        name: String,
     },
 }
 
@@ -50,6 +65,14 @@ fn read_input(input: &str) -> Result<Vec<u8>, String> {
 }
 
 fn main() -> ExitCode {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let cfg = match config(args.config.as_ref()) {
         Ok(c) => c,
@@ -74,16 +97,67 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            if !dry_run {
-                eprintln!(
-                    "kvs-edge-archiver: only --dry-run is available yet (clipping arrives with the archiver issue)"
-                );
-                return ExitCode::FAILURE;
+            if dry_run {
+                for d in decisions {
+                    println!("{}", d.json());
+                }
+                return ExitCode::SUCCESS;
             }
-            for d in decisions {
-                println!("{}", d.json());
-            }
-            ExitCode::SUCCESS
+            run(cfg, decisions)
+        }
+        Command::Clip {
+            stream,
+            start,
+            end,
+            name,
+        } => {
+            let time = |what: &str, s: &str| {
+                kvs_edge_archiver::event::parse_time(s)
+                    .ok_or_else(|| format!("--{what} {s:?} is not an RFC 3339 time"))
+            };
+            let (start, end) = match (time("start", &start), time("end", &end)) {
+                (Ok(s), Ok(e)) if s < e => (s, e),
+                (Ok(_), Ok(_)) => {
+                    eprintln!("kvs-edge-archiver: --start must be before --end");
+                    return ExitCode::from(2);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("kvs-edge-archiver: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run(cfg, vec![Decision::manual(&name, &stream, start, end)])
         }
     }
+}
+
+/// Carries out the decisions; exit status 1 when a clip failed (its record is in S3).
+fn run(cfg: ArchiverConfig, decisions: Vec<Decision>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let archiver = Archiver::new(cfg).await;
+        let mut failed = false;
+        for d in decisions {
+            match d {
+                Decision::Ignore(reason) => {
+                    tracing::info!("ignored: {reason}");
+                    println!("{}", Decision::Ignore(reason).json());
+                }
+                Decision::Clip(req) => {
+                    for outcome in archiver.handle(&req).await {
+                        failed |= outcome.failed();
+                        println!("{}", outcome.json());
+                    }
+                }
+            }
+        }
+        if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
 }

@@ -19,8 +19,12 @@ use crate::{AwsSettings, ConfigError};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiverConfig {
+    /// Region and an endpoint override for every service (kvs-local); the SDK's
+    /// `AWS_ENDPOINT_URL_<SERVICE>` variables also work.
     #[serde(default)]
     pub aws: AwsSettings,
+    #[serde(default)]
+    pub s3: S3Settings,
     /// The bucket clips are stored in.
     #[serde(default = "default_bucket")]
     pub bucket: String,
@@ -44,6 +48,16 @@ pub struct ArchiverConfig {
     /// muting stops notifications, not the need for evidence).
     #[serde(default)]
     pub skip_muted: bool,
+}
+
+/// Where S3 is, when it is not where the other services are (an S3-compatible server).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing (`http://host/bucket/key`), which most S3-compatible servers need.
+    #[serde(default)]
+    pub force_path_style: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -122,6 +136,11 @@ impl ArchiverConfig {
             message,
         };
         self.aws.validate(source_name, "aws")?;
+        AwsSettings {
+            region: None,
+            endpoint_url: self.s3.endpoint_url.clone(),
+        }
+        .validate(source_name, "s3")?;
         let b = &self.bucket;
         if !(3..=63).contains(&b.len())
             || !b

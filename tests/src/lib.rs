@@ -411,6 +411,18 @@ impl Moto {
     }
 }
 
+/// An S3 client for an S3-compatible server on loopback (moto), path-style.
+pub fn s3_client(url: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 /// Starts a server process and waits (bounded) until its stderr shows `ready`; stderr keeps
 /// being drained afterwards so the server never blocks on a full pipe.
 pub fn start_until_ready(
@@ -808,12 +820,21 @@ pub fn init_logs() {
 
 /// The agent binary built by `cargo test --workspace` (beside this test's executable).
 pub fn agent_binary() -> Result<PathBuf> {
+    workspace_binary("kvs-edge-agent")
+}
+
+/// The archiver binary built by `cargo test --workspace`.
+pub fn archiver_binary() -> Result<PathBuf> {
+    workspace_binary("kvs-edge-archiver")
+}
+
+fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
         .and_then(|d| d.parent())
         .context("target dir")?
-        .join("kvs-edge-agent");
+        .join(name);
     ensure!(
         bin.exists(),
         "{} is missing: build the workspace first (make test does)",

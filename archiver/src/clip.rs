@@ -1,0 +1,432 @@
+//! Clipping, the I/O side: for each stream of a decision, wait (bounded) until the post-roll
+//! is ingested (ListFragments), fetch the window with GetClip (split at 200 fragments /
+//! 100 MB) and stream it into S3 under its deterministic key. Every stream ends with an
+//! outcome (stored, already there, or a failure record in the bucket), never a crash.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_kinesisvideo::types::ApiName;
+use aws_sdk_kinesisvideoarchivedmedia as media;
+use aws_smithy_types::DateTime as SdkTime;
+use chrono::{DateTime, SecondsFormat, Utc};
+use kvs_edge_config::archiver::ArchiverConfig;
+use media::types::{
+    ClipFragmentSelector, ClipFragmentSelectorType, ClipTimestampRange, FragmentSelector,
+    FragmentSelectorType, TimestampRange,
+};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::decide::{ClipRequest, clip_key};
+use crate::plan::{self, Fragment};
+use crate::store::{self, StoreError, Target, Upload, Written, error_chain};
+
+/// How often ListFragments is asked while waiting for the post-roll.
+const POLL: Duration = Duration::from_secs(2);
+
+/// What happened to one stream's clip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClipResult {
+    Stored {
+        bytes: u64,
+        fragments: usize,
+        requests: usize,
+        /// The stream had no video up to the window's end by the deadline.
+        short: bool,
+    },
+    /// An earlier delivery of the same alarm stored it.
+    Duplicate,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub stream: String,
+    pub bucket: String,
+    pub key: String,
+    pub result: ClipResult,
+}
+
+impl Outcome {
+    pub fn json(&self) -> Value {
+        let mut v = json!({ "stream": self.stream, "bucket": self.bucket, "key": self.key });
+        match &self.result {
+            ClipResult::Stored {
+                bytes,
+                fragments,
+                requests,
+                short,
+            } => {
+                v["result"] = json!("stored");
+                v["bytes"] = json!(bytes);
+                v["fragments"] = json!(fragments);
+                v["get_clip_calls"] = json!(requests);
+                v["short"] = json!(short);
+            }
+            ClipResult::Duplicate => v["result"] = json!("duplicate"),
+            ClipResult::Failed(reason) => {
+                v["result"] = json!("failed");
+                v["reason"] = json!(reason);
+            }
+        }
+        v
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(self.result, ClipResult::Failed(_))
+    }
+}
+
+/// The archiver's AWS side.
+pub struct Archiver {
+    pub cfg: ArchiverConfig,
+    kvs: aws_sdk_kinesisvideo::Client,
+    sdk: aws_config::SdkConfig,
+    pub s3: aws_sdk_s3::Client,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// S3 user metadata must be US-ASCII.
+fn ascii(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
+/// S3 tag values allow letters, digits, spaces and `+ - = . _ : / @`.
+fn tag_value(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " +-=._:/@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(256)
+        .collect()
+}
+
+impl Archiver {
+    /// Clients from the SDK's default chain (credentials, region, `AWS_ENDPOINT_URL*`), with
+    /// the configuration's region and endpoints over it.
+    pub async fn new(cfg: ArchiverConfig) -> Archiver {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &cfg.aws.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(url) = &cfg.aws.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        let kvs = aws_sdk_kinesisvideo::Client::new(&sdk);
+        let mut s3 =
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.s3.force_path_style);
+        if let Some(url) = &cfg.s3.endpoint_url {
+            s3 = s3.endpoint_url(url);
+        }
+        Archiver {
+            s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            cfg,
+            kvs,
+            sdk,
+        }
+    }
+
+    /// An archived-media client for `stream`'s data endpoint for `api`.
+    async fn media(&self, stream: &str, api: ApiName) -> Result<media::Client, String> {
+        let out = self
+            .kvs
+            .get_data_endpoint()
+            .stream_name(stream)
+            .api_name(api.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "GetDataEndpoint ({api:?}) for {stream}: {}",
+                    error_chain(&e)
+                )
+            })?;
+        let url = out
+            .data_endpoint
+            .ok_or_else(|| format!("GetDataEndpoint for {stream}: no endpoint in the answer"))?;
+        let conf = media::config::Builder::from(&self.sdk)
+            .endpoint_url(url)
+            .build();
+        Ok(media::Client::from_conf(conf))
+    }
+
+    /// Every stream of the decision, one after the other.
+    pub async fn handle(&self, req: &ClipRequest) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for stream in &req.streams {
+            out.push(self.clip_stream(req, stream).await);
+        }
+        out
+    }
+
+    async fn clip_stream(&self, req: &ClipRequest, stream: &str) -> Outcome {
+        let key = clip_key(
+            &self.cfg.key_template,
+            stream,
+            &req.alarm.name,
+            req.start,
+            req.end,
+        );
+        let outcome = |result| Outcome {
+            stream: stream.to_string(),
+            bucket: self.cfg.bucket.clone(),
+            key: key.clone(),
+            result,
+        };
+        match store::exists(&self.s3, &self.cfg.bucket, &key).await {
+            Ok(true) => {
+                info!(
+                    stream,
+                    key,
+                    "already stored: a repeated delivery of {}",
+                    req.alarm.transition_id()
+                );
+                return outcome(ClipResult::Duplicate);
+            }
+            Ok(false) => {}
+            Err(e) => return outcome(ClipResult::Failed(e.to_string())),
+        }
+        match self.fetch_and_store(req, stream, &key).await {
+            Ok(Some(result)) => outcome(result),
+            Ok(None) => outcome(ClipResult::Duplicate),
+            Err(reason) => {
+                warn!(stream, key, "clip failed: {reason}");
+                let record = json!({
+                    "stream": stream,
+                    "alarm": req.alarm.name,
+                    "alarm_arn": req.alarm.arn,
+                    "transition": req.alarm.transition_id(),
+                    "start": rfc3339(req.start),
+                    "end": rfc3339(req.end),
+                    "reason": reason,
+                    "time": rfc3339(Utc::now()),
+                });
+                let failure_key = format!("{}.error.json", key.trim_end_matches(".mp4"));
+                if let Err(e) =
+                    store::put_json(&self.s3, &self.cfg.bucket, &failure_key, &record).await
+                {
+                    warn!("could not write the failure record: {e}");
+                }
+                outcome(ClipResult::Failed(reason))
+            }
+        }
+    }
+
+    /// Lists the window's fragments, waiting (bounded) for the post-roll.
+    async fn fragments(
+        &self,
+        stream: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<(Vec<Fragment>, bool), String> {
+        let list = self.media(stream, ApiName::ListFragments).await?;
+        let wait = Duration::from_secs(self.cfg.clip.ingest_wait_s);
+        let until_end = (end - Utc::now()).to_std().unwrap_or_default();
+        let deadline = Instant::now() + until_end + wait;
+        loop {
+            let all = list_fragments(&list, stream, start, end).await?;
+            let window = plan::in_window(all, ms(start), ms(end));
+            let ingested = plan::ingested_to(&window, ms(end));
+            if ingested || Instant::now() >= deadline {
+                return Ok((window, !ingested));
+            }
+            tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
+        }
+    }
+
+    async fn fetch_and_store(
+        &self,
+        req: &ClipRequest,
+        stream: &str,
+        key: &str,
+    ) -> Result<Option<ClipResult>, String> {
+        let (fragments, short) = self.fragments(stream, req.start, req.end).await?;
+        if fragments.is_empty() {
+            return Err(format!(
+                "no video in {stream} between {} and {}",
+                rfc3339(req.start),
+                rfc3339(req.end)
+            ));
+        }
+        if short {
+            warn!(
+                stream,
+                "the post-roll was not ingested within {} s: clipping what exists",
+                self.cfg.clip.ingest_wait_s
+            );
+        }
+        let requests = plan::requests(
+            &fragments,
+            ms(req.start),
+            ms(req.end),
+            plan::MAX_FRAGMENTS,
+            plan::MAX_BYTES,
+        );
+        if requests.len() > 1 {
+            return Err(format!(
+                "the window holds {} fragments ({} GetClip calls): joining several GetClip results is not implemented yet",
+                fragments.len(),
+                requests.len()
+            ));
+        }
+        let a = &req.alarm;
+        let metadata: HashMap<String, String> = [
+            ("alarm-name", ascii(&a.name, 255)),
+            ("alarm-arn", ascii(a.arn.as_deref().unwrap_or(""), 512)),
+            ("alarm-reason", ascii(&a.reason, 1024)),
+            ("alarm-time", rfc3339(a.time)),
+            ("stream", stream.to_string()),
+            ("window-start", rfc3339(req.start)),
+            ("window-end", rfc3339(req.end)),
+            ("fragments", fragments.len().to_string()),
+            ("short", short.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let target = Target {
+            bucket: self.cfg.bucket.clone(),
+            key: key.to_string(),
+            metadata,
+            tags: vec![
+                ("alarm".into(), tag_value(&a.name)),
+                ("stream".into(), tag_value(stream)),
+            ],
+            kms_key_id: self.cfg.sse_kms_key_id.clone(),
+        };
+        let clips = self.media(stream, ApiName::GetClip).await?;
+        let mut upload = Upload::start(&self.s3, target)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in &requests {
+            if let Err(e) = get_clip_into(&clips, stream, r, &mut upload).await {
+                upload.abort().await;
+                return Err(e.to_string());
+            }
+        }
+        match upload.finish().await.map_err(|e| e.to_string())? {
+            Written::Stored { bytes, .. } => {
+                info!(
+                    stream,
+                    key,
+                    bytes,
+                    fragments = fragments.len(),
+                    short,
+                    "clip stored"
+                );
+                Ok(Some(ClipResult::Stored {
+                    bytes,
+                    fragments: fragments.len(),
+                    requests: requests.len(),
+                    short,
+                }))
+            }
+            Written::AlreadyThere => Ok(None),
+        }
+    }
+}
+
+async fn list_fragments(
+    media: &media::Client,
+    stream: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<Fragment>, String> {
+    let selector = FragmentSelector::builder()
+        .fragment_selector_type(FragmentSelectorType::ProducerTimestamp)
+        .timestamp_range(
+            TimestampRange::builder()
+                .start_timestamp(SdkTime::from_millis(ms(start)))
+                .end_timestamp(SdkTime::from_millis(ms(end)))
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = media
+            .list_fragments()
+            .stream_name(stream)
+            .fragment_selector(selector.clone())
+            .max_results(1000)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| format!("ListFragments {stream}: {}", error_chain(&e)))?;
+        for f in page.fragments.unwrap_or_default() {
+            let (Some(number), Some(ts)) = (f.fragment_number, f.producer_timestamp) else {
+                continue;
+            };
+            out.push(Fragment {
+                number,
+                start_ms: ts.to_millis().unwrap_or(0),
+                duration_ms: f.fragment_length_in_milliseconds,
+                size: f.fragment_size_in_bytes,
+            });
+        }
+        token = page.next_token;
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// One GetClip call, streamed into the upload.
+async fn get_clip_into(
+    media: &media::Client,
+    stream: &str,
+    r: &plan::Request,
+    upload: &mut Upload<'_>,
+) -> Result<(), StoreError> {
+    let range = ClipTimestampRange::builder()
+        .start_timestamp(SdkTime::from_millis(r.start_ms))
+        .end_timestamp(SdkTime::from_millis(r.end_ms))
+        .build()
+        .map_err(|e| StoreError::Source(e.to_string()))?;
+    let selector = ClipFragmentSelector::builder()
+        .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
+        .timestamp_range(range)
+        .build()
+        .map_err(|e| StoreError::Source(e.to_string()))?;
+    let out = media
+        .get_clip()
+        .stream_name(stream)
+        .clip_fragment_selector(selector)
+        .send()
+        .await
+        .map_err(|e| StoreError::Source(format!("GetClip {stream}: {}", error_chain(&e))))?;
+    let mut body = out.payload;
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .map_err(|e| StoreError::Source(format!("GetClip {stream}: {}", error_chain(&e))))?
+    {
+        upload.push(&chunk).await?;
+    }
+    Ok(())
+}

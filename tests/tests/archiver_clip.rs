@@ -1,0 +1,211 @@
+//! The archiver binary as deployed from the command line: an alarm event (the published
+//! EventBridge sample, pointed at a KVS stream through its StreamName dimension) → the
+//! window's fragments in kvs-local → GetClip → a streamed multipart upload into S3, here
+//! moto's (an independent implementation). ffprobe checks the clip's duration; a second
+//! delivery of the same event stores nothing new; a missing stream leaves a failure record.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kvs_edge_agent::putmedia::AckEvent;
+use kvs_edge_tests::*;
+use serde_json::{Value, json};
+
+/// The published single-metric sample, as an alarm on `stream` entering ALARM at `at_ms`.
+fn alarm_event(stream: &str, at_ms: i64) -> Value {
+    let path = repo_root()
+        .join("../shared/fixtures/aws-events/eventbridge-cw-alarm-state-change-single-metric.json");
+    let mut e: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap();
+    e["detail"]["alarmName"] = json!("Porch motion");
+    e["resources"] = json!(["arn:aws:cloudwatch:us-east-1:123456789012:alarm:Porch motion"]);
+    e["detail"]["state"]["timestamp"] = json!(at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string());
+    e["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"] = json!({
+        "dimensions": {"StreamName": stream}, "name": "PutMedia.IncomingFrames",
+        "namespace": "AWS/KinesisVideo"});
+    e
+}
+
+fn config(dir: &Path, kvs: &str, s3: &str) -> std::path::PathBuf {
+    let path = dir.join("archiver.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            bucket = "clips"
+            [aws]
+            region = "us-east-1"
+            endpoint_url = "{kvs}"
+            [s3]
+            endpoint_url = "{s3}"
+            force_path_style = true
+            [clip]
+            pre_roll_s = 4
+            post_roll_s = 6
+            ingest_wait_s = 2
+            "#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `kvs-edge-archiver` with kvs-local's keys (moto takes any); its JSON lines and status.
+fn archiver(config: &Path, args: &[&str]) -> anyhow::Result<(Vec<Value>, bool)> {
+    let out = Command::new(archiver_binary()?)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()?;
+    let lines = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()?;
+    if lines.is_empty() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((lines, out.status.success()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "porch-cam", 24).await?;
+    // 20 s of video in 1 s fragments, ending a little before now.
+    let video = Encoded::gstreamer(500, 25, 25, 320, 240)?;
+    let start = now_ms() - 40_000;
+    let (body, fragments) = video.upload(start, 1000)?;
+    let acks = put_media(
+        &local.url(),
+        "porch-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), fragments.len());
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let s3 = s3_client(&moto.url);
+    s3.create_bucket().bucket("clips").send().await?;
+    let cfg = config(local.dir.path(), &local.url(), &moto.url);
+
+    // The alarm 8 s into the video: the window is [4 s, 14 s].
+    let alarm_ms = start + 8_000;
+    let event = local.dir.path().join("event.json");
+    std::fs::write(&event, alarm_event("porch-cam", alarm_ms).to_string())?;
+    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    assert_eq!(out.len(), 1);
+    let o = &out[0];
+    assert_eq!(
+        (o["result"].as_str(), o["short"].as_bool()),
+        (Some("stored"), Some(false)),
+        "{o}"
+    );
+    let key = o["key"].as_str().unwrap().to_string();
+    assert!(
+        key.starts_with("clips/porch-cam/") && key.contains("/Porch-motion-"),
+        "{key}"
+    );
+
+    // The object: a playable MP4 of the window (± one fragment), with its alarm attached.
+    let got = s3.get_object().bucket("clips").key(&key).send().await?;
+    let meta = got.metadata.clone().unwrap_or_default();
+    assert_eq!(
+        meta.get("alarm-name").map(String::as_str),
+        Some("Porch motion")
+    );
+    assert_eq!(meta.get("stream").map(String::as_str), Some("porch-cam"));
+    assert_eq!(got.content_type.as_deref(), Some("video/mp4"));
+    let bytes = got.body.collect().await?.into_bytes();
+    let path = local.dir.path().join("clip.mp4");
+    std::fs::write(&path, &bytes)?;
+    let (codec, width, _, duration, _) = ffprobe(&path)?;
+    assert_eq!((codec.as_str(), width), ("h264", 320));
+    assert!(
+        (9.0..=11.0).contains(&duration),
+        "a 10 s window gave {duration} s"
+    );
+    let tags = s3
+        .get_object_tagging()
+        .bucket("clips")
+        .key(&key)
+        .send()
+        .await?;
+    assert!(
+        tags.tag_set
+            .iter()
+            .any(|t| t.key == "alarm" && t.value == "Porch motion")
+    );
+
+    // The same event again (EventBridge and SQS deliver at least once): nothing new.
+    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert!(ok);
+    assert_eq!(out[0]["result"], "duplicate", "{out:?}");
+    assert_eq!(out[0]["key"], key.as_str());
+    let listed = s3.list_objects_v2().bucket("clips").send().await?;
+    assert_eq!(listed.contents().len(), 1, "one clip per alarm");
+
+    // A window running past the video: clipped after the (short) wait, marked short.
+    let late = local.dir.path().join("late.json");
+    std::fs::write(&late, alarm_event("porch-cam", start + 18_000).to_string())?;
+    let (out, ok) = archiver(&cfg, &["handle-event", late.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        (out[0]["result"].as_str(), out[0]["short"].as_bool()),
+        (Some("stored"), Some(true))
+    );
+
+    // A stream that does not exist: a failure record next to where the clip would be.
+    let missing = local.dir.path().join("missing.json");
+    std::fs::write(&missing, alarm_event("no-such-cam", alarm_ms).to_string())?;
+    let (out, ok) = archiver(&cfg, &["handle-event", missing.to_str().unwrap()])?;
+    assert!(!ok, "a failed clip is a failed run");
+    assert_eq!(out[0]["result"], "failed");
+    let record_key = out[0]["key"]
+        .as_str()
+        .unwrap()
+        .replace(".mp4", ".error.json");
+    let record = s3
+        .get_object()
+        .bucket("clips")
+        .key(&record_key)
+        .send()
+        .await?;
+    let record: Value = serde_json::from_slice(&record.body.collect().await?.into_bytes())?;
+    assert!(
+        record["reason"].as_str().unwrap().contains("no-such-cam"),
+        "{record}"
+    );
+    assert_eq!(record["alarm"], "Porch motion");
+
+    // The CLI's explicit window.
+    let t = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let (out, ok) = archiver(
+        &cfg,
+        &[
+            "clip",
+            "--stream",
+            "porch-cam",
+            "--start",
+            &t(start + 1000),
+            "--end",
+            &t(start + 6000),
+        ],
+    )?;
+    assert!(ok, "{out:?}");
+    assert!(
+        out[0]["key"].as_str().unwrap().contains("/manual-"),
+        "{out:?}"
+    );
+    Ok(())
+}
