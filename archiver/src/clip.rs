@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::decide::{ClipRequest, clip_key};
+use crate::mp4join::{Joiner, Output};
 use crate::plan::{self, Fragment};
 use crate::store::{self, StoreError, Target, Upload, Written, error_chain};
 
@@ -35,6 +36,8 @@ pub enum ClipResult {
         requests: usize,
         /// The stream had no video up to the window's end by the deadline.
         short: bool,
+        /// Further files, when the codec configuration changed inside the window.
+        more_keys: Vec<String>,
     },
     /// An earlier delivery of the same alarm stored it.
     Duplicate,
@@ -58,7 +61,9 @@ impl Outcome {
                 fragments,
                 requests,
                 short,
+                more_keys,
             } => {
+                v["more_keys"] = json!(more_keys);
                 v["result"] = json!("stored");
                 v["bytes"] = json!(bytes);
                 v["fragments"] = json!(fragments);
@@ -285,13 +290,6 @@ impl Archiver {
             plan::MAX_FRAGMENTS,
             plan::MAX_BYTES,
         );
-        if requests.len() > 1 {
-            return Err(format!(
-                "the window holds {} fragments ({} GetClip calls): joining several GetClip results is not implemented yet",
-                fragments.len(),
-                requests.len()
-            ));
-        }
         let a = &req.alarm;
         let metadata: HashMap<String, String> = [
             ("alarm-name", ascii(&a.name, 255)),
@@ -318,22 +316,35 @@ impl Archiver {
             kms_key_id: self.cfg.sse_kms_key_id.clone(),
         };
         let clips = self.media(stream, ApiName::GetClip).await?;
-        let mut upload = Upload::start(&self.s3, target)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut sink = Sink {
+            upload: Upload::start(&self.s3, target.clone())
+                .await
+                .map_err(|e| e.to_string())?,
+            s3: &self.s3,
+            target,
+            more_keys: Vec::new(),
+            bytes: 0,
+        };
+        // One GetClip result is stored as it is; several are joined into one file (a new,
+        // numbered file where the codec configuration changes).
+        let mut joiner = (requests.len() > 1).then(Joiner::default);
         for r in &requests {
-            if let Err(e) = get_clip_into(&clips, stream, r, &mut upload).await {
-                upload.abort().await;
-                return Err(e.to_string());
+            if let Err(e) = sink.part(&clips, stream, r, joiner.as_mut()).await {
+                sink.upload.abort().await;
+                return Err(e);
             }
         }
-        match upload.finish().await.map_err(|e| e.to_string())? {
+        let more_keys = std::mem::take(&mut sink.more_keys);
+        let written = sink.upload.finish().await.map_err(|e| e.to_string())?;
+        match written {
             Written::Stored { bytes, .. } => {
+                let bytes = bytes + sink.bytes;
                 info!(
                     stream,
                     key,
                     bytes,
                     fragments = fragments.len(),
+                    get_clip_calls = requests.len(),
                     short,
                     "clip stored"
                 );
@@ -342,10 +353,87 @@ impl Archiver {
                     fragments: fragments.len(),
                     requests: requests.len(),
                     short,
+                    more_keys,
                 }))
             }
             Written::AlreadyThere => Ok(None),
         }
+    }
+}
+
+/// Where a clip's bytes go: the upload in progress, and the files already finished.
+struct Sink<'a> {
+    s3: &'a aws_sdk_s3::Client,
+    target: Target,
+    upload: Upload<'a>,
+    more_keys: Vec<String>,
+    /// Bytes of the finished files.
+    bytes: u64,
+}
+
+impl Sink<'_> {
+    /// One GetClip call's MP4, through the joiner when there is one.
+    async fn part(
+        &mut self,
+        clips: &media::Client,
+        stream: &str,
+        r: &plan::Request,
+        mut joiner: Option<&mut Joiner>,
+    ) -> Result<(), String> {
+        let mut body = get_clip(clips, stream, r)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(j) = joiner.as_deref_mut() {
+            j.begin_part();
+        }
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| format!("GetClip {stream}: {}", error_chain(&e)))?
+        {
+            let outputs = match joiner.as_deref_mut() {
+                None => vec![Output::Bytes(chunk)],
+                Some(j) => j.push(&chunk).map_err(|e| e.to_string())?,
+            };
+            for o in outputs {
+                match o {
+                    Output::Bytes(b) => self.upload.push(&b).await.map_err(|e| e.to_string())?,
+                    Output::NextFile => self.next_file(stream).await?,
+                }
+            }
+        }
+        if let Some(j) = joiner {
+            j.end_part().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the current file and starts `<key>-part<n>.mp4`.
+    async fn next_file(&mut self, stream: &str) -> Result<(), String> {
+        let key = format!(
+            "{}-part{}.mp4",
+            self.target.key.trim_end_matches(".mp4"),
+            self.more_keys.len() + 2
+        );
+        warn!(
+            stream,
+            key, "the codec configuration changes inside the window: continuing in a new file"
+        );
+        let next = Upload::start(
+            self.s3,
+            Target {
+                key: key.clone(),
+                ..self.target.clone()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let done = std::mem::replace(&mut self.upload, next);
+        if let Written::Stored { bytes, .. } = done.finish().await.map_err(|e| e.to_string())? {
+            self.bytes += bytes;
+        }
+        self.more_keys.push(key);
+        Ok(())
     }
 }
 
@@ -396,13 +484,12 @@ async fn list_fragments(
     }
 }
 
-/// One GetClip call, streamed into the upload.
-async fn get_clip_into(
+/// One GetClip call; its MP4 arrives as a stream.
+async fn get_clip(
     media: &media::Client,
     stream: &str,
     r: &plan::Request,
-    upload: &mut Upload<'_>,
-) -> Result<(), StoreError> {
+) -> Result<aws_smithy_types::byte_stream::ByteStream, StoreError> {
     let range = ClipTimestampRange::builder()
         .start_timestamp(SdkTime::from_millis(r.start_ms))
         .end_timestamp(SdkTime::from_millis(r.end_ms))
@@ -420,13 +507,5 @@ async fn get_clip_into(
         .send()
         .await
         .map_err(|e| StoreError::Source(format!("GetClip {stream}: {}", error_chain(&e))))?;
-    let mut body = out.payload;
-    while let Some(chunk) = body
-        .try_next()
-        .await
-        .map_err(|e| StoreError::Source(format!("GetClip {stream}: {}", error_chain(&e))))?
-    {
-        upload.push(&chunk).await?;
-    }
-    Ok(())
+    Ok(out.payload)
 }

@@ -3,11 +3,12 @@
 //! MediaConvert.
 //!
 //! Pure: `event` (every delivery shape → alarm transitions), `decide` (streams, window, key),
-//! `plan` (GetClip requests for a window). I/O: `clip` (ListFragments, GetClip), `store` (S3).
+//! `plan` (GetClip requests for a window), `mp4join` (consecutive GetClip MP4s → one file). I/O: `clip` (ListFragments, GetClip), `store` (S3).
 
 pub mod clip;
 pub mod decide;
 pub mod event;
+pub mod mp4join;
 pub mod plan;
 pub mod store;
 

@@ -209,3 +209,72 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_longer_than_200_fragments_is_one_playable_file() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "long-cam", 24).await?;
+    // 250 fragments of 200 ms (a keyframe every 5 frames at 25 fps): two GetClip calls.
+    let video = Encoded::gstreamer(1250, 25, 5, 160, 120)?;
+    let start = now_ms() - 120_000;
+    let (body, fragments) = video.upload(start, 200)?;
+    assert_eq!(fragments.len(), 250);
+    let acks = put_media(
+        &local.url(),
+        "long-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 250);
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let s3 = s3_client(&moto.url);
+    s3.create_bucket().bucket("clips").send().await?;
+    let cfg = config(local.dir.path(), &local.url(), &moto.url);
+
+    let t = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let (out, ok) = archiver(
+        &cfg,
+        &[
+            "clip",
+            "--stream",
+            "long-cam",
+            "--start",
+            &t(start),
+            "--end",
+            &t(start + 50_000),
+        ],
+    )?;
+    assert!(ok, "{out:?}");
+    let o = &out[0];
+    assert_eq!(
+        (o["fragments"].as_u64(), o["get_clip_calls"].as_u64()),
+        (Some(250), Some(2)),
+        "{o}"
+    );
+    assert_eq!(
+        o["more_keys"],
+        json!([]),
+        "one codec configuration: one file"
+    );
+    let got = s3
+        .get_object()
+        .bucket("clips")
+        .key(o["key"].as_str().unwrap())
+        .send()
+        .await?;
+    let path = local.dir.path().join("long.mp4");
+    std::fs::write(&path, got.body.collect().await?.into_bytes())?;
+    let (codec, width, _, duration, frames) = ffprobe(&path)?;
+    assert_eq!(
+        (codec.as_str(), width, frames),
+        ("h264", 160, 1250),
+        "every frame, once"
+    );
+    assert!((49.0..=51.0).contains(&duration), "{duration} s");
+    Ok(())
+}
