@@ -154,6 +154,15 @@ impl Archiver {
         }
     }
 
+    /// An SQS client from the same configuration (`[sqs] endpoint_url` over it).
+    pub fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        let mut conf = aws_sdk_sqs::config::Builder::from(&self.sdk);
+        if let Some(url) = &self.cfg.sqs.endpoint_url {
+            conf = conf.endpoint_url(url);
+        }
+        aws_sdk_sqs::Client::from_conf(conf.build())
+    }
+
     /// An archived-media client for `stream`'s data endpoint for `api`.
     async fn media(&self, stream: &str, api: ApiName) -> Result<media::Client, String> {
         let out = self

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod event;
 pub mod mp4join;
 pub mod plan;
+pub mod sqs;
 pub mod store;
 
 use kvs_edge_config::archiver::ArchiverConfig;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kvs_edge_archiver::clip::Archiver;
 use kvs_edge_archiver::decide::Decision;
+use kvs_edge_archiver::sqs::Consumer;
 use kvs_edge_config::archiver::ArchiverConfig;
 
 /// Turns CloudWatch alarms into archived clips of Kinesis Video Streams.
@@ -29,6 +30,13 @@ enum Command {
         /// Touch nothing; print the decision as JSON (one line per record).
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Consumes the SQS queue an EventBridge rule feeds, until SIGTERM; one JSON line per
+    /// message handled.
+    Sqs {
+        /// Overrides `[sqs] queue_url`.
+        #[arg(long)]
+        queue_url: Option<String>,
     },
     /// Stores the clip of an explicit window (RFC 3339 times).
     Clip {
@@ -105,6 +113,13 @@ fn main() -> ExitCode {
             }
             run(cfg, decisions)
         }
+        Command::Sqs { queue_url } => {
+            let Some(queue_url) = queue_url.or_else(|| cfg.sqs.queue_url.clone()) else {
+                eprintln!("kvs-edge-archiver: no queue: set [sqs] queue_url or --queue-url");
+                return ExitCode::from(2);
+            };
+            consume(cfg, queue_url)
+        }
         Command::Clip {
             stream,
             start,
@@ -129,6 +144,40 @@ fn main() -> ExitCode {
             run(cfg, vec![Decision::manual(&name, &stream, start, end)])
         }
     }
+}
+
+fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("kvs-edge-archiver: installing the SIGTERM handler: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            stop.send_replace(true);
+        });
+        let archiver = Archiver::new(cfg).await;
+        let consumer = std::sync::Arc::new(Consumer {
+            sqs: archiver.sqs_client(),
+            settings: archiver.cfg.sqs.clone(),
+            archiver: std::sync::Arc::new(archiver),
+            queue_url,
+        });
+        consumer.run(shutdown).await;
+        ExitCode::SUCCESS
+    })
 }
 
 /// Carries out the decisions; exit status 1 when a clip failed (its record is in S3).

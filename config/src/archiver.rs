@@ -37,6 +37,9 @@ pub struct ArchiverConfig {
     pub sse_kms_key_id: Option<String>,
     #[serde(default)]
     pub clip: ClipSettings,
+    /// The SQS consumer (`kvs-edge-archiver sqs`).
+    #[serde(default)]
+    pub sqs: SqsSettings,
     /// Alarm → streams, tried in order; the first match wins.
     #[serde(default)]
     pub mappings: Vec<Mapping>,
@@ -58,6 +61,50 @@ pub struct S3Settings {
     /// Path-style addressing (`http://host/bucket/key`), which most S3-compatible servers need.
     #[serde(default)]
     pub force_path_style: bool,
+}
+
+/// The queue an EventBridge rule feeds, and where messages go that can never succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsSettings {
+    pub queue_url: Option<String>,
+    /// Where SQS is, when it is not where the other services are.
+    pub endpoint_url: Option<String>,
+    /// Malformed messages, and messages received `max_receives` times, are moved here;
+    /// without it they are deleted (and logged).
+    pub dlq_url: Option<String>,
+    #[serde(default = "default_max_receives")]
+    pub max_receives: u32,
+    /// Messages are hidden this long while handled, and the time is extended while work
+    /// goes on.
+    #[serde(default = "default_visibility")]
+    pub visibility_timeout_s: u32,
+    /// Messages handled at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for SqsSettings {
+    fn default() -> Self {
+        SqsSettings {
+            queue_url: None,
+            endpoint_url: None,
+            dlq_url: None,
+            max_receives: default_max_receives(),
+            visibility_timeout_s: default_visibility(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_max_receives() -> u32 {
+    5
+}
+fn default_visibility() -> u32 {
+    120
+}
+fn default_concurrency() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -182,6 +229,16 @@ impl ArchiverConfig {
             }
         };
         window(self.clip.pre_roll_s, self.clip.post_roll_s, "clip".into())?;
+        let q = &self.sqs;
+        if q.max_receives == 0
+            || !(10..=43_200).contains(&q.visibility_timeout_s)
+            || !(1..=64).contains(&q.concurrency)
+        {
+            return Err(err(
+                "sqs".into(),
+                "max_receives must be at least 1, visibility_timeout_s 10 to 43200, concurrency 1 to 64".into(),
+            ));
+        }
         for (i, m) in self.mappings.iter().enumerate() {
             if m.alarm.is_empty() {
                 return Err(err(

@@ -423,6 +423,17 @@ pub fn s3_client(url: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// An SQS client for moto on loopback.
+pub fn sqs_client(url: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .endpoint_url(url)
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
 /// Starts a server process and waits (bounded) until its stderr shows `ready`; stderr keeps
 /// being drained afterwards so the server never blocks on a full pipe.
 pub fn start_until_ready(

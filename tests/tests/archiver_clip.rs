@@ -278,3 +278,161 @@ async fn a_window_longer_than_200_fragments_is_one_playable_file() -> anyhow::Re
     assert!((49.0..=51.0).contains(&duration), "{duration} s");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let local = Local::start().await?;
+    create_stream(&local.control(), "queue-cam", 24).await?;
+    let video = Encoded::gstreamer(500, 25, 25, 320, 240)?;
+    let start = now_ms() - 40_000;
+    let (body, _) = video.upload(start, 1000)?;
+    put_media(
+        &local.url(),
+        "queue-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let s3 = s3_client(&moto.url);
+    s3.create_bucket().bucket("clips").send().await?;
+    let sqs = sqs_client(&moto.url);
+    let queue = sqs
+        .create_queue()
+        .queue_name("alarms")
+        .send()
+        .await?
+        .queue_url
+        .unwrap();
+    let dlq = sqs
+        .create_queue()
+        .queue_name("alarms-dlq")
+        .send()
+        .await?
+        .queue_url
+        .unwrap();
+    let cfg = config(local.dir.path(), &local.url(), &moto.url);
+    let mut text = std::fs::read_to_string(&cfg)?;
+    text.push_str(&format!(
+        "[sqs]\nendpoint_url = \"{}\"\nqueue_url = \"{queue}\"\ndlq_url = \"{dlq}\"\nvisibility_timeout_s = 10\n",
+        moto.url
+    ));
+    std::fs::write(&cfg, text)?;
+
+    // EventBridge → SQS: the event is the body. Delivered twice, plus one malformed message.
+    let event = alarm_event("queue-cam", start + 8_000).to_string();
+    for body in [
+        event.as_str(),
+        event.as_str(),
+        "{\"detail-type\": \"CloudWatch Alarm State Change\"",
+    ] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await?;
+    }
+    let mut child = Command::new(archiver_binary()?)
+        .args(["--config", cfg.to_str().unwrap(), "sqs"])
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut fates = Vec::new();
+    while fates.len() < 3 {
+        let line = rx.recv_timeout(Duration::from_secs(60))?;
+        fates.push(serde_json::from_str::<Value>(&line)?);
+    }
+    // SIGTERM: a clean stop.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait()?.success());
+
+    let results: Vec<&str> = fates
+        .iter()
+        .map(|f| f["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| **r == "done").count(),
+        2,
+        "{fates:?}"
+    );
+    let stored: Vec<&str> = fates
+        .iter()
+        .flat_map(|f| f["outcomes"].as_array().cloned().unwrap_or_default())
+        .map(|o| {
+            if o["result"] == "stored" {
+                "stored"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(
+        stored.iter().filter(|s| **s == "stored").count(),
+        1,
+        "one clip: {fates:?}"
+    );
+    let dead = fates
+        .iter()
+        .find(|f| f["result"] == "dead-letter")
+        .expect("the malformed one");
+    assert!(
+        dead["reason"].as_str().unwrap().contains("malformed"),
+        "{dead}"
+    );
+    let listed = s3.list_objects_v2().bucket("clips").send().await?;
+    assert_eq!(listed.contents().len(), 1);
+    // The malformed message is in the dead-letter queue, with the reason; the queue is empty.
+    let got = sqs
+        .receive_message()
+        .queue_url(&dlq)
+        .message_attribute_names("All")
+        .wait_time_seconds(5)
+        .send()
+        .await?;
+    let m = &got.messages()[0];
+    assert!(m.body().unwrap().starts_with("{\"detail-type\""));
+    assert!(
+        m.message_attributes()
+            .unwrap()
+            .contains_key("kvs-edge-error")
+    );
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await?;
+    let count = |name: aws_sdk_sqs::types::QueueAttributeName| {
+        attrs
+            .attributes()
+            .and_then(|a| a.get(&name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages),
+        "0"
+    );
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        "0"
+    );
+    Ok(())
+}
