@@ -222,6 +222,16 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 fn alarm_data(d: &Value, shape: &'static str, env: Envelope) -> Result<Event, EventError> {
+    if !d.is_object() {
+        return Err(malformed(
+            if shape == "eventbridge" {
+                "detail"
+            } else {
+                "alarmData"
+            },
+            "must be an object",
+        ));
+    }
     let name = text(d.get("alarmName")).ok_or_else(|| malformed("alarmName", "missing"))?;
     let state = d
         .get("state")

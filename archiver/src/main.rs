@@ -17,12 +17,16 @@ struct Args {
     /// The archiver configuration (TOML); built-in defaults when absent.
     #[arg(long, short, env = "KVS_EDGE_ARCHIVER_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Without one: Lambda when `AWS_LAMBDA_RUNTIME_API` is set (the binary is the
+    /// function's `bootstrap`).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves AWS Lambda invocations (the Runtime API at `AWS_LAMBDA_RUNTIME_API`).
+    Lambda,
     /// Handles one event delivery (a file, or - for standard input): clips into S3, one JSON
     /// line per stream on standard output.
     HandleEvent {
@@ -89,7 +93,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match args.command {
+    let command = match args.command {
+        Some(c) => c,
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
+        None => {
+            eprintln!("kvs-edge-archiver: a command is needed (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Lambda => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async {
+                match kvs_edge_archiver::lambda::run(Archiver::new(cfg).await).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("kvs-edge-archiver: Lambda runtime: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::HandleEvent { input, dry_run } => {
             let bytes = match read_input(&input) {
                 Ok(b) => b,

@@ -14,6 +14,7 @@ use kvs_edge_agent::h264;
 use kvs_edge_agent::mkv::{self, AccessUnit, Fragmenter, FragmenterConfig, TrackSpec};
 use kvs_edge_agent::putmedia::{Ack, AckEvent, Session, SessionParams};
 pub mod certs;
+pub mod lambda_api;
 
 pub use kvs_local::{Config, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, Faults, Server};
 

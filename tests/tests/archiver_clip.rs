@@ -436,3 +436,81 @@ async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> a
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<()> {
+    use kvs_edge_tests::lambda_api::LambdaApi;
+    let local = Local::start().await?;
+    create_stream(&local.control(), "fn-cam", 24).await?;
+    let video = Encoded::gstreamer(500, 25, 25, 320, 240)?;
+    let start = now_ms() - 40_000;
+    let (body, _) = video.upload(start, 1000)?;
+    put_media(&local.url(), "fn-cam", vec![body], Duration::from_secs(60)).await?;
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let s3 = s3_client(&moto.url);
+    s3.create_bucket().bucket("clips").send().await?;
+    let cfg = config(local.dir.path(), &local.url(), &moto.url);
+
+    let event = alarm_event("fn-cam", start + 8_000);
+    let sqs_batch = json!({"Records": [
+        {"messageId": "m-1", "eventSource": "aws:sqs", "body": event.to_string()},
+        {"messageId": "m-2", "eventSource": "aws:sqs", "body": "{\"detail-type\": "}]});
+    let config_change: Value = serde_json::from_slice(&std::fs::read(repo_root().join(
+        "../shared/fixtures/aws-events/eventbridge-cw-alarm-config-change-update-metric.json",
+    ))?)?;
+    let mut api = LambdaApi::start(vec![
+        event.clone(),
+        sqs_batch,
+        config_change,
+        json!({"detail-type": "CloudWatch Alarm State Change", "detail": 7}),
+        alarm_event("no-such-cam", start + 8_000),
+    ])
+    .await?;
+    let mut function = Command::new(archiver_binary()?)
+        .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "kvs-edge-archiver")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/kvs-edge-archiver")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+        .env("KVS_EDGE_ARCHIVER_CONFIG", &cfg)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(api.answer(Duration::from_secs(60)).await?);
+    }
+    function.kill()?;
+    function.wait()?;
+
+    // An EventBridge rule's event: the clip is stored.
+    let (id, kind, body) = &answers[0];
+    assert_eq!((id.as_str(), kind.as_str()), ("req-1", "response"));
+    assert_eq!(body["outcomes"][0]["result"], "stored", "{body}");
+    // An SQS batch: the repeat is a duplicate, the malformed message is not retried.
+    let (_, kind, body) = &answers[1];
+    assert_eq!(kind, "response");
+    assert_eq!(body["batchItemFailures"], json!([]), "{body}");
+    assert_eq!(body["outcomes"][0]["result"], "duplicate", "{body}");
+    // Ignored events succeed; malformed ones and failed clips are errors (Lambda retries).
+    assert_eq!(answers[2].2["outcomes"][0]["action"], "ignore");
+    assert_eq!(answers[3].1, "error");
+    assert_eq!(answers[3].2["errorType"], "MalformedEvent");
+    assert_eq!(answers[3].2["errorMessage"], "detail: must be an object");
+    assert_eq!(answers[4].1, "error");
+    assert_eq!(answers[4].2["errorType"], "ClipFailed", "{:?}", answers[4]);
+    let listed = s3.list_objects_v2().bucket("clips").send().await?;
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(".mp4")).count(),
+        1,
+        "{keys:?}"
+    );
+    Ok(())
+}
