@@ -514,3 +514,44 @@ async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvs_local_serves_s3_so_offline_runs_need_no_other_process() -> anyhow::Result<()> {
+    let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
+    create_stream(&local.control(), "solo-cam", 24).await?;
+    let video = Encoded::gstreamer(500, 25, 25, 320, 240)?;
+    let start = now_ms() - 40_000;
+    let (body, _) = video.upload(start, 1000)?;
+    put_media(
+        &local.url(),
+        "solo-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let cfg = config(local.dir.path(), &local.url(), &local.url());
+    let event = local.dir.path().join("event.json");
+    std::fs::write(&event, alarm_event("solo-cam", start + 8_000).to_string())?;
+    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    assert_eq!(out[0]["result"], "stored");
+    // The object is a file under the data dir, and playable.
+    let key = out[0]["key"].as_str().unwrap();
+    let file = local.dir.path().join("s3/clips").join(key);
+    let (codec, _, _, duration, _) = ffprobe(&file)?;
+    assert_eq!(codec, "h264");
+    assert!((9.0..=11.0).contains(&duration), "{duration}");
+    let (out, _) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert_eq!(out[0]["result"], "duplicate");
+    // S3 requests are SigV4-checked like the rest of kvs-local.
+    let wrong = s3_client(&local.url());
+    let e = wrong
+        .head_object()
+        .bucket("clips")
+        .key(key)
+        .send()
+        .await
+        .expect_err("a wrong key is refused");
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(403));
+    Ok(())
+}

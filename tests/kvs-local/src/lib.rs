@@ -13,6 +13,7 @@ pub mod faults;
 pub mod ingest;
 pub mod mp4;
 pub mod putmedia;
+pub mod s3;
 pub mod server;
 pub mod sigv4;
 pub mod store;

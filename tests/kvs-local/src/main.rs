@@ -48,6 +48,9 @@ struct Args {
     /// PutMedia sessions older than this end with ERROR 4003 (AWS: about 45 min).
     #[arg(long, default_value_t = 2700)]
     max_connection_secs: u64,
+    /// An S3 bucket to have from the start (repeatable); objects live under <data-dir>/s3/.
+    #[arg(long = "bucket")]
+    buckets: Vec<String>,
 }
 
 #[tokio::main]
@@ -73,6 +76,7 @@ async fn main() -> Result<()> {
     cfg.limits.max_fragment_duration_ms = args.max_fragment_duration_ms;
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     cfg.max_connection = Duration::from_secs(args.max_connection_secs);
+    cfg.buckets = args.buckets;
     let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg).await?;
     // One line on stdout, for scripts waiting for readiness.

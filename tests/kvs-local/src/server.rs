@@ -54,6 +54,8 @@ pub struct Config {
     pub max_connection: Duration,
     /// Serve HTTPS with this certificate chain and key (PEM files); plain HTTP when absent.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// S3 buckets that exist from the start (the S3 API is always served).
+    pub buckets: Vec<String>,
 }
 
 impl Config {
@@ -72,6 +74,7 @@ impl Config {
             idle_timeout: Duration::from_secs(30),
             max_connection: Duration::from_secs(45 * 60),
             tls: None,
+            buckets: Vec::new(),
         }
     }
 }
@@ -83,6 +86,7 @@ pub(crate) struct State {
     /// This server's own URL: what GetDataEndpoint returns.
     pub url: String,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub s3: s3s::service::S3Service,
 }
 
 impl State {
@@ -123,7 +127,9 @@ impl Server {
             .as_ref()
             .map(|(cert, key)| tls_acceptor(cert, key))
             .transpose()?;
+        let s3 = crate::s3::service(&cfg.data_dir, &cfg.credentials[0], &cfg.buckets)?;
         let state = Arc::new(State {
+            s3,
             url: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
             tls,
             cfg,
@@ -277,6 +283,7 @@ fn tls_acceptor(
 pub(crate) enum Body {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    S3(Pin<Box<s3s::Body>>),
 }
 
 impl hyper::body::Body for Body {
@@ -290,6 +297,10 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            Body::S3(b) => b
+                .as_mut()
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(std::io::Error::other))),
         }
     }
 }
@@ -370,6 +381,12 @@ async fn route(state: Arc<State>, req: Request<Incoming>, admin_only: bool) -> R
         ("admin", admin(&state, req).await)
     } else if admin_only {
         ("-", error_response(&ApiError::unknown_operation(&path)))
+    } else if crate::s3::is_s3(&req) {
+        let resp = match hyper::service::Service::call(&state.s3, req).await {
+            Ok(r) => r.map(|b| Body::S3(Box::pin(b))),
+            Err(e) => error_response(&ApiError::new(500, "InternalError", format!("S3: {e:?}"))),
+        };
+        ("S3", resp)
     } else {
         match operation(&path) {
             Some(op) if method == hyper::Method::POST => (op, dispatch(&state, op, req).await),
