@@ -555,3 +555,72 @@ async fn kvs_local_serves_s3_so_offline_runs_need_no_other_process() -> anyhow::
     assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(403));
     Ok(())
 }
+
+/// The whole offline flow: the agent (its real runner) streams a live test pattern into
+/// kvs-local; an alarm on its stream arrives while it streams; the archiver waits for the
+/// post-roll to be ingested and stores the clip in kvs-local's S3; ffprobe checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_streams_an_alarm_fires_and_the_clip_lands_in_s3() -> anyhow::Result<()> {
+    use kvs_edge_agent::runner;
+    use std::sync::atomic::Ordering;
+    let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
+    let agent_cfg = kvs_edge_config::AgentConfig::from_toml(
+        "agent.toml",
+        &format!(
+            r#"
+            state_dir = "{}"
+            [aws]
+            region = "us-east-1"
+            endpoint_url = "{}"
+            [credentials]
+            kind = "static"
+            access_key_id = "{DEFAULT_ACCESS_KEY}"
+            secret_access_key = "{DEFAULT_SECRET_KEY}"
+            [[cameras]]
+            name = "cam"
+            stream_name = "live-cam"
+            fragment_duration_ms = 1000
+            source = {{ type = "test", width = 320, height = 240, fps = 25 }}
+            create_stream = {{ retention_period_hours = 1 }}
+            "#,
+            local.dir.path().join("agent").display(),
+            local.url()
+        ),
+    )?;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = runner::start(agent_cfg, shutdown.clone()).await?;
+    let cam = running.cameras()[0].clone();
+    // The pre-roll (4 s) is in KVS before the alarm goes off.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        cam.upload_stats
+            .wait_until(|s| s.fragments_persisted.load(Ordering::Relaxed) >= 5),
+    )
+    .await?;
+    let cfg = config(local.dir.path(), &local.url(), &local.url());
+    let event = local.dir.path().join("event.json");
+    std::fs::write(&event, alarm_event("live-cam", now_ms()).to_string())?;
+    // The post-roll (6 s) is still to come: the archiver waits for it while the agent streams.
+    let (out, ok) = tokio::task::spawn_blocking(move || {
+        archiver(&cfg, &["handle-event", event.to_str().unwrap()])
+    })
+    .await??;
+    stop.send_replace(true);
+    running.wait(shutdown, Duration::from_secs(20)).await;
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        (out[0]["result"].as_str(), out[0]["short"].as_bool()),
+        (Some("stored"), Some(false)),
+        "{out:?}"
+    );
+    let clip = local
+        .dir
+        .path()
+        .join("s3/clips")
+        .join(out[0]["key"].as_str().unwrap());
+    let (codec, width, _, duration, _) = ffprobe(&clip)?;
+    assert_eq!((codec.as_str(), width), ("h264", 320));
+    // A 10 s window, ± one 1 s fragment.
+    assert!((9.0..=11.0).contains(&duration), "{duration} s");
+    Ok(())
+}
