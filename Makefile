@@ -25,6 +25,8 @@ bench: deps
 	$(CARGO) run --release -p kvs-local --example bench_ingest
 	scripts/bench-agent
 	scripts/bench-journal
+	$(CARGO) build --release -p kvs-edge-archiver
+	$(CARGO) run --release -p kvs-edge-tests --example bench_archiver
 
 ## fuzz: a minute of cargo-fuzz on kvs-local's PutMedia parser (needs the nightly toolchain)
 fuzz:

@@ -1,0 +1,148 @@
+//! `make bench`: the archiver against an in-process kvs-local (KVS and S3) on loopback.
+//! 180 s of 1080p30 H.264 is encoded once and PutMedia'd ten times back to back (30 min of
+//! stream, in the past, so everything is ingested). Then the release archiver binary
+//!   1. clips a 30-minute window (GetClip calls joined into one file): wall time and peak
+//!      RSS (the target: flat, at most 64 MB), and
+//!   2. handles an alarm whose 180 s window is already ingested: the time from "post-roll
+//!      ingested" to "clip stored".
+//! Results are printed as Markdown rows for docs/benchmarks.md.
+//!
+//!     cargo build --release -p kvs-edge-archiver
+//!     cargo run --release -p kvs-edge-tests --example bench_archiver
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use kvs_edge_tests::*;
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("a valid time")
+        .to_rfc3339()
+}
+
+/// Runs the archiver; its wall time and standard output.
+fn archiver(config: &std::path::Path, args: &[&str]) -> Result<(Duration, String)> {
+    let started = Instant::now();
+    let out = Command::new(archiver_binary()?)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8(out.stdout)?;
+    ensure!(
+        out.status.success(),
+        "archiver failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(stdout.contains("\"stored\""), "not stored: {stdout}");
+    Ok((took, stdout))
+}
+
+/// The largest resident set of any child waited for so far, in MiB.
+fn children_peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
+    create_stream(&local.control(), "bench-cam", 24).await?;
+    let started = Instant::now();
+    let video =
+        tokio::task::spawn_blocking(|| Encoded::gstreamer(5400, 30, 60, 1920, 1080)).await??;
+    let bytes: usize = video.frames.iter().map(|(_, f)| f.len()).sum();
+    let mbps = bytes as f64 * 8.0 / 180.0 / 1e6;
+    eprintln!(
+        "encoded 180 s of 1080p30 ({:.1} MB, {mbps:.1} Mbit/s) in {:.0?}",
+        bytes as f64 / 1e6,
+        started.elapsed()
+    );
+    let base = now_ms() - 3 * 3600 * 1000;
+    let started = Instant::now();
+    for i in 0..10 {
+        let (body, fragments) = video.upload(base + i * 180_000, 2000)?;
+        put_media(
+            &local.url(),
+            "bench-cam",
+            vec![body],
+            Duration::from_secs(600),
+        )
+        .await?;
+        eprintln!("uploaded part {}/10 ({} fragments)", i + 1, fragments.len());
+    }
+    eprintln!("30 min of stream ingested in {:.0?}", started.elapsed());
+
+    let config = local.dir.path().join("archiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bucket = \"clips\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\n\
+             [s3]\nendpoint_url = \"{url}\"\nforce_path_style = true\n\
+             [clip]\npre_roll_s = 60\npost_roll_s = 120\ningest_wait_s = 5\n",
+            url = local.url()
+        ),
+    )?;
+    let (long, out) = archiver(
+        &config,
+        &[
+            "clip",
+            "--stream",
+            "bench-cam",
+            "--start",
+            &rfc3339(base),
+            "--end",
+            &rfc3339(base + 1_800_000),
+        ],
+    )?;
+    let rss_long = children_peak_rss_mib();
+    eprintln!("{out}");
+
+    // An alarm 60 s into the first part: its window [0, 180 s] is ingested already.
+    let alarm_time = chrono::DateTime::from_timestamp_millis(base + 60_000)
+        .expect("a valid time")
+        .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
+        .to_string();
+    let event = serde_json::json!({
+        "version": "0", "id": "bench", "detail-type": "CloudWatch Alarm State Change",
+        "source": "aws.cloudwatch", "account": "000000000000", "time": "2026-01-01T00:00:00Z",
+        "region": "us-east-1", "resources": ["arn:aws:cloudwatch:us-east-1:000000000000:alarm:bench"],
+        "detail": {"alarmName": "bench",
+            "state": {"value": "ALARM", "reason": "bench", "timestamp": alarm_time},
+            "previousState": {"value": "OK", "reason": "bench",
+                              "timestamp": "2026-01-01T00:00:00.000+0000"},
+            "configuration": {"metrics": [{"id": "m1", "returnData": true, "metricStat": {
+                "period": 60, "stat": "Sum", "metric": {"namespace": "AWS/KinesisVideo",
+                "name": "PutMedia.IncomingFrames", "dimensions": {"StreamName": "bench-cam"}}}}]}}
+    });
+    let event_file = local.dir.path().join("event.json");
+    std::fs::write(&event_file, event.to_string())?;
+    let (short, out) = archiver(
+        &config,
+        &["handle-event", event_file.to_str().expect("UTF-8 path")],
+    )?;
+    eprintln!("{out}");
+
+    println!(
+        "| archiver: 180 s 1080p30 clip ({mbps:.1} Mbit/s), post-roll ingested → stored in S3 | {:.2} s |",
+        short.as_secs_f64()
+    );
+    println!(
+        "| archiver: 30-minute window ({:.0} MB, GetClip calls joined into one fMP4) | {:.1} s, peak RSS {rss_long:.1} MiB |",
+        10.0 * bytes as f64 / 1e6,
+        long.as_secs_f64()
+    );
+    Ok(())
+}
