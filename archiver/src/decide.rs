@@ -68,6 +68,7 @@ impl Decision {
                 account: None,
                 dimensions: Vec::new(),
                 muted_by: None,
+                triggered_by: Vec::new(),
             },
             streams: vec![stream.to_string()],
             start,
@@ -90,10 +91,16 @@ pub fn decide(cfg: &ArchiverConfig, event: Event) -> Decision {
             alarm.name
         ));
     }
-    let matches = |pattern: &str| {
-        glob_match(pattern, &alarm.name)
-            || alarm.arn.as_deref().is_some_and(|a| glob_match(pattern, a))
-    };
+    // A composite alarm also matches through the child alarms that set it off.
+    let children = alarm.triggered_by.iter().flat_map(|arn| {
+        let name = arn.split_once(":alarm:").map_or(arn.as_str(), |(_, n)| n);
+        [arn.as_str(), name]
+    });
+    let names: Vec<&str> = std::iter::once(alarm.name.as_str())
+        .chain(alarm.arn.as_deref())
+        .chain(children)
+        .collect();
+    let matches = |pattern: &str| names.iter().any(|n| glob_match(pattern, n));
     let (streams, pre, post, resolved_by) = match cfg
         .mappings
         .iter()

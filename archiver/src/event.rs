@@ -44,6 +44,8 @@ pub struct Alarm {
     pub dimensions: Vec<(String, String)>,
     /// The mute rule silencing the alarm, if any.
     pub muted_by: Option<String>,
+    /// For a composite alarm: the ARNs of the alarms that set it off.
+    pub triggered_by: Vec<String>,
 }
 
 impl Alarm {
@@ -282,7 +284,23 @@ fn alarm_data(d: &Value, shape: &'static str, env: Envelope) -> Result<Event, Ev
             .pointer("/muteDetail/mutedByArn")
             .and_then(Value::as_str)
             .map(str::to_string),
+        triggered_by: triggering_alarms(state),
     })))
+}
+
+/// A composite alarm's `reasonData` names the child alarms that are in ALARM.
+fn triggering_alarms(state: &Value) -> Vec<String> {
+    let Some(reason_data) = state.get("reasonData").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Value>(reason_data)
+        .ok()
+        .and_then(|v| v.get("triggeringAlarms").cloned())
+        .and_then(|t| t.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.get("arn").and_then(Value::as_str).map(clean_arn))
+        .collect()
 }
 
 /// Removes stray spaces from an ARN's fixed part (`us-east-1: 4444…`, as in some published
@@ -367,6 +385,7 @@ fn classic(m: &Value, event_id: Option<String>) -> Result<Event, EventError> {
         account: text(m.get("AWSAccountId")),
         dimensions,
         muted_by: None,
+        triggered_by: Vec::new(),
     })))
 }
 
