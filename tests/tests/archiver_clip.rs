@@ -93,6 +93,12 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
     let s3 = s3_client(&moto.url);
     s3.create_bucket().bucket("clips").send().await?;
     let cfg = config(local.dir.path(), &local.url(), &moto.url);
+    // Clips encrypted with a customer-managed KMS key (SSE-KMS).
+    let text = std::fs::read_to_string(&cfg)?.replace(
+        "bucket = \"clips\"",
+        "bucket = \"clips\"\nsse_kms_key_id = \"alias/camera-clips\"",
+    );
+    std::fs::write(&cfg, text)?;
 
     // The alarm 8 s into the video: the window is [4 s, 14 s].
     let alarm_ms = start + 8_000;
@@ -122,6 +128,13 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
     );
     assert_eq!(meta.get("stream").map(String::as_str), Some("porch-cam"));
     assert_eq!(got.content_type.as_deref(), Some("video/mp4"));
+    assert_eq!(
+        (
+            got.server_side_encryption.as_ref().map(|e| e.as_str()),
+            got.ssekms_key_id.as_deref()
+        ),
+        (Some("aws:kms"), Some("alias/camera-clips"))
+    );
     let bytes = got.body.collect().await?.into_bytes();
     let path = local.dir.path().join("clip.mp4");
     std::fs::write(&path, &bytes)?;
