@@ -637,3 +637,80 @@ async fn the_agent_streams_an_alarm_fires_and_the_clip_lands_in_s3() -> anyhow::
     assert!((9.0..=11.0).contains(&duration), "{duration} s");
     Ok(())
 }
+
+/// A message whose clip takes longer than the queue's visibility timeout (the archiver
+/// waits for a post-roll still to come) stays hidden while it is worked on: it is received
+/// once, not handed out again halfway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
+    create_stream(&local.control(), "slow-cam", 24).await?;
+    let video = Encoded::gstreamer(250, 25, 25, 160, 120)?;
+    let start = now_ms() - 10_000;
+    let (body, _) = video.upload(start, 1000)?;
+    put_media(
+        &local.url(),
+        "slow-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let sqs = sqs_client(&moto.url);
+    let queue = sqs
+        .create_queue()
+        .queue_name("slow")
+        .send()
+        .await?
+        .queue_url
+        .unwrap();
+    let cfg = config(local.dir.path(), &local.url(), &local.url());
+    // The window ends 12 s from now and the post-roll never comes: the job takes about
+    // 12 s + ingest_wait_s (2 s), more than the 10 s visibility timeout.
+    let mut text = std::fs::read_to_string(&cfg)?.replace("post_roll_s = 6", "post_roll_s = 16");
+    text.push_str(&format!(
+        "[sqs]\nendpoint_url = \"{}\"\nqueue_url = \"{queue}\"\nvisibility_timeout_s = 10\n",
+        moto.url
+    ));
+    std::fs::write(&cfg, text)?;
+    let event = alarm_event("slow-cam", now_ms() - 4_000).to_string();
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(&event)
+        .send()
+        .await?;
+    let mut child = Command::new(archiver_binary()?)
+        .args(["--config", cfg.to_str().unwrap(), "sqs"])
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let fate: Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(60))?)?;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait()?.success());
+    let more: Vec<String> = rx.try_iter().collect();
+    assert_eq!(
+        (fate["result"].as_str(), fate["receives"].as_u64()),
+        (Some("done"), Some(1)),
+        "{fate}"
+    );
+    assert_eq!(fate["outcomes"][0]["short"], true, "{fate}");
+    assert!(more.is_empty(), "handled once: {more:?}");
+    Ok(())
+}
