@@ -1,10 +1,12 @@
 //! `make bench`: the archiver against an in-process kvs-local (KVS and S3) on loopback.
 //! 180 s of 1080p30 H.264 is encoded once and PutMedia'd ten times back to back (30 min of
-//! stream, in the past, so everything is ingested). Then the release archiver binary
-//!   1. clips a 30-minute window (GetClip calls joined into one file): wall time and peak
-//!      RSS (the target: flat, at most 64 MB), and
-//!   2. handles an alarm whose 180 s window is already ingested: the time from "post-roll
-//!      ingested" to "clip stored".
+//! stream, in the past, so everything is ingested). Then the release archiver binary:
+//!
+//! 1. clips a 30-minute window (GetClip calls joined into one file): wall time and peak RSS
+//!    (the target: flat, at most 64 MB), and
+//! 2. handles an alarm whose 180 s window is already ingested: the time from "post-roll
+//!    ingested" to "clip stored".
+//!
 //! Results are printed as Markdown rows for docs/benchmarks.md.
 //!
 //!     cargo build --release -p kvs-edge-archiver
