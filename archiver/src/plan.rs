@@ -41,9 +41,15 @@ pub fn in_window(mut fragments: Vec<Fragment>, start_ms: i64, end_ms: i64) -> Ve
     fragments
 }
 
+/// A fragment's reported length can stop one frame short of where the next frame starts
+/// (the last frame's own duration): up to this much is still "reaching" a time.
+pub const FRAME_SLACK_MS: i64 = 100;
+
 /// True once the stream has video up to the window's end.
 pub fn ingested_to(fragments: &[Fragment], end_ms: i64) -> bool {
-    fragments.iter().any(|f| f.end_ms() >= end_ms)
+    fragments
+        .iter()
+        .any(|f| f.end_ms() + FRAME_SLACK_MS >= end_ms)
 }
 
 /// Consecutive GetClip requests covering `fragments` (sorted, from `in_window`), each under
@@ -144,7 +150,8 @@ mod tests {
             w.iter().map(|f| f.number.as_str()).collect::<Vec<_>>(),
             ["0001", "0002", "0003", "0004"]
         );
-        assert!(ingested_to(&w, 1_010_000) && !ingested_to(&w, 1_010_001));
+        assert!(ingested_to(&w, 1_010_000) && ingested_to(&w, 1_010_100));
+        assert!(!ingested_to(&w, 1_010_101));
         assert!(requests(&[], 0, 1, MAX_FRAGMENTS, MAX_BYTES).is_empty());
     }
 }

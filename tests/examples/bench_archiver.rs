@@ -24,10 +24,12 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339()
 }
 
-/// Runs the archiver; its wall time and standard output.
-fn archiver(config: &std::path::Path, args: &[&str]) -> Result<(Duration, String)> {
+/// Runs the archiver under GNU time; its wall time, standard output and peak RSS (MiB).
+fn archiver(config: &std::path::Path, args: &[&str]) -> Result<(Duration, String, f64)> {
     let started = Instant::now();
-    let out = Command::new(archiver_binary()?)
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kib=%M"])
+        .arg(archiver_binary()?)
         .arg("--config")
         .arg(config)
         .args(args)
@@ -44,18 +46,14 @@ fn archiver(config: &std::path::Path, args: &[&str]) -> Result<(Duration, String
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(stdout.contains("\"stored\""), "not stored: {stdout}");
-    Ok((took, stdout))
-}
-
-/// The largest resident set of any child waited for so far, in MiB.
-fn children_peak_rss_mib() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
-        u
-    };
-    usage.ru_maxrss as f64 / 1024.0
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rss_kib: f64 = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((took, stdout, rss_kib / 1024.0))
 }
 
 #[tokio::main]
@@ -97,7 +95,7 @@ async fn main() -> Result<()> {
             url = local.url()
         ),
     )?;
-    let (long, out) = archiver(
+    let (long, out, rss_long) = archiver(
         &config,
         &[
             "clip",
@@ -109,7 +107,6 @@ async fn main() -> Result<()> {
             &rfc3339(base + 1_800_000),
         ],
     )?;
-    let rss_long = children_peak_rss_mib();
     eprintln!("{out}");
 
     // An alarm 60 s into the first part: its window [0, 180 s] is ingested already.
@@ -131,14 +128,14 @@ async fn main() -> Result<()> {
     });
     let event_file = local.dir.path().join("event.json");
     std::fs::write(&event_file, event.to_string())?;
-    let (short, out) = archiver(
+    let (short, out, rss_short) = archiver(
         &config,
         &["handle-event", event_file.to_str().expect("UTF-8 path")],
     )?;
     eprintln!("{out}");
 
     println!(
-        "| archiver: 180 s 1080p30 clip ({mbps:.1} Mbit/s), post-roll ingested → stored in S3 | {:.2} s |",
+        "| archiver: 180 s 1080p30 clip ({mbps:.1} Mbit/s), post-roll ingested → stored in S3 | {:.2} s, peak RSS {rss_short:.1} MiB |",
         short.as_secs_f64()
     );
     println!(
