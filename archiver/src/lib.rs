@@ -3,7 +3,8 @@
 //! MediaConvert.
 //!
 //! Pure: `event` (every delivery shape → alarm transitions), `decide` (streams, window, key),
-//! `plan` (GetClip requests for a window), `mp4join` (consecutive GetClip MP4s → one file). I/O: `clip` (ListFragments, GetClip), `store` (S3).
+//! `plan` (GetClip requests for a window), `mp4join` (consecutive GetClip MP4s → one file),
+//! `transcode` (MediaConvert jobs from a template). I/O: `clip` (ListFragments, GetClip), `store` (S3).
 
 pub mod clip;
 pub mod decide;
@@ -13,6 +14,7 @@ pub mod mp4join;
 pub mod plan;
 pub mod sqs;
 pub mod store;
+pub mod transcode;
 
 use kvs_edge_config::archiver::ArchiverConfig;
 
