@@ -10,6 +10,7 @@ pub mod clip;
 pub mod decide;
 pub mod event;
 pub mod lambda;
+pub mod mediaconvert;
 pub mod mp4join;
 pub mod plan;
 pub mod sqs;

@@ -51,6 +51,9 @@ struct Args {
     /// An S3 bucket to have from the start (repeatable); objects live under <data-dir>/s3/.
     #[arg(long = "bucket")]
     buckets: Vec<String>,
+    /// Write MediaConvert job state changes here, as EventBridge events (one JSON file each).
+    #[arg(long)]
+    events_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -77,6 +80,7 @@ async fn main() -> Result<()> {
     cfg.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     cfg.max_connection = Duration::from_secs(args.max_connection_secs);
     cfg.buckets = args.buckets;
+    cfg.events_dir = args.events_dir;
     let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg).await?;
     // One line on stdout, for scripts waiting for readiness.

@@ -56,6 +56,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// S3 buckets that exist from the start (the S3 API is always served).
     pub buckets: Vec<String>,
+    /// MediaConvert job state changes are written here as EventBridge events.
+    pub events_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             max_connection: Duration::from_secs(45 * 60),
             tls: None,
             buckets: Vec::new(),
+            events_dir: None,
         }
     }
 }
@@ -87,6 +90,7 @@ pub(crate) struct State {
     pub url: String,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub s3: s3s::service::S3Service,
+    pub jobs: crate::mediaconvert::Jobs,
 }
 
 impl State {
@@ -130,6 +134,7 @@ impl Server {
         let s3 = crate::s3::service(&cfg.data_dir, &cfg.credentials[0], &cfg.buckets)?;
         let state = Arc::new(State {
             s3,
+            jobs: Default::default(),
             url: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
             tls,
             cfg,
@@ -387,6 +392,8 @@ async fn route(state: Arc<State>, req: Request<Incoming>, admin_only: bool) -> R
             Err(e) => error_response(&ApiError::new(500, "InternalError", format!("S3: {e:?}"))),
         };
         ("S3", resp)
+    } else if path.starts_with("/2017-08-29/") {
+        ("MediaConvert", mediaconvert(&state, req).await)
     } else {
         match operation(&path) {
             Some(op) if method == hyper::Method::POST => (op, dispatch(&state, op, req).await),
@@ -412,6 +419,73 @@ async fn route(state: Arc<State>, req: Request<Incoming>, admin_only: bool) -> R
         started.elapsed().as_millis()
     );
     resp
+}
+
+/// The MediaConvert subset (see `mediaconvert`): SigV4 for the `mediaconvert` service.
+async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_JSON_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(&ApiError::invalid(format!("reading the request body: {e}")));
+        }
+    };
+    let request = sigv4::Request {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+    };
+    let scope = match sigv4::verify(
+        &request,
+        sigv4::Payload::Known(&body),
+        &state.cfg.credentials,
+        "mediaconvert",
+        Utc::now(),
+    ) {
+        Ok(scope) => scope,
+        Err(e) => return error_response(&ApiError::new(403, e.error_type(), e.to_string())),
+    };
+    let path = parts.uri.path();
+    let result = match (parts.method.as_str(), path) {
+        ("POST", "/2017-08-29/endpoints") => {
+            Ok(serde_json::json!({ "Endpoints": [{ "Url": state.url }] }))
+        }
+        ("POST", "/2017-08-29/jobs") => serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(400, "BadRequestException", format!("invalid JSON: {e}")))
+            .and_then(|request| {
+                state.jobs.create(
+                    request,
+                    state.cfg.data_dir.join("s3"),
+                    &state.cfg.account_id,
+                    &scope.region,
+                    state.cfg.events_dir.clone(),
+                )
+            })
+            .map(|job| serde_json::json!({ "Job": job })),
+        ("GET", "/2017-08-29/jobs") => {
+            let status = parts
+                .uri
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("status=")));
+            Ok(state.jobs.list(status))
+        }
+        ("GET", p) if p.starts_with("/2017-08-29/jobs/") => state
+            .jobs
+            .get(&p["/2017-08-29/jobs/".len()..])
+            .map(|job| serde_json::json!({ "Job": job })),
+        _ => Err(ApiError::unknown_operation(path)),
+    };
+    match result {
+        Ok(v) => {
+            let mut resp = json(&v);
+            if parts.method == hyper::Method::POST && path == "/2017-08-29/jobs" {
+                *resp.status_mut() = StatusCode::CREATED;
+            }
+            resp
+        }
+        Err(e) => error_response(&e),
+    }
 }
 
 async fn dispatch(state: &Arc<State>, op: &'static str, req: Request<Incoming>) -> Response<Body> {

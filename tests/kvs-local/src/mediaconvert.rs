@@ -1,0 +1,402 @@
+//! A MediaConvert subset that really transcodes: DescribeEndpoints, CreateJob, GetJob and
+//! ListJobs (REST-JSON under `/2017-08-29/`, SigV4 for the `mediaconvert` service), with jobs
+//! run by GStreamer (`gst-launch-1.0`) from and into kvs-local's S3 store:
+//!
+//! - HLS groups: one rendition per video output (its Width/Height and bitrate; segments of
+//!   SegmentLength seconds), plus the master playlist `<input name>.m3u8`;
+//! - file groups with an MP4 container: `<input name><NameModifier>.mp4`;
+//! - file groups of frame captures: `<input name><NameModifier>.0000000.jpg`, … at the
+//!   capture rate, at most MaxCaptures.
+//!
+//! Outputs without a video description (audio-only renditions) are skipped: clips have no
+//! audio. Status goes SUBMITTED → PROGRESSING → COMPLETE or ERROR (with an error message),
+//! and each change is written as an EventBridge "MediaConvert Job State Change" event to the
+//! events directory when one is configured (what an EventBridge rule would deliver).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+
+/// The jobs, by id.
+#[derive(Default, Clone)]
+pub struct Jobs {
+    jobs: Arc<Mutex<Vec<Value>>>,
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(404, "NotFoundException", format!("job {id} does not exist"))
+}
+
+fn bad_request(m: impl Into<String>) -> ApiError {
+    ApiError::new(400, "BadRequestException", m.into())
+}
+
+/// `s3://bucket/key` → the object's file under the S3 store.
+fn object_path(s3_root: &Path, url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/')?;
+    (!bucket.is_empty() && !key.contains("..")).then(|| s3_root.join(bucket).join(key))
+}
+
+impl Jobs {
+    pub fn get(&self, id: &str) -> Result<Value, ApiError> {
+        self.jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|j| j["Id"] == id)
+            .cloned()
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub fn list(&self, status: Option<&str>) -> Value {
+        let jobs: Vec<Value> = self
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter(|j| status.is_none_or(|s| j["Status"] == s))
+            .cloned()
+            .collect();
+        json!({ "Jobs": jobs })
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Value)) -> Option<Value> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let job = jobs.iter_mut().find(|j| j["Id"] == id)?;
+        f(job);
+        Some(job.clone())
+    }
+
+    /// CreateJob: validates, stores and starts the job; the same ClientRequestToken gives
+    /// the same job.
+    pub fn create(
+        &self,
+        request: Value,
+        s3_root: PathBuf,
+        account: &str,
+        region: &str,
+        events: Option<PathBuf>,
+    ) -> Result<Value, ApiError> {
+        let token = request["ClientRequestToken"].as_str().map(str::to_string);
+        if let Some(t) = &token
+            && let Some(id) = self.tokens.lock().unwrap().get(t)
+        {
+            return self.get(id);
+        }
+        if request["Role"].as_str().is_none_or(str::is_empty) {
+            return Err(bad_request("Role is required"));
+        }
+        let settings = &request["Settings"];
+        let input = settings["Inputs"][0]["FileInput"]
+            .as_str()
+            .ok_or_else(|| bad_request("Settings.Inputs[0].FileInput is required"))?;
+        let input_path = object_path(&s3_root, input)
+            .ok_or_else(|| bad_request(format!("{input} is not an s3:// URL")))?;
+        if settings["OutputGroups"]
+            .as_array()
+            .is_none_or(|g| g.is_empty())
+        {
+            return Err(bad_request(
+                "Settings.OutputGroups needs at least one group",
+            ));
+        }
+        let now = chrono::Utc::now();
+        let id = format!("{}-{:06x}", now.timestamp_millis(), rand_suffix());
+        let queue = request["Queue"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("arn:aws:mediaconvert:{region}:{account}:queues/Default"));
+        let job = json!({
+            "Id": id,
+            "Arn": format!("arn:aws:mediaconvert:{region}:{account}:jobs/{id}"),
+            "Status": "SUBMITTED",
+            "CreatedAt": now.timestamp(),
+            "Role": request["Role"],
+            "Queue": queue,
+            "Settings": settings,
+            "UserMetadata": request.get("UserMetadata").cloned().unwrap_or(json!({})),
+        });
+        self.jobs.lock().unwrap().push(job.clone());
+        if let Some(t) = token {
+            self.tokens.lock().unwrap().insert(t, id.clone());
+        }
+        emit(&events, &job, account, region);
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            if let Some(j) = jobs.update(&id, |j| j["Status"] = json!("PROGRESSING")) {
+                emit(&events, &j, &account_of(&j), &region_of(&j));
+            }
+            let outcome = run(&settings_of(&jobs, &id), &input_path, &s3_root).await;
+            let done = jobs.update(&id, |j| match &outcome {
+                Ok(outputs) => {
+                    j["Status"] = json!("COMPLETE");
+                    j["OutputGroupDetails"] = json!(outputs);
+                }
+                Err(message) => {
+                    j["Status"] = json!("ERROR");
+                    j["ErrorCode"] = json!(1010);
+                    j["ErrorMessage"] = json!(message);
+                }
+            });
+            if let Some(j) = done {
+                info!("MediaConvert job {id}: {}", j["Status"]);
+                emit(&events, &j, &account_of(&j), &region_of(&j));
+            }
+        });
+        Ok(job)
+    }
+}
+
+fn settings_of(jobs: &Jobs, id: &str) -> Value {
+    jobs.get(id)
+        .map(|j| j["Settings"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn arn_part(job: &Value, i: usize) -> String {
+    job["Arn"]
+        .as_str()
+        .unwrap_or("")
+        .split(':')
+        .nth(i)
+        .unwrap_or("")
+        .to_string()
+}
+fn account_of(job: &Value) -> String {
+    arn_part(job, 4)
+}
+fn region_of(job: &Value) -> String {
+    arn_part(job, 3)
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() & 0xFF_FFFF) as u32
+}
+
+/// Writes the EventBridge event of the job's current state.
+fn emit(dir: &Option<PathBuf>, job: &Value, account: &str, region: &str) {
+    let Some(dir) = dir else { return };
+    let status = job["Status"].as_str().unwrap_or("");
+    let mut detail = json!({
+        "timestamp": chrono::Utc::now().timestamp_millis(),
+        "accountId": account,
+        "queue": job["Queue"],
+        "jobId": job["Id"],
+        "status": status,
+        "userMetadata": job["UserMetadata"],
+    });
+    if status == "ERROR" {
+        detail["errorCode"] = job["ErrorCode"].clone();
+        detail["errorMessage"] = job["ErrorMessage"].clone();
+    }
+    if status == "COMPLETE" {
+        detail["outputGroupDetails"] = job["OutputGroupDetails"].clone();
+    }
+    let event = json!({
+        "version": "0",
+        "id": format!("{}-{status}", job["Id"].as_str().unwrap_or("")),
+        "detail-type": "MediaConvert Job State Change",
+        "source": "aws.mediaconvert",
+        "account": account,
+        "time": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "region": region,
+        "resources": [job["Arn"]],
+        "detail": detail,
+    });
+    let _ = std::fs::create_dir_all(dir);
+    let name = format!("{}-{status}.json", job["Id"].as_str().unwrap_or("job"));
+    if let Err(e) = std::fs::write(dir.join(name), event.to_string()) {
+        warn!("writing a MediaConvert event: {e}");
+    }
+}
+
+/// The bitrate (bit/s) an output asks for, whatever its rate control.
+fn bitrate(output: &Value) -> u64 {
+    let h264 = &output["VideoDescription"]["CodecSettings"]["H264Settings"];
+    h264["Bitrate"]
+        .as_u64()
+        .or(h264["MaxBitrate"].as_u64())
+        .unwrap_or(2_000_000)
+}
+
+fn scale(output: &Value) -> String {
+    let v = &output["VideoDescription"];
+    match (v["Width"].as_u64(), v["Height"].as_u64()) {
+        (Some(w), Some(h)) => {
+            format!("videoscale ! video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 ! ")
+        }
+        (None, Some(h)) => format!("videoscale ! video/x-raw,height={h} ! "),
+        _ => String::new(),
+    }
+}
+
+async fn gst(description: String) -> Result<(), String> {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(600),
+        tokio::process::Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(shell_words(&description))
+            .output(),
+    )
+    .await
+    .map_err(|_| "transcoding took over 10 minutes".to_string())?
+    .map_err(|e| format!("gst-launch-1.0: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "gst-launch-1.0 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Splits a pipeline description on spaces; quoted paths keep their spaces.
+fn shell_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+/// Runs every output group; the output group details on success.
+async fn run(settings: &Value, input: &Path, s3_root: &Path) -> Result<Vec<Value>, String> {
+    if !input.is_file() {
+        return Err(format!("the input {} does not exist", input.display()));
+    }
+    let name = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("output")
+        .to_string();
+    let src = format!(
+        "filesrc location=\"{}\" ! decodebin ! videoconvert ! ",
+        input.display()
+    );
+    let mut details = Vec::new();
+    for group in settings["OutputGroups"].as_array().into_iter().flatten() {
+        let kind = group["OutputGroupSettings"]["Type"].as_str().unwrap_or("");
+        let (key, ext) = match kind {
+            "HLS_GROUP_SETTINGS" => ("HlsGroupSettings", "m3u8"),
+            "FILE_GROUP_SETTINGS" => ("FileGroupSettings", ""),
+            other => {
+                return Err(format!(
+                    "output group type {other} is not supported by kvs-local"
+                ));
+            }
+        };
+        let gs = &group["OutputGroupSettings"][key];
+        let destination = gs["Destination"]
+            .as_str()
+            .ok_or("an output group has no Destination")?;
+        let dir = object_path(s3_root, destination)
+            .ok_or(format!("{destination} is not an s3:// URL"))?;
+        let dir = if destination.ends_with('/') {
+            dir
+        } else {
+            dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut output_details = Vec::new();
+        let mut renditions = Vec::new();
+        for output in group["Outputs"].as_array().into_iter().flatten() {
+            if output["VideoDescription"].is_null() {
+                continue; // audio-only: clips have no audio
+            }
+            let modifier = output["NameModifier"].as_str().unwrap_or("");
+            let base = format!("{name}{modifier}");
+            let kbps = bitrate(output) / 1000;
+            let encode = format!(
+                "{}x264enc bitrate={kbps} key-int-max=60 speed-preset=veryfast ! h264parse ! ",
+                scale(output)
+            );
+            let codec = output["VideoDescription"]["CodecSettings"]["Codec"]
+                .as_str()
+                .unwrap_or("");
+            if ext == "m3u8" {
+                let seconds = gs["SegmentLength"].as_u64().unwrap_or(6);
+                gst(format!(
+                    "{src}{encode}hlssink2 location=\"{}\" playlist-location=\"{}\" target-duration={seconds} max-files=0 playlist-length=0",
+                    dir.join(format!("{base}_%05d.ts")).display(),
+                    dir.join(format!("{base}.m3u8")).display()
+                ))
+                .await?;
+                let v = &output["VideoDescription"];
+                renditions.push((
+                    base.clone(),
+                    kbps * 1000,
+                    v["Width"].as_u64(),
+                    v["Height"].as_u64(),
+                ));
+            } else if codec == "FRAME_CAPTURE" {
+                let fc = &output["VideoDescription"]["CodecSettings"]["FrameCaptureSettings"];
+                let (num, den) = (
+                    fc["FramerateNumerator"].as_u64().unwrap_or(1),
+                    fc["FramerateDenominator"].as_u64().unwrap_or(1),
+                );
+                let max = fc["MaxCaptures"]
+                    .as_u64()
+                    .map_or(String::new(), |m| format!("identity eos-after={m} ! "));
+                gst(format!(
+                    "{src}{}videorate ! video/x-raw,framerate={num}/{den} ! {max}jpegenc ! multifilesink location=\"{}\"",
+                    scale(output),
+                    dir.join(format!("{base}.%07d.jpg")).display()
+                ))
+                .await?;
+            } else {
+                gst(format!(
+                    "{src}{encode}mp4mux ! filesink location=\"{}\"",
+                    dir.join(format!("{base}.mp4")).display()
+                ))
+                .await?;
+            }
+            output_details.push(json!({ "outputFilePaths": [format!("{destination}{base}")] }));
+        }
+        if ext == "m3u8" && !renditions.is_empty() {
+            let mut master = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
+            for (base, bandwidth, w, h) in &renditions {
+                let resolution = match (w, h) {
+                    (Some(w), Some(h)) => format!(",RESOLUTION={w}x{h}"),
+                    _ => String::new(),
+                };
+                master.push_str(&format!(
+                    "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth}{resolution}\n{base}.m3u8\n"
+                ));
+            }
+            std::fs::write(dir.join(format!("{name}.m3u8")), master).map_err(|e| e.to_string())?;
+        }
+        details.push(json!({ "type": kind, "outputDetails": output_details,
+                             "playlistFilePaths": if ext == "m3u8" { json!([format!("{destination}{name}.m3u8")]) } else { json!(null) } }));
+    }
+    Ok(details)
+}
