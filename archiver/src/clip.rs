@@ -19,10 +19,15 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::decide::{ClipRequest, clip_key};
+use crate::decide::{ClipRequest, Decision, clip_key};
+use crate::event::JobState;
+use crate::mediaconvert::MediaConvert;
 use crate::mp4join::{Joiner, Output};
 use crate::plan::{self, Fragment};
 use crate::store::{self, StoreError, Target, Upload, Written, error_chain};
+use crate::transcode::{JobFor, Template};
+use kvs_edge_config::archiver::{TranscodeMode, TranscodeSettings};
+use sha2::{Digest, Sha256};
 
 /// How often ListFragments is asked while waiting for the post-roll.
 const POLL: Duration = Duration::from_secs(2);
@@ -50,11 +55,18 @@ pub struct Outcome {
     pub bucket: String,
     pub key: String,
     pub result: ClipResult,
+    /// The transcoding hand-off: the job (or why it could not be submitted).
+    pub transcode: Option<Result<Value, String>>,
 }
 
 impl Outcome {
     pub fn json(&self) -> Value {
         let mut v = json!({ "stream": self.stream, "bucket": self.bucket, "key": self.key });
+        match &self.transcode {
+            Some(Ok(job)) => v["transcode"] = job.clone(),
+            Some(Err(reason)) => v["transcode"] = json!({ "error": reason }),
+            None => {}
+        }
         match &self.result {
             ClipResult::Stored {
                 bytes,
@@ -79,14 +91,45 @@ impl Outcome {
         v
     }
 
+    /// A failed clip, or a job that could not be submitted: either is worth a retry
+    /// (a stored clip is then a duplicate, and only the job is submitted).
     pub fn failed(&self) -> bool {
-        matches!(self.result, ClipResult::Failed(_))
+        matches!(self.result, ClipResult::Failed(_)) || matches!(self.transcode, Some(Err(_)))
+    }
+}
+
+/// The MediaConvert hand-off: client, template, settings.
+struct Transcoder {
+    mc: MediaConvert,
+    template: Template,
+    settings: TranscodeSettings,
+}
+
+impl Transcoder {
+    fn new(
+        settings: &TranscodeSettings,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Transcoder, String> {
+        let template = match &settings.template {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Template::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?
+            }
+            None => Template::default_template(),
+        };
+        Ok(Transcoder {
+            mc: MediaConvert::new(sdk, settings.endpoint_url.as_deref())?,
+            template,
+            settings: settings.clone(),
+        })
     }
 }
 
 /// The archiver's AWS side.
 pub struct Archiver {
     pub cfg: ArchiverConfig,
+    transcoder: Option<Transcoder>,
     kvs: aws_sdk_kinesisvideo::Client,
     sdk: aws_config::SdkConfig,
     pub s3: aws_sdk_s3::Client,
@@ -131,7 +174,7 @@ fn tag_value(s: &str) -> String {
 impl Archiver {
     /// Clients from the SDK's default chain (credentials, region, `AWS_ENDPOINT_URL*`), with
     /// the configuration's region and endpoints over it.
-    pub async fn new(cfg: ArchiverConfig) -> Archiver {
+    pub async fn new(cfg: ArchiverConfig) -> Result<Archiver, String> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(r) = &cfg.aws.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
@@ -146,12 +189,116 @@ impl Archiver {
         if let Some(url) = &cfg.s3.endpoint_url {
             s3 = s3.endpoint_url(url);
         }
-        Archiver {
+        let transcoder = match cfg.transcode.mode {
+            TranscodeMode::Mediaconvert => Some(Transcoder::new(&cfg.transcode, &sdk)?),
+            TranscodeMode::Off | TranscodeMode::S3Event => None,
+        };
+        Ok(Archiver {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            transcoder,
             cfg,
             kvs,
             sdk,
+        })
+    }
+
+    /// Carries out one decision: its outcomes as JSON, and whether anything failed.
+    pub async fn carry_out(&self, d: Decision) -> (Vec<Value>, bool) {
+        match d {
+            Decision::Ignore(reason) => {
+                info!("ignored: {reason}");
+                (vec![Decision::Ignore(reason).json()], false)
+            }
+            Decision::Clip(req) => {
+                let outcomes = self.handle(&req).await;
+                let failed = outcomes.iter().any(Outcome::failed);
+                (outcomes.iter().map(Outcome::json).collect(), failed)
+            }
+            Decision::Record(job) => match self.record_job(&job).await {
+                Ok(v) => (vec![v], false),
+                Err(e) => (
+                    vec![json!({"result": "failed", "job": job.job_id, "reason": e})],
+                    true,
+                ),
+            },
         }
+    }
+
+    /// Writes a job's final state next to its clip (`<clip>.transcode.json`).
+    pub async fn record_job(&self, job: &JobState) -> Result<Value, String> {
+        let key = format!("{}.transcode.json", job.clip_key.trim_end_matches(".mp4"));
+        let record = json!({
+            "job": job.job_id,
+            "status": job.status,
+            "error": job.error,
+            "clip": format!("s3://{}/{}", job.clip_bucket, job.clip_key),
+            "outputs": job.outputs,
+            "time": rfc3339(Utc::now()),
+        });
+        store::put_json(&self.s3, &job.clip_bucket, &key, &record)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(job = %job.job_id, status = %job.status, key, "transcoding outcome recorded");
+        Ok(
+            json!({"result": "recorded", "job": job.job_id, "status": job.status,
+                  "bucket": job.clip_bucket, "key": key}),
+        )
+    }
+
+    /// Submits the clip's MediaConvert job once: a job record next to the clip says it was.
+    async fn hand_off(
+        &self,
+        req: &ClipRequest,
+        stream: &str,
+        key: &str,
+    ) -> Option<Result<Value, String>> {
+        let t = self.transcoder.as_ref()?;
+        let stem = key.trim_end_matches(".mp4");
+        let record_key = format!("{stem}.job.json");
+        match store::exists(&self.s3, &self.cfg.bucket, &record_key).await {
+            Ok(true) => return Some(Ok(json!({"job": "submitted before", "record": record_key}))),
+            Ok(false) => {}
+            Err(e) => return Some(Err(e.to_string())),
+        }
+        let out_bucket = t
+            .settings
+            .output_bucket
+            .clone()
+            .unwrap_or_else(|| self.cfg.bucket.clone());
+        let request = t.template.job(&JobFor {
+            input: format!("s3://{}/{key}", self.cfg.bucket),
+            destination: format!("s3://{out_bucket}/{}{stem}/", t.settings.output_prefix),
+            role: t.settings.role_arn.clone().unwrap_or_default(),
+            queue: t.settings.queue.clone(),
+            user_metadata: vec![
+                ("clip_bucket".into(), self.cfg.bucket.clone()),
+                ("clip_key".into(), key.to_string()),
+                ("stream".into(), stream.to_string()),
+                ("alarm".into(), ascii(&req.alarm.name, 255)),
+            ],
+        });
+        // The same clip always gives the same token: a retried CreateJob is one job.
+        let token =
+            hex::encode(&Sha256::digest(format!("{}/{key}", self.cfg.bucket).as_bytes())[..16]);
+        let job = match t.mc.create_job(&request, &token).await {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(key, "MediaConvert job not submitted: {e}");
+                return Some(Err(e.to_string()));
+            }
+        };
+        let record = json!({
+            "job": job["Id"],
+            "arn": job["Arn"],
+            "status": job["Status"],
+            "destination": request["Settings"]["OutputGroups"][0]["OutputGroupSettings"],
+            "submitted": rfc3339(Utc::now()),
+        });
+        if let Err(e) = store::put_json(&self.s3, &self.cfg.bucket, &record_key, &record).await {
+            return Some(Err(e.to_string()));
+        }
+        info!(key, job = %job["Id"], "MediaConvert job submitted");
+        Some(Ok(json!({"job": job["Id"], "record": record_key})))
     }
 
     /// An SQS client from the same configuration (`[sqs] endpoint_url` over it).
@@ -196,7 +343,19 @@ impl Archiver {
         out
     }
 
+    /// One stream's clip, then its transcoding hand-off (for a clip stored now or before).
     async fn clip_stream(&self, req: &ClipRequest, stream: &str) -> Outcome {
+        let mut outcome = self.store_clip(req, stream).await;
+        if matches!(
+            outcome.result,
+            ClipResult::Stored { .. } | ClipResult::Duplicate
+        ) {
+            outcome.transcode = self.hand_off(req, stream, &outcome.key).await;
+        }
+        outcome
+    }
+
+    async fn store_clip(&self, req: &ClipRequest, stream: &str) -> Outcome {
         let key = clip_key(
             &self.cfg.key_template,
             stream,
@@ -209,6 +368,7 @@ impl Archiver {
             bucket: self.cfg.bucket.clone(),
             key: key.clone(),
             result,
+            transcode: None,
         };
         match store::exists(&self.s3, &self.cfg.bucket, &key).await {
             Ok(true) => {

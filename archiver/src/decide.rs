@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use kvs_edge_config::archiver::{ArchiverConfig, glob_match};
 use serde_json::{Value, json};
 
-use crate::event::{Alarm, Event};
+use crate::event::{Alarm, Event, JobState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClipRequest {
@@ -24,6 +24,8 @@ pub struct ClipRequest {
 pub enum Decision {
     Ignore(String),
     Clip(Box<ClipRequest>),
+    /// Record a MediaConvert job's final state next to its clip.
+    Record(Box<JobState>),
 }
 
 fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -36,6 +38,12 @@ impl Decision {
     pub fn json(&self) -> Value {
         match self {
             Decision::Ignore(reason) => json!({ "action": "ignore", "reason": reason }),
+            Decision::Record(j) => json!({
+                "action": "record",
+                "job": j.job_id,
+                "status": j.status,
+                "clip": format!("s3://{}/{}", j.clip_bucket, j.clip_key),
+            }),
             Decision::Clip(c) => json!({
                 "action": "clip",
                 "alarm": c.alarm.name,
@@ -81,6 +89,7 @@ impl Decision {
 pub fn decide(cfg: &ArchiverConfig, event: Event) -> Decision {
     let alarm = match event {
         Event::Ignore(reason) => return Decision::Ignore(reason),
+        Event::Job(j) => return Decision::Record(j),
         Event::Alarm(a) => a,
     };
     if cfg.skip_muted

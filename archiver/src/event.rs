@@ -59,9 +59,23 @@ impl Alarm {
     }
 }
 
+/// A MediaConvert job reached a final state ("MediaConvert Job State Change").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobState {
+    pub job_id: String,
+    /// COMPLETE, ERROR or CANCELED.
+    pub status: String,
+    pub clip_bucket: String,
+    pub clip_key: String,
+    pub error: Option<String>,
+    /// The event's `outputGroupDetails`, as sent.
+    pub outputs: Value,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Alarm(Box<Alarm>),
+    Job(Box<JobState>),
     Ignore(String),
 }
 
@@ -173,8 +187,49 @@ struct Envelope {
     account: Option<String>,
 }
 
+/// A MediaConvert job event: final states of jobs the archiver submitted are recorded.
+fn job_state(o: &serde_json::Map<String, Value>) -> Result<Event, EventError> {
+    let d = o
+        .get("detail")
+        .ok_or_else(|| malformed("detail", "missing"))?;
+    let job_id = text(d.get("jobId")).ok_or_else(|| malformed("detail.jobId", "missing"))?;
+    let status = text(d.get("status")).ok_or_else(|| malformed("detail.status", "missing"))?;
+    if !["COMPLETE", "ERROR", "CANCELED"].contains(&status.as_str()) {
+        return Ok(Event::Ignore(format!(
+            "MediaConvert job {job_id} is {status}: only final states are recorded"
+        )));
+    }
+    let meta = d.get("userMetadata");
+    let (Some(clip_bucket), Some(clip_key)) = (
+        text(meta.and_then(|m| m.get("clip_bucket"))),
+        text(meta.and_then(|m| m.get("clip_key"))),
+    ) else {
+        return Ok(Event::Ignore(format!(
+            "MediaConvert job {job_id} was not submitted by kvs-edge (no clip_bucket/clip_key user metadata)"
+        )));
+    };
+    let error = (status != "COMPLETE").then(|| {
+        format!(
+            "{} {}",
+            d.get("errorCode").map(Value::to_string).unwrap_or_default(),
+            text(d.get("errorMessage")).unwrap_or_else(|| status.to_lowercase())
+        )
+        .trim()
+        .to_string()
+    });
+    Ok(Event::Job(Box::new(JobState {
+        job_id,
+        status,
+        clip_bucket,
+        clip_key,
+        error,
+        outputs: d.get("outputGroupDetails").cloned().unwrap_or(Value::Null),
+    })))
+}
+
 fn eventbridge(o: &serde_json::Map<String, Value>, detail_type: &str) -> Result<Event, EventError> {
     match detail_type {
+        "MediaConvert Job State Change" => return job_state(o),
         "CloudWatch Alarm State Change" => {}
         "CloudWatch Alarm Configuration Change" => {
             return Ok(Event::Ignore(

@@ -10,29 +10,19 @@
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
-use tracing::{error, info};
+use tracing::error;
 
 use crate::clip::Archiver;
-use crate::decide::Decision;
 
-/// Carries out one event's decisions; the outcomes, and whether any clip failed.
+/// Carries out one event's decisions; the outcomes, and whether anything failed.
 async fn carry_out(archiver: &Archiver, body: &[u8]) -> Result<(Vec<Value>, bool), String> {
     let decisions = crate::decisions(&archiver.cfg, body).map_err(|e| e.to_string())?;
     let mut outcomes = Vec::new();
     let mut failed = false;
     for d in decisions {
-        match d {
-            Decision::Ignore(reason) => {
-                info!("ignored: {reason}");
-                outcomes.push(Decision::Ignore(reason).json());
-            }
-            Decision::Clip(req) => {
-                for o in archiver.handle(&req).await {
-                    failed |= o.failed();
-                    outcomes.push(o.json());
-                }
-            }
-        }
+        let (o, f) = archiver.carry_out(d).await;
+        outcomes.extend(o);
+        failed |= f;
     }
     Ok((outcomes, failed))
 }

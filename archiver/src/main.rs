@@ -108,7 +108,14 @@ fn main() -> ExitCode {
                 .build()
                 .expect("tokio runtime");
             runtime.block_on(async {
-                match kvs_edge_archiver::lambda::run(Archiver::new(cfg).await).await {
+                let archiver = match Archiver::new(cfg).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("kvs-edge-archiver: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                match kvs_edge_archiver::lambda::run(archiver).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("kvs-edge-archiver: Lambda runtime: {e}");
@@ -195,7 +202,13 @@ fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
             }
             stop.send_replace(true);
         });
-        let archiver = Archiver::new(cfg).await;
+        let archiver = match Archiver::new(cfg).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("kvs-edge-archiver: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let consumer = std::sync::Arc::new(Consumer {
             sqs: archiver.sqs_client(),
             settings: archiver.cfg.sqs.clone(),
@@ -207,27 +220,26 @@ fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
     })
 }
 
-/// Carries out the decisions; exit status 1 when a clip failed (its record is in S3).
+/// Carries out the decisions; exit status 1 when a clip or a job submission failed.
 fn run(cfg: ArchiverConfig, decisions: Vec<Decision>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let archiver = Archiver::new(cfg).await;
+        let archiver = match Archiver::new(cfg).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("kvs-edge-archiver: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let mut failed = false;
         for d in decisions {
-            match d {
-                Decision::Ignore(reason) => {
-                    tracing::info!("ignored: {reason}");
-                    println!("{}", Decision::Ignore(reason).json());
-                }
-                Decision::Clip(req) => {
-                    for outcome in archiver.handle(&req).await {
-                        failed |= outcome.failed();
-                        println!("{}", outcome.json());
-                    }
-                }
+            let (outcomes, f) = archiver.carry_out(d).await;
+            failed |= f;
+            for o in outcomes {
+                println!("{o}");
             }
         }
         if failed {

@@ -18,7 +18,6 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::clip::Archiver;
-use crate::decide::Decision;
 use crate::store::error_chain;
 
 /// What became of a message (one JSON line each on standard output).
@@ -157,26 +156,21 @@ impl Consumer {
             Err(e) => return (Fate::DeadLetter(format!("malformed: {e}")), Vec::new()),
         };
         let mut outcomes = Vec::new();
-        let mut failed = None;
+        let mut failed = false;
         for d in decisions {
-            match d {
-                Decision::Ignore(reason) => {
-                    info!("ignored: {reason}");
-                    outcomes.push(Decision::Ignore(reason).json());
-                }
-                Decision::Clip(req) => {
-                    for o in self.archiver.handle(&req).await {
-                        if o.failed() {
-                            failed = Some(format!("{}: {:?}", o.stream, o.result));
-                        }
-                        outcomes.push(o.json());
-                    }
-                }
-            }
+            let (o, f) = self.archiver.carry_out(d).await;
+            outcomes.extend(o);
+            failed |= f;
         }
-        match failed {
-            Some(reason) => (Fate::Retry(reason), outcomes),
-            None => (Fate::Done, outcomes),
+        if failed {
+            let why = outcomes
+                .iter()
+                .find(|o| o["result"] == "failed" || o["transcode"]["error"].is_string())
+                .map(Value::to_string)
+                .unwrap_or_default();
+            (Fate::Retry(why), outcomes)
+        } else {
+            (Fate::Done, outcomes)
         }
     }
 

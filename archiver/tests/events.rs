@@ -150,8 +150,8 @@ fn configuration_and_contributor_events_and_other_states_are_ignored() {
         "already in ALARM",
     );
     ignored(
-        "mediaconvert-job-state-change-error.json",
-        "not an alarm state change",
+        "mediaconvert-job-state-change-queue-hop.json",
+        "only final states",
     );
     ignored("s3-inventory-manifest-csv.json", "not an alarm event");
 }
@@ -238,6 +238,40 @@ fn the_stream_name_dimension_names_the_stream_and_unknown_alarms_are_reported() 
     .unwrap()[0]
         .json();
     assert!(d["reason"].as_str().unwrap().contains("muted by"), "{d}");
+}
+
+#[test]
+fn mediaconvert_job_events_record_final_states_of_our_jobs() {
+    // Jobs not submitted by the archiver (no clip in their user metadata) are not ours.
+    ignored(
+        "mediaconvert-job-state-change-error.json",
+        "not submitted by kvs-edge",
+    );
+    ignored(
+        "mediaconvert-job-state-change-canceled.json",
+        "not submitted by kvs-edge",
+    );
+    for f in [
+        "mediaconvert-job-state-change-progressing.json",
+        "mediaconvert-job-state-change-status-update.json",
+        "mediaconvert-job-state-change-input-information.json",
+        "mediaconvert-job-state-change-new-warning.json",
+    ] {
+        ignored(f, "only final states");
+    }
+    // The same ERROR event for a job the archiver submitted: recorded next to its clip.
+    let mut e: Value =
+        serde_json::from_slice(&fixture("mediaconvert-job-state-change-error.json")).unwrap();
+    e["detail"]["userMetadata"] = json!({"clip_bucket": "clips", "clip_key": "clips/cam/x.mp4"});
+    let d = decisions(&ArchiverConfig::default(), e.to_string().as_bytes()).unwrap()[0].json();
+    assert_eq!(
+        d,
+        json!({"action": "record", "job": "1515368087458-qnoxtd", "status": "ERROR",
+               "clip": "s3://clips/clips/cam/x.mp4"})
+    );
+    // Published with `"code": 000000`: not JSON, so an error naming it, not a panic.
+    let bad = fixture("mediaconvert-job-state-change-complete.nonstrict-json.txt");
+    assert!(decisions(&ArchiverConfig::default(), &bad).is_err());
 }
 
 #[test]

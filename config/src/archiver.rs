@@ -40,6 +40,9 @@ pub struct ArchiverConfig {
     /// The SQS consumer (`kvs-edge-archiver sqs`).
     #[serde(default)]
     pub sqs: SqsSettings,
+    /// What happens to a stored clip next.
+    #[serde(default)]
+    pub transcode: TranscodeSettings,
     /// Alarm → streams, tried in order; the first match wins.
     #[serde(default)]
     pub mappings: Vec<Mapping>,
@@ -61,6 +64,57 @@ pub struct S3Settings {
     /// Path-style addressing (`http://host/bucket/key`), which most S3-compatible servers need.
     #[serde(default)]
     pub force_path_style: bool,
+}
+
+/// The transcoding hand-off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeSettings {
+    #[serde(default)]
+    pub mode: TranscodeMode,
+    /// The IAM role MediaConvert assumes (required in `mediaconvert` mode).
+    pub role_arn: Option<String>,
+    /// A MediaConvert queue ARN; the account's default queue when absent.
+    pub queue: Option<String>,
+    /// A job template file (a CreateJob request or bare job settings); the built-in HLS
+    /// ladder + MP4 + thumbnails when absent.
+    pub template: Option<std::path::PathBuf>,
+    /// Where outputs go: `s3://<output_bucket>/<output_prefix><clip key without .mp4>/<group>/`.
+    pub output_bucket: Option<String>,
+    #[serde(default = "default_output_prefix")]
+    pub output_prefix: String,
+    /// The MediaConvert endpoint to ask DescribeEndpoints (kvs-local); regional by default.
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TranscodeMode {
+    /// Only store the clip.
+    #[default]
+    Off,
+    /// Submit a MediaConvert job for every stored clip.
+    Mediaconvert,
+    /// Only store: an S3 event notification drives MediaConvert (the event-driven design).
+    S3Event,
+}
+
+impl Default for TranscodeSettings {
+    fn default() -> Self {
+        TranscodeSettings {
+            mode: TranscodeMode::Off,
+            role_arn: None,
+            queue: None,
+            template: None,
+            output_bucket: None,
+            output_prefix: default_output_prefix(),
+            endpoint_url: None,
+        }
+    }
+}
+
+fn default_output_prefix() -> String {
+    "transcoded/".into()
 }
 
 /// The queue an EventBridge rule feeds, and where messages go that can never succeed.
@@ -229,6 +283,14 @@ impl ArchiverConfig {
             }
         };
         window(self.clip.pre_roll_s, self.clip.post_roll_s, "clip".into())?;
+        if self.transcode.mode == TranscodeMode::Mediaconvert
+            && self.transcode.role_arn.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(err(
+                "transcode.role_arn".into(),
+                "required with mode = \"mediaconvert\" (the role MediaConvert assumes)".into(),
+            ));
+        }
         let q = &self.sqs;
         if q.max_receives == 0
             || !(10..=43_200).contains(&q.visibility_timeout_s)

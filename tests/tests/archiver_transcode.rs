@@ -1,0 +1,155 @@
+//! The transcoding hand-off end to end, offline: a clip stored by the archiver becomes a
+//! MediaConvert job (the default template: HLS 360/540/720 ladder, MP4, thumbnails) in
+//! kvs-local, which really transcodes it with GStreamer; the job's COMPLETE event, handled
+//! by the archiver, records the outcome next to the clip; ffprobe accepts every output. A
+//! repeated alarm submits no second job.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kvs_edge_tests::*;
+use serde_json::{Value, json};
+
+fn alarm_event(stream: &str, at_ms: i64) -> Value {
+    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap();
+    json!({
+        "version": "0", "id": "t", "detail-type": "CloudWatch Alarm State Change",
+        "source": "aws.cloudwatch", "account": "000000000000", "time": "2026-01-01T00:00:00Z",
+        "region": "us-east-1", "resources": ["arn:aws:cloudwatch:us-east-1:000000000000:alarm:door"],
+        "detail": {"alarmName": "door",
+            "state": {"value": "ALARM", "reason": "t",
+                      "timestamp": at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()},
+            "previousState": {"value": "OK", "reason": "t", "timestamp": "2026-01-01T00:00:00.000+0000"},
+            "configuration": {"metrics": [{"id": "m1", "returnData": true, "metricStat": {
+                "period": 60, "stat": "Sum", "metric": {"namespace": "AWS/KinesisVideo",
+                "name": "PutMedia.IncomingFrames", "dimensions": {"StreamName": stream}}}}]}}
+    })
+}
+
+fn archiver(config: &Path, args: &[&str]) -> anyhow::Result<(Vec<Value>, bool)> {
+    let out = Command::new(archiver_binary()?)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()?;
+    let lines = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()?;
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((lines, out.status.success()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::Result<()> {
+    let events = tempfile::tempdir()?;
+    let events_dir = events.path().to_path_buf();
+    let local = Local::start_with(|c| {
+        c.buckets = vec!["clips".into()];
+        c.events_dir = Some(events_dir.clone());
+    })
+    .await?;
+    create_stream(&local.control(), "door-cam", 24).await?;
+    let video = Encoded::gstreamer(250, 25, 25, 640, 360)?;
+    let start = now_ms() - 30_000;
+    let (body, _) = video.upload(start, 1000)?;
+    put_media(
+        &local.url(),
+        "door-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let cfg = local.dir.path().join("archiver.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+            bucket = "clips"
+            [aws]
+            region = "us-east-1"
+            endpoint_url = "{url}"
+            [s3]
+            endpoint_url = "{url}"
+            force_path_style = true
+            [clip]
+            pre_roll_s = 3
+            post_roll_s = 4
+            [transcode]
+            mode = "mediaconvert"
+            role_arn = "arn:aws:iam::000000000000:role/MediaConvert"
+            endpoint_url = "{url}"
+            "#,
+            url = local.url()
+        ),
+    )?;
+    let event = local.dir.path().join("alarm.json");
+    std::fs::write(&event, alarm_event("door-cam", start + 5_000).to_string())?;
+    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    assert_eq!(out[0]["result"], "stored", "{out:?}");
+    let job_id = out[0]["transcode"]["job"]
+        .as_str()
+        .expect("a job")
+        .to_string();
+    let key = out[0]["key"].as_str().unwrap().to_string();
+
+    // A repeated alarm: the clip is there, and so is its job.
+    let (again, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert!(ok);
+    assert_eq!(again[0]["result"], "duplicate");
+    assert_eq!(again[0]["transcode"]["job"], "submitted before");
+
+    // kvs-local transcodes; its COMPLETE event is what an EventBridge rule would deliver.
+    let complete = events.path().join(format!("{job_id}-COMPLETE.json"));
+    let error = events.path().join(format!("{job_id}-ERROR.json"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while !complete.exists() {
+        assert!(!error.exists(), "{}", std::fs::read_to_string(&error)?);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (out, ok) = archiver(&cfg, &["handle-event", complete.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        (out[0]["result"].as_str(), out[0]["status"].as_str()),
+        (Some("recorded"), Some("COMPLETE"))
+    );
+    let s3 = local.dir.path().join("s3/clips");
+    let stem = key.trim_end_matches(".mp4");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(s3.join(format!("{stem}.transcode.json")))?)?;
+    assert_eq!(
+        (record["job"].as_str(), record["status"].as_str()),
+        (Some(job_id.as_str()), Some("COMPLETE"))
+    );
+
+    // The outputs, where the template's groups put them, each accepted by ffprobe.
+    let out_dir = s3.join(format!("transcoded/{stem}"));
+    let name = Path::new(&key).file_stem().unwrap().to_str().unwrap();
+    let master = std::fs::read_to_string(out_dir.join(format!("hls/{name}.m3u8")))?;
+    assert_eq!(master.matches("#EXT-X-STREAM-INF").count(), 3, "{master}");
+    for (rendition, height) in [("_360", 360), ("_540", 540), ("_720", 720)] {
+        let (codec, _, h, duration, _) =
+            ffprobe(&out_dir.join(format!("hls/{name}{rendition}.m3u8")))?;
+        assert_eq!((codec.as_str(), h), ("h264", height), "{rendition}");
+        assert!(duration > 5.0, "{rendition}: {duration} s");
+    }
+    let (codec, _, h, _, _) = ffprobe(&out_dir.join(format!("mp4/{name}.mp4")))?;
+    assert_eq!((codec.as_str(), h), ("h264", 720));
+    let thumbnail = out_dir.join(format!("thumbnails/{name}.0000000.jpg"));
+    let (codec, w, _, _, _) = ffprobe(&thumbnail)?;
+    assert_eq!((codec.as_str(), w), ("mjpeg", 1280));
+    Ok(())
+}
