@@ -283,7 +283,17 @@ impl Archiver {
         let job = match t.mc.create_job(&request, &token).await {
             Ok(j) => j,
             Err(e) => {
+                // Recorded, so the clip never lacks an outcome; a later delivery of the
+                // alarm submits the job again (no job record yet).
                 warn!(key, "MediaConvert job not submitted: {e}");
+                let record = json!({"status": "NOT_SUBMITTED", "error": e.to_string(),
+                                    "retryable": e.retryable(), "time": rfc3339(Utc::now())});
+                let outcome_key = format!("{stem}.transcode.json");
+                if let Err(w) =
+                    store::put_json(&self.s3, &self.cfg.bucket, &outcome_key, &record).await
+                {
+                    warn!("could not record it: {w}");
+                }
                 return Some(Err(e.to_string()));
             }
         };

@@ -153,3 +153,107 @@ async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::
     assert_eq!((codec.as_str(), w), ("mjpeg", 1280));
     Ok(())
 }
+
+/// Jobs that fail still leave an outcome next to the clip: a job MediaConvert ends in ERROR
+/// (here a template kvs-local cannot run), and a job that could not even be submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_are_recorded_with_the_reason() -> anyhow::Result<()> {
+    let events = tempfile::tempdir()?;
+    let events_dir = events.path().to_path_buf();
+    let local = Local::start_with(|c| {
+        c.buckets = vec!["clips".into()];
+        c.events_dir = Some(events_dir.clone());
+    })
+    .await?;
+    create_stream(&local.control(), "gate-cam", 24).await?;
+    let video = Encoded::gstreamer(250, 25, 25, 320, 240)?;
+    let start = now_ms() - 30_000;
+    let (body, _) = video.upload(start, 1000)?;
+    put_media(
+        &local.url(),
+        "gate-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let template = local.dir.path().join("dash.json");
+    std::fs::write(
+        &template,
+        json!({"Inputs": [{"FileInput": "s3://x/y.mp4"}], "OutputGroups": [{"Name": "DASH",
+            "OutputGroupSettings": {"Type": "DASH_ISO_GROUP_SETTINGS",
+                "DashIsoGroupSettings": {"Destination": "s3://x/dash/", "SegmentLength": 6}},
+            "Outputs": [{"VideoDescription": {"Height": 240}}]}]})
+        .to_string(),
+    )?;
+    let write_cfg = |name: &str, mediaconvert: &str| -> anyhow::Result<std::path::PathBuf> {
+        let cfg = local.dir.path().join(name);
+        std::fs::write(
+            &cfg,
+            format!(
+                "bucket = \"clips\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\n\
+                 [s3]\nendpoint_url = \"{url}\"\nforce_path_style = true\n\
+                 [clip]\npre_roll_s = 2\npost_roll_s = 2\n\
+                 [transcode]\nmode = \"mediaconvert\"\nrole_arn = \"arn:aws:iam::000000000000:role/MC\"\n\
+                 endpoint_url = \"{mediaconvert}\"\ntemplate = \"{}\"\n",
+                template.display(),
+                url = local.url()
+            ),
+        )?;
+        Ok(cfg)
+    };
+    let s3 = local.dir.path().join("s3/clips");
+
+    // ERROR: the job runs and fails; its event records the reason.
+    let cfg = write_cfg("dash.toml", &local.url())?;
+    let event = local.dir.path().join("a.json");
+    std::fs::write(&event, alarm_event("gate-cam", start + 4_000).to_string())?;
+    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    let job_id = out[0]["transcode"]["job"].as_str().unwrap().to_string();
+    let stem = out[0]["key"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".mp4")
+        .to_string();
+    let error = events.path().join(format!("{job_id}-ERROR.json"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !error.exists() {
+        assert!(std::time::Instant::now() < deadline, "no ERROR event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (out, ok) = archiver(&cfg, &["handle-event", error.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(s3.join(format!("{stem}.transcode.json")))?)?;
+    assert_eq!(record["status"], "ERROR");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("DASH_ISO_GROUP_SETTINGS"),
+        "{record}"
+    );
+
+    // Not submitted (MediaConvert unreachable, after retries): recorded, and the run fails
+    // so that the delivery is retried.
+    let closed = format!("http://127.0.0.1:{}", free_port()?);
+    let cfg = write_cfg("down.toml", &closed)?;
+    let event = local.dir.path().join("b.json");
+    std::fs::write(&event, alarm_event("gate-cam", start + 7_000).to_string())?;
+    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    assert!(!ok, "{out:?}");
+    assert_eq!(out[0]["result"], "stored");
+    assert!(out[0]["transcode"]["error"].is_string(), "{out:?}");
+    let stem = out[0]["key"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".mp4")
+        .to_string();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(s3.join(format!("{stem}.transcode.json")))?)?;
+    assert_eq!(
+        (record["status"].as_str(), record["retryable"].as_bool()),
+        (Some("NOT_SUBMITTED"), Some(true))
+    );
+    Ok(())
+}

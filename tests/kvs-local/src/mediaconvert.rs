@@ -248,14 +248,15 @@ fn scale(output: &Value) -> String {
 
 async fn gst(description: String) -> Result<(), String> {
     let out = tokio::time::timeout(
-        std::time::Duration::from_secs(600),
+        std::time::Duration::from_secs(300),
         tokio::process::Command::new("gst-launch-1.0")
+            .kill_on_drop(true)
             .arg("-q")
             .args(shell_words(&description))
             .output(),
     )
     .await
-    .map_err(|_| "transcoding took over 10 minutes".to_string())?
+    .map_err(|_| "transcoding took over 5 minutes".to_string())?
     .map_err(|e| format!("gst-launch-1.0: {e}"))?;
     if out.status.success() {
         Ok(())
@@ -346,7 +347,8 @@ async fn run(settings: &Value, input: &Path, s3_root: &Path) -> Result<Vec<Value
             if ext == "m3u8" {
                 let seconds = gs["SegmentLength"].as_u64().unwrap_or(6);
                 gst(format!(
-                    "{src}{encode}hlssink2 location=\"{}\" playlist-location=\"{}\" target-duration={seconds} max-files=0 playlist-length=0",
+                    // hlssink, not hlssink2: the latter stalls now and then at end of stream.
+                    "{src}{encode}mpegtsmux ! hlssink location=\"{}\" playlist-location=\"{}\" target-duration={seconds} max-files=0 playlist-length=0",
                     dir.join(format!("{base}_%05d.ts")).display(),
                     dir.join(format!("{base}.m3u8")).display()
                 ))
