@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::cloudwatch::CloudWatch;
 use crate::decide::{ClipRequest, Decision, clip_key};
 use crate::event::JobState;
 use crate::mediaconvert::MediaConvert;
@@ -130,6 +131,7 @@ impl Transcoder {
 pub struct Archiver {
     pub cfg: ArchiverConfig,
     transcoder: Option<Transcoder>,
+    cloudwatch: Option<CloudWatch>,
     kvs: aws_sdk_kinesisvideo::Client,
     sdk: aws_config::SdkConfig,
     pub s3: aws_sdk_s3::Client,
@@ -193,9 +195,18 @@ impl Archiver {
             TranscodeMode::Mediaconvert => Some(Transcoder::new(&cfg.transcode, &sdk)?),
             TranscodeMode::Off | TranscodeMode::S3Event => None,
         };
+        let cloudwatch = if cfg.use_alarm_tags {
+            Some(CloudWatch::new(
+                &sdk,
+                cfg.cloudwatch.endpoint_url.as_deref(),
+            )?)
+        } else {
+            None
+        };
         Ok(Archiver {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             transcoder,
+            cloudwatch,
             cfg,
             kvs,
             sdk,
@@ -213,6 +224,28 @@ impl Archiver {
                 let outcomes = self.handle(&req).await;
                 let failed = outcomes.iter().any(Outcome::failed);
                 (outcomes.iter().map(Outcome::json).collect(), failed)
+            }
+            Decision::LookupTags(alarm) => {
+                let (Some(cw), Some(arn)) = (self.cloudwatch.as_ref(), alarm.arn.clone()) else {
+                    return (
+                        vec![json!({"action": "ignore", "reason": "alarm tags are not read"})],
+                        false,
+                    );
+                };
+                match cw.alarm_tags(&arn).await {
+                    Ok(tags) => {
+                        let streams = crate::cloudwatch::streams_from_tags(&tags);
+                        let d = crate::decide::with_tagged_streams(&self.cfg, *alarm, streams);
+                        Box::pin(self.carry_out(d)).await
+                    }
+                    Err(e) => {
+                        warn!("{e}");
+                        (
+                            vec![json!({"result": "failed", "alarm": alarm.name, "reason": e})],
+                            true,
+                        )
+                    }
+                }
             }
             Decision::Record(job) => match self.record_job(&job).await {
                 Ok(v) => (vec![v], false),

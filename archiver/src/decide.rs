@@ -26,6 +26,9 @@ pub enum Decision {
     Clip(Box<ClipRequest>),
     /// Record a MediaConvert job's final state next to its clip.
     Record(Box<JobState>),
+    /// No mapping or dimension names the streams: the alarm's tags may (an API call, so
+    /// not in a dry run).
+    LookupTags(Box<Alarm>),
 }
 
 fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -38,6 +41,12 @@ impl Decision {
     pub fn json(&self) -> Value {
         match self {
             Decision::Ignore(reason) => json!({ "action": "ignore", "reason": reason }),
+            Decision::LookupTags(a) => json!({
+                "action": "lookup-tags",
+                "alarm": a.name,
+                "alarm_arn": a.arn,
+                "reason": "no mapping matches and the metric has no StreamName dimension: the streams come from the alarm's tags (kvs-edge:streams or StreamName), read when not a dry run",
+            }),
             Decision::Record(j) => json!({
                 "action": "record",
                 "job": j.job_id,
@@ -130,6 +139,9 @@ pub fn decide(cfg: &ArchiverConfig, event: Event) -> Decision {
                 .map(|(_, v)| v.clone())
                 .collect();
             streams.dedup();
+            if streams.is_empty() && cfg.use_alarm_tags && alarm.arn.is_some() {
+                return Decision::LookupTags(alarm);
+            }
             if streams.is_empty() {
                 return Decision::Ignore(format!(
                     "{}: unknown alarm: no mapping matches it and its metric has no StreamName dimension",
@@ -150,6 +162,23 @@ pub fn decide(cfg: &ArchiverConfig, event: Event) -> Decision {
         streams,
         resolved_by,
         alarm: *alarm,
+    }))
+}
+
+/// The decision for an alarm whose streams its tags named (the default window).
+pub fn with_tagged_streams(cfg: &ArchiverConfig, alarm: Alarm, streams: Vec<String>) -> Decision {
+    if streams.is_empty() {
+        return Decision::Ignore(format!(
+            "{}: unknown alarm: no mapping matches it, its metric has no StreamName dimension and its tags name no stream",
+            alarm.name
+        ));
+    }
+    Decision::Clip(Box::new(ClipRequest {
+        start: alarm.time - Duration::seconds(cfg.clip.pre_roll_s as i64),
+        end: alarm.time + Duration::seconds(cfg.clip.post_roll_s as i64),
+        streams,
+        resolved_by: "alarm tags".into(),
+        alarm,
     }))
 }
 

@@ -7,12 +7,14 @@
 //! `transcode` (MediaConvert jobs from a template). I/O: `clip` (ListFragments, GetClip), `store` (S3).
 
 pub mod clip;
+pub mod cloudwatch;
 pub mod decide;
 pub mod event;
 pub mod lambda;
 pub mod mediaconvert;
 pub mod mp4join;
 pub mod plan;
+pub mod signed;
 pub mod sqs;
 pub mod store;
 pub mod transcode;

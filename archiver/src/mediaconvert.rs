@@ -3,20 +3,14 @@
 //! with the SDK's credentials, DescribeEndpoints once (cached), retries with backoff for
 //! throttling and server errors, and `ClientRequestToken` so a retried CreateJob is one job.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_credential_types::provider::ProvideCredentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::warn;
+
+use crate::signed::SignedClient;
 
 #[derive(Debug, Error)]
 pub enum McError {
@@ -44,9 +38,7 @@ impl McError {
 pub struct MediaConvert {
     /// Where DescribeEndpoints is asked (the regional endpoint, or a configured one).
     base: String,
-    region: String,
-    credentials: aws_credential_types::provider::SharedCredentialsProvider,
-    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: SignedClient,
     endpoint: Mutex<Option<String>>,
 }
 
@@ -55,27 +47,13 @@ impl MediaConvert {
         sdk: &aws_config::SdkConfig,
         endpoint_url: Option<&str>,
     ) -> Result<MediaConvert, String> {
-        let region = sdk
-            .region()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "us-east-1".into());
+        let client = SignedClient::new(sdk)?;
         let base = endpoint_url
             .map(str::to_string)
-            .unwrap_or_else(|| format!("https://mediaconvert.{region}.amazonaws.com"));
-        let credentials = sdk
-            .credentials_provider()
-            .ok_or("no AWS credentials provider")?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| format!("TLS roots: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+            .unwrap_or_else(|| format!("https://mediaconvert.{}.amazonaws.com", client.region()));
         Ok(MediaConvert {
             base: base.trim_end_matches('/').to_string(),
-            region,
-            credentials,
-            http: Client::builder(TokioExecutor::new()).build(https),
+            client,
             endpoint: Mutex::new(None),
         })
     }
@@ -87,76 +65,19 @@ impl MediaConvert {
         url: &str,
         body: &[u8],
     ) -> Result<Value, McError> {
-        let transport = |e: String| McError::Transport(op, e);
-        let creds = self
-            .credentials
-            .provide_credentials()
+        let reply = self
+            .client
+            .send("mediaconvert", method, url, "application/json", body)
             .await
-            .map_err(|e| transport(format!("credentials: {e}")))?;
-        let identity = creds.into();
-        let signing = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("mediaconvert")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| transport(e.to_string()))?
-            .into();
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| transport(e.to_string()))?;
-        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let headers = [
-            ("host", host.as_str()),
-            ("content-type", "application/json"),
-        ];
-        let signable = SignableRequest::new(
-            method,
-            url,
-            headers.iter().copied(),
-            SignableBody::Bytes(body),
-        )
-        .map_err(|e| transport(e.to_string()))?;
-        let (instructions, _) = sign(signable, &signing)
-            .map_err(|e| transport(e.to_string()))?
-            .into_parts();
-        let mut req = http::Request::builder().method(method).uri(url);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        let mut req = req
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .map_err(|e| transport(e.to_string()))?;
-        instructions.apply_to_request_http1x(&mut req);
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
-            .await
-            .map_err(|_| transport("no answer within 30 s".into()))?
-            .map_err(|e| transport(crate::store::error_chain(&e)))?;
-        let status = resp.status().as_u16();
-        let kind = resp
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| transport(e.to_string()))?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
+            .map_err(|e| McError::Transport(op, e))?;
+        let value: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        if (200..300).contains(&reply.status) {
             return Ok(value);
         }
         Err(McError::Api {
             op,
-            status,
-            kind,
+            status: reply.status,
+            kind: reply.error_type,
             message: value["message"]
                 .as_str()
                 .or(value["Message"].as_str())

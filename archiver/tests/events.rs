@@ -213,13 +213,13 @@ fn the_stream_name_dimension_names_the_stream_and_unknown_alarms_are_reported() 
         decisions(&cfg, sqs.to_string().as_bytes()).unwrap()[0].json(),
         d
     );
-    // Without a mapping or the dimension: reported, no clip.
-    let d = decisions(
-        &cfg,
-        &fixture("eventbridge-cw-alarm-state-change-single-metric.json"),
-    )
-    .unwrap()[0]
-        .json();
+    // Without a mapping or the dimension: the alarm's tags are asked (not in a dry run)...
+    let single = fixture("eventbridge-cw-alarm-state-change-single-metric.json");
+    let d = decisions(&cfg, &single).unwrap()[0].json();
+    assert_eq!(d["action"], "lookup-tags", "{d}");
+    // ...or, with tags off, it is reported as unknown: no clip.
+    let no_tags = ArchiverConfig::from_toml("t", "use_alarm_tags = false").unwrap();
+    let d = decisions(&no_tags, &single).unwrap()[0].json();
     assert_eq!(d["action"], "ignore");
     assert!(
         d["reason"].as_str().unwrap().contains("unknown alarm"),

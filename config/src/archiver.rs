@@ -50,10 +50,24 @@ pub struct ArchiverConfig {
     /// mapping matches.
     #[serde(default = "yes")]
     pub use_stream_dimension: bool,
+    /// Then the alarm's tags (`kvs-edge:streams`, comma-separated, or `StreamName`), read
+    /// with CloudWatch ListTagsForResource.
+    #[serde(default = "yes")]
+    pub use_alarm_tags: bool,
+    /// Where CloudWatch is, when it is not where the other services are.
+    #[serde(default)]
+    pub cloudwatch: EndpointSettings,
     /// Alarms silenced by a CloudWatch mute rule make no clip (by default they still do:
     /// muting stops notifications, not the need for evidence).
     #[serde(default)]
     pub skip_muted: bool,
+}
+
+/// A service endpoint override.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSettings {
+    pub endpoint_url: Option<String>,
 }
 
 /// Where S3 is, when it is not where the other services are (an S3-compatible server).

@@ -7,6 +7,10 @@
 //! 2. handles an alarm whose 180 s window is already ingested: the time from "post-roll
 //!    ingested" to "clip stored".
 //!
+//! 3. has kvs-local's MediaConvert transcode that 180 s clip with the default template (HLS
+//!    360/540/720, MP4 720p, thumbnails), timed from submission to the COMPLETE event, and
+//!    the same renditions by hand with one `gst-launch-1.0` (decode once, `tee`): the floor.
+//!
 //! Results are printed as Markdown rows for docs/benchmarks.md.
 //!
 //!     cargo build --release -p kvs-edge-archiver
@@ -58,7 +62,13 @@ fn archiver(config: &std::path::Path, args: &[&str]) -> Result<(Duration, String
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
+    let events = tempfile::tempdir()?;
+    let events_dir = events.path().to_path_buf();
+    let local = Local::start_with(|c| {
+        c.buckets = vec!["clips".into()];
+        c.events_dir = Some(events_dir.clone());
+    })
+    .await?;
     create_stream(&local.control(), "bench-cam", 24).await?;
     let started = Instant::now();
     let video =
@@ -133,6 +143,82 @@ async fn main() -> Result<()> {
         &["handle-event", event_file.to_str().expect("UTF-8 path")],
     )?;
     eprintln!("{out}");
+    let key = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap_or("{}"))?["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // 3. Transcoding: the same alarm again with the hand-off on submits the job.
+    let transcode_cfg = local.dir.path().join("transcode.toml");
+    std::fs::write(
+        &transcode_cfg,
+        format!(
+            "{}\n[transcode]\nmode = \"mediaconvert\"\nrole_arn = \"arn:aws:iam::000000000000:role/MC\"\nendpoint_url = \"{}\"\n",
+            std::fs::read_to_string(&config)?,
+            local.url()
+        ),
+    )?;
+    let started = Instant::now();
+    let out = Command::new(archiver_binary()?)
+        .args([
+            "--config",
+            transcode_cfg.to_str().expect("UTF-8 path"),
+            "handle-event",
+        ])
+        .arg(&event_file)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()?;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let job = answer["transcode"]["job"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(!job.is_empty(), "no job: {answer}");
+    let complete = events.path().join(format!("{job}-COMPLETE.json"));
+    let error = events.path().join(format!("{job}-ERROR.json"));
+    while !complete.exists() {
+        ensure!(
+            !error.exists(),
+            "the job failed: {}",
+            std::fs::read_to_string(&error)?
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the job did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let transcode = started.elapsed();
+    eprintln!("kvs-local MediaConvert job {job}: {transcode:.1?}");
+
+    // The floor: the same renditions by hand, decoding once.
+    let clip = local.dir.path().join("s3/clips").join(&key);
+    let floor_dir = tempfile::tempdir()?;
+    let d = floor_dir.path().display();
+    let hls = |w: u32, h: u32, kbps: u32| {
+        format!(
+            "t. ! queue ! videoscale ! video/x-raw,width={w},height={h} ! x264enc bitrate={kbps} key-int-max=60 speed-preset=veryfast \
+             ! h264parse ! mpegtsmux ! hlssink location={d}/r{h}_%05d.ts playlist-location={d}/r{h}.m3u8 target-duration=10 max-files=0 playlist-length=0 "
+        )
+    };
+    let pipeline = format!(
+        "filesrc location={} ! decodebin ! videoconvert ! tee name=t {}{}{}\
+         t. ! queue ! videoscale ! video/x-raw,width=1280,height=720 ! x264enc bitrate=5000 key-int-max=60 speed-preset=veryfast ! h264parse ! mp4mux ! filesink location={d}/out.mp4 \
+         t. ! queue ! videoscale ! video/x-raw,width=1280,height=720 ! videorate ! video/x-raw,framerate=1/5 ! jpegenc ! multifilesink location={d}/thumb.%07d.jpg",
+        clip.display(),
+        hls(640, 360, 1200),
+        hls(960, 540, 3500),
+        hls(1280, 720, 5000)
+    );
+    let started = Instant::now();
+    let status = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split_whitespace())
+        .status()?;
+    ensure!(status.success(), "gst-launch-1.0 failed");
+    let floor = started.elapsed();
 
     println!(
         "| archiver: 180 s 1080p30 clip ({mbps:.1} Mbit/s), post-roll ingested → stored in S3 | {:.2} s, peak RSS {rss_short:.1} MiB |",
@@ -142,6 +228,14 @@ async fn main() -> Result<()> {
         "| archiver: 30-minute window ({:.0} MB, GetClip calls joined into one fMP4) | {:.1} s, peak RSS {rss_long:.1} MiB |",
         10.0 * bytes as f64 / 1e6,
         long.as_secs_f64()
+    );
+    println!(
+        "| kvs-local MediaConvert: the 180 s 1080p clip, default template (HLS 360/540/720, MP4 720p, thumbnails), submission → COMPLETE | {:.1} s |",
+        transcode.as_secs_f64()
+    );
+    println!(
+        "| the floor: the same renditions by hand, one gst-launch-1.0 decoding once (tee) | {:.1} s |",
+        floor.as_secs_f64()
     );
     Ok(())
 }

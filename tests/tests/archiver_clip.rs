@@ -714,3 +714,58 @@ async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
     assert!(more.is_empty(), "handled once: {more:?}");
     Ok(())
 }
+
+/// An alarm that no mapping names and whose metric has no StreamName dimension: its tags
+/// (CloudWatch ListTagsForResource, here moto's) name the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alarms_tags_name_the_stream() -> anyhow::Result<()> {
+    let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
+    create_stream(&local.control(), "tagged-cam", 24).await?;
+    let video = Encoded::gstreamer(500, 25, 25, 160, 120)?;
+    let start = now_ms() - 40_000;
+    let (body, _) = video.upload(start, 1000)?;
+    put_media(
+        &local.url(),
+        "tagged-cam",
+        vec![body],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let arn = python(
+        r#"
+import sys, boto3
+cw = boto3.client("cloudwatch", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+cw.put_metric_alarm(AlarmName="Shed door", MetricName="DoorOpen", Namespace="Site",
+    Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1,
+    ComparisonOperator="GreaterThanOrEqualToThreshold",
+    Tags=[{"Key": "kvs-edge:streams", "Value": "tagged-cam"}, {"Key": "team", "Value": "ops"}])
+print(cw.describe_alarms(AlarmNames=["Shed door"])["MetricAlarms"][0]["AlarmArn"])
+"#,
+        &[&moto.url],
+    )?
+    .trim()
+    .to_string();
+    let cfg = config(local.dir.path(), &local.url(), &local.url());
+    let mut text = std::fs::read_to_string(&cfg)?;
+    text.push_str(&format!("[cloudwatch]\nendpoint_url = \"{}\"\n", moto.url));
+    std::fs::write(&cfg, text)?;
+    let mut event = alarm_event("unused", start + 8_000);
+    event["detail"]["alarmName"] = json!("Shed door");
+    event["resources"] = json!([arn]);
+    event["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"] =
+        json!({"name": "DoorOpen", "namespace": "Site", "dimensions": {}});
+    let file = local.dir.path().join("tagged.json");
+    std::fs::write(&file, event.to_string())?;
+    let (out, _) = archiver(&cfg, &["handle-event", "--dry-run", file.to_str().unwrap()])?;
+    assert_eq!(out[0]["action"], "lookup-tags", "{out:?}");
+    let (out, ok) = archiver(&cfg, &["handle-event", file.to_str().unwrap()])?;
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        (out[0]["result"].as_str(), out[0]["stream"].as_str()),
+        (Some("stored"), Some("tagged-cam")),
+        "{out:?}"
+    );
+    Ok(())
+}
