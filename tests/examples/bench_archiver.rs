@@ -193,20 +193,22 @@ async fn main() -> Result<()> {
     let transcode = started.elapsed();
     eprintln!("kvs-local MediaConvert job {job}: {transcode:.1?}");
 
-    // The floor: the same renditions by hand, decoding once.
+    // The floor: the same renditions by hand, decoding once. The queues after the tee hold
+    // up to 5 s each: x264's lookahead needs dozens of frames, and the default 10 MB queue
+    // (three 1080p frames) deadlocks the tee.
     let clip = local.dir.path().join("s3/clips").join(&key);
     let floor_dir = tempfile::tempdir()?;
     let d = floor_dir.path().display();
     let hls = |w: u32, h: u32, kbps: u32| {
         format!(
-            "t. ! queue ! videoscale ! video/x-raw,width={w},height={h} ! x264enc bitrate={kbps} key-int-max=60 speed-preset=veryfast \
+            "t. ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=5000000000 ! videoscale ! video/x-raw,width={w},height={h} ! x264enc bitrate={kbps} key-int-max=60 speed-preset=veryfast \
              ! h264parse ! mpegtsmux ! hlssink location={d}/r{h}_%05d.ts playlist-location={d}/r{h}.m3u8 target-duration=10 max-files=0 playlist-length=0 "
         )
     };
     let pipeline = format!(
         "filesrc location={} ! decodebin ! videoconvert ! tee name=t {}{}{}\
-         t. ! queue ! videoscale ! video/x-raw,width=1280,height=720 ! x264enc bitrate=5000 key-int-max=60 speed-preset=veryfast ! h264parse ! mp4mux ! filesink location={d}/out.mp4 \
-         t. ! queue ! videoscale ! video/x-raw,width=1280,height=720 ! videorate ! video/x-raw,framerate=1/5 ! jpegenc ! multifilesink location={d}/thumb.%07d.jpg",
+         t. ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=5000000000 ! videoscale ! video/x-raw,width=1280,height=720 ! x264enc bitrate=5000 key-int-max=60 speed-preset=veryfast ! h264parse ! mp4mux ! filesink location={d}/out.mp4 \
+         t. ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=5000000000 ! videoscale ! video/x-raw,width=1280,height=720 ! videorate ! video/x-raw,framerate=1/5 ! jpegenc ! multifilesink location={d}/thumb.%07d.jpg",
         clip.display(),
         hls(640, 360, 1200),
         hls(960, 540, 3500),
