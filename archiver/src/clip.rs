@@ -331,17 +331,17 @@ impl Archiver {
             }
         };
         let record = json!({
-            "job": job["Id"],
-            "arn": job["Arn"],
-            "status": job["Status"],
+            "job": job["id"],
+            "arn": job["arn"],
+            "status": job["status"],
             "destination": request["Settings"]["OutputGroups"][0]["OutputGroupSettings"],
             "submitted": rfc3339(Utc::now()),
         });
         if let Err(e) = store::put_json(&self.s3, &self.cfg.bucket, &record_key, &record).await {
             return Some(Err(e.to_string()));
         }
-        info!(key, job = %job["Id"], "MediaConvert job submitted");
-        Some(Ok(json!({"job": job["Id"], "record": record_key})))
+        info!(key, job = %job["id"], "MediaConvert job submitted");
+        Some(Ok(json!({"job": job["id"], "record": record_key})))
     }
 
     /// An SQS client from the same configuration (`[sqs] endpoint_url` over it).

@@ -119,7 +119,7 @@ impl MediaConvert {
         let out = self
             .call("DescribeEndpoints", "POST", &url, br#"{"Mode":"DEFAULT"}"#)
             .await?;
-        let endpoint = out["Endpoints"][0]["Url"]
+        let endpoint = out["endpoints"][0]["url"]
             .as_str()
             .ok_or_else(|| {
                 McError::Transport("DescribeEndpoints", "no endpoint in the answer".into())
@@ -130,19 +130,20 @@ impl MediaConvert {
         Ok(endpoint)
     }
 
-    /// CreateJob with `request` as it is (plus the idempotency token); the job.
+    /// CreateJob with `request` as it is (in wire names, plus the idempotency token); the
+    /// job, in wire names (`id`, `arn`, `status`).
     pub async fn create_job(&self, request: &Value, token: &str) -> Result<Value, McError> {
-        let mut request = request.clone();
-        request["ClientRequestToken"] = json!(token);
+        let mut request = crate::transcode::to_wire(request);
+        request["clientRequestToken"] = json!(token);
         let url = format!("{}/2017-08-29/jobs", self.endpoint().await?);
         let out = self
             .call("CreateJob", "POST", &url, request.to_string().as_bytes())
             .await?;
-        Ok(out["Job"].clone())
+        Ok(out["job"].clone())
     }
 
     pub async fn get_job(&self, id: &str) -> Result<Value, McError> {
         let url = format!("{}/2017-08-29/jobs/{id}", self.endpoint().await?);
-        Ok(self.call("GetJob", "GET", &url, b"").await?["Job"].clone())
+        Ok(self.call("GetJob", "GET", &url, b"").await?["job"].clone())
     }
 }

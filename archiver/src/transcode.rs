@@ -141,6 +141,46 @@ impl Template {
     }
 }
 
+/// Members whose keys are names chosen by the user (maps), not member names.
+const MAP_MEMBERS: [&str; 6] = [
+    "AudioSelectors",
+    "AudioSelectorGroups",
+    "CaptionSelectors",
+    "UserMetadata",
+    "Tags",
+    "DynamicAudioSelectors",
+];
+
+/// A job in the SDKs' and console's member names (`OutputGroups`, as templates are written)
+/// → the REST API's wire names (`outputGroups`): every member name gets a lowercase first
+/// letter, the keys of map members (`"Audio Selector 1"`, user metadata) stay as they are.
+pub fn to_wire(v: &Value) -> Value {
+    fn lower(k: &str) -> String {
+        let mut c = k.chars();
+        c.next()
+            .map(|f| f.to_lowercase().chain(c).collect())
+            .unwrap_or_default()
+    }
+    fn walk(v: &Value, map_member: bool) -> Value {
+        match v {
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| {
+                        let is_map = MAP_MEMBERS.contains(&k.as_str())
+                            || MAP_MEMBERS.iter().any(|m| lower(m) == *k);
+                        let key = if map_member { k.clone() } else { lower(k) };
+                        // A map's values are structures again (except user metadata's strings).
+                        (key, walk(v, is_map && !map_member))
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, false)).collect()),
+            other => other.clone(),
+        }
+    }
+    walk(v, false)
+}
+
 /// `HlsGroupSettings` for `"Type": "HLS_GROUP_SETTINGS"`, and so on.
 fn group_settings_key(group: &Value) -> Option<&'static str> {
     let kind = group["OutputGroupSettings"]["Type"].as_str()?;
@@ -289,6 +329,24 @@ mod tests {
         );
         assert_eq!(job["Role"], job_for().role);
         assert_eq!(job["UserMetadata"]["clip"], job_for().input);
+    }
+
+    #[test]
+    fn jobs_go_out_in_wire_names() {
+        let job = json!({"Role": "r", "UserMetadata": {"clip_key": "a/B.mp4"},
+            "Settings": {"Inputs": [{"FileInput": "s3://b/k",
+                "AudioSelectors": {"Audio Selector 1": {"DefaultSelection": "DEFAULT"}}}]}});
+        assert_eq!(
+            to_wire(&job),
+            json!({"role": "r", "userMetadata": {"clip_key": "a/B.mp4"},
+                "settings": {"inputs": [{"fileInput": "s3://b/k",
+                    "audioSelectors": {"Audio Selector 1": {"defaultSelection": "DEFAULT"}}}]}})
+        );
+        assert_eq!(
+            to_wire(&to_wire(&job)),
+            to_wire(&job),
+            "already wire names stay"
+        );
     }
 
     #[test]

@@ -126,6 +126,28 @@ async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::
         (out[0]["result"].as_str(), out[0]["status"].as_str()),
         (Some("recorded"), Some("COMPLETE"))
     );
+    // boto3, a second client of kvs-local's MediaConvert: one job, COMPLETE, as submitted.
+    let listed = python(
+        r#"
+import sys, json, boto3
+mc = boto3.client("mediaconvert", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="kvslocal", aws_secret_access_key="kvslocal-secret")
+url = mc.describe_endpoints()["Endpoints"][0]["Url"]
+mc = boto3.client("mediaconvert", endpoint_url=url, region_name="us-east-1",
+                  aws_access_key_id="kvslocal", aws_secret_access_key="kvslocal-secret")
+jobs = mc.list_jobs()["Jobs"]
+job = mc.get_job(Id=sys.argv[2])["Job"]
+print(json.dumps({"count": len(jobs), "status": job["Status"],
+                  "input": job["Settings"]["Inputs"][0]["FileInput"],
+                  "clip_key": job["UserMetadata"]["clip_key"]}))
+"#,
+        &[&local.url(), &job_id],
+    )?;
+    let listed: Value = serde_json::from_str(listed.trim())?;
+    assert_eq!(
+        listed,
+        json!({"count": 1, "status": "COMPLETE", "input": format!("s3://clips/{key}"), "clip_key": key})
+    );
     let s3 = local.dir.path().join("s3/clips");
     let stem = key.trim_end_matches(".mp4");
     let record: Value =

@@ -1,5 +1,6 @@
 //! A MediaConvert subset that really transcodes: DescribeEndpoints, CreateJob, GetJob and
-//! ListJobs (REST-JSON under `/2017-08-29/`, SigV4 for the `mediaconvert` service), with jobs
+//! ListJobs (REST-JSON under `/2017-08-29/` with MediaConvert's camelCase member names, as
+//! the SDKs send them; SigV4 for the `mediaconvert` service), with jobs
 //! run by GStreamer (`gst-launch-1.0`) from and into kvs-local's S3 store:
 //!
 //! - HLS groups: one rendition per video output (its Width/Height and bitrate; segments of
@@ -50,7 +51,7 @@ impl Jobs {
             .lock()
             .unwrap()
             .iter()
-            .find(|j| j["Id"] == id)
+            .find(|j| j["id"] == id)
             .cloned()
             .ok_or_else(|| not_found(id))
     }
@@ -62,15 +63,15 @@ impl Jobs {
             .unwrap()
             .iter()
             .rev()
-            .filter(|j| status.is_none_or(|s| j["Status"] == s))
+            .filter(|j| status.is_none_or(|s| j["status"] == s))
             .cloned()
             .collect();
-        json!({ "Jobs": jobs })
+        json!({ "jobs": jobs })
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut Value)) -> Option<Value> {
         let mut jobs = self.jobs.lock().unwrap();
-        let job = jobs.iter_mut().find(|j| j["Id"] == id)?;
+        let job = jobs.iter_mut().find(|j| j["id"] == id)?;
         f(job);
         Some(job.clone())
     }
@@ -85,44 +86,44 @@ impl Jobs {
         region: &str,
         events: Option<PathBuf>,
     ) -> Result<Value, ApiError> {
-        let token = request["ClientRequestToken"].as_str().map(str::to_string);
+        let token = request["clientRequestToken"].as_str().map(str::to_string);
         if let Some(t) = &token
             && let Some(id) = self.tokens.lock().unwrap().get(t)
         {
             return self.get(id);
         }
-        if request["Role"].as_str().is_none_or(str::is_empty) {
-            return Err(bad_request("Role is required"));
+        if request["role"].as_str().is_none_or(str::is_empty) {
+            return Err(bad_request("role is required"));
         }
-        let settings = &request["Settings"];
-        let input = settings["Inputs"][0]["FileInput"]
+        let settings = &request["settings"];
+        let input = settings["inputs"][0]["fileInput"]
             .as_str()
-            .ok_or_else(|| bad_request("Settings.Inputs[0].FileInput is required"))?;
+            .ok_or_else(|| bad_request("settings.inputs[0].fileInput is required"))?;
         let input_path = object_path(&s3_root, input)
             .ok_or_else(|| bad_request(format!("{input} is not an s3:// URL")))?;
-        if settings["OutputGroups"]
+        if settings["outputGroups"]
             .as_array()
             .is_none_or(|g| g.is_empty())
         {
             return Err(bad_request(
-                "Settings.OutputGroups needs at least one group",
+                "settings.outputGroups needs at least one group",
             ));
         }
         let now = chrono::Utc::now();
         let id = format!("{}-{:06x}", now.timestamp_millis(), rand_suffix());
-        let queue = request["Queue"]
+        let queue = request["queue"]
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("arn:aws:mediaconvert:{region}:{account}:queues/Default"));
         let job = json!({
-            "Id": id,
-            "Arn": format!("arn:aws:mediaconvert:{region}:{account}:jobs/{id}"),
-            "Status": "SUBMITTED",
-            "CreatedAt": now.timestamp(),
-            "Role": request["Role"],
-            "Queue": queue,
-            "Settings": settings,
-            "UserMetadata": request.get("UserMetadata").cloned().unwrap_or(json!({})),
+            "id": id,
+            "arn": format!("arn:aws:mediaconvert:{region}:{account}:jobs/{id}"),
+            "status": "SUBMITTED",
+            "createdAt": now.timestamp(),
+            "role": request["role"],
+            "queue": queue,
+            "settings": settings,
+            "userMetadata": request.get("userMetadata").cloned().unwrap_or(json!({})),
         });
         self.jobs.lock().unwrap().push(job.clone());
         if let Some(t) = token {
@@ -131,23 +132,23 @@ impl Jobs {
         emit(&events, &job, account, region);
         let jobs = self.clone();
         tokio::spawn(async move {
-            if let Some(j) = jobs.update(&id, |j| j["Status"] = json!("PROGRESSING")) {
+            if let Some(j) = jobs.update(&id, |j| j["status"] = json!("PROGRESSING")) {
                 emit(&events, &j, &account_of(&j), &region_of(&j));
             }
             let outcome = run(&settings_of(&jobs, &id), &input_path, &s3_root).await;
             let done = jobs.update(&id, |j| match &outcome {
                 Ok(outputs) => {
-                    j["Status"] = json!("COMPLETE");
-                    j["OutputGroupDetails"] = json!(outputs);
+                    j["status"] = json!("COMPLETE");
+                    j["outputGroupDetails"] = json!(outputs);
                 }
                 Err(message) => {
-                    j["Status"] = json!("ERROR");
-                    j["ErrorCode"] = json!(1010);
-                    j["ErrorMessage"] = json!(message);
+                    j["status"] = json!("ERROR");
+                    j["errorCode"] = json!(1010);
+                    j["errorMessage"] = json!(message);
                 }
             });
             if let Some(j) = done {
-                info!("MediaConvert job {id}: {}", j["Status"]);
+                info!("MediaConvert job {id}: {}", j["status"]);
                 emit(&events, &j, &account_of(&j), &region_of(&j));
             }
         });
@@ -157,12 +158,12 @@ impl Jobs {
 
 fn settings_of(jobs: &Jobs, id: &str) -> Value {
     jobs.get(id)
-        .map(|j| j["Settings"].clone())
+        .map(|j| j["settings"].clone())
         .unwrap_or(Value::Null)
 }
 
 fn arn_part(job: &Value, i: usize) -> String {
-    job["Arn"]
+    job["arn"]
         .as_str()
         .unwrap_or("")
         .split(':')
@@ -192,35 +193,35 @@ fn rand_suffix() -> u32 {
 /// Writes the EventBridge event of the job's current state.
 fn emit(dir: &Option<PathBuf>, job: &Value, account: &str, region: &str) {
     let Some(dir) = dir else { return };
-    let status = job["Status"].as_str().unwrap_or("");
+    let status = job["status"].as_str().unwrap_or("");
     let mut detail = json!({
         "timestamp": chrono::Utc::now().timestamp_millis(),
         "accountId": account,
-        "queue": job["Queue"],
-        "jobId": job["Id"],
+        "queue": job["queue"],
+        "jobId": job["id"],
         "status": status,
-        "userMetadata": job["UserMetadata"],
+        "userMetadata": job["userMetadata"],
     });
     if status == "ERROR" {
-        detail["errorCode"] = job["ErrorCode"].clone();
-        detail["errorMessage"] = job["ErrorMessage"].clone();
+        detail["errorCode"] = job["errorCode"].clone();
+        detail["errorMessage"] = job["errorMessage"].clone();
     }
     if status == "COMPLETE" {
-        detail["outputGroupDetails"] = job["OutputGroupDetails"].clone();
+        detail["outputGroupDetails"] = job["outputGroupDetails"].clone();
     }
     let event = json!({
         "version": "0",
-        "id": format!("{}-{status}", job["Id"].as_str().unwrap_or("")),
+        "id": format!("{}-{status}", job["id"].as_str().unwrap_or("")),
         "detail-type": "MediaConvert Job State Change",
         "source": "aws.mediaconvert",
         "account": account,
         "time": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "region": region,
-        "resources": [job["Arn"]],
+        "resources": [job["arn"]],
         "detail": detail,
     });
     let _ = std::fs::create_dir_all(dir);
-    let name = format!("{}-{status}.json", job["Id"].as_str().unwrap_or("job"));
+    let name = format!("{}-{status}.json", job["id"].as_str().unwrap_or("job"));
     if let Err(e) = std::fs::write(dir.join(name), event.to_string()) {
         warn!("writing a MediaConvert event: {e}");
     }
@@ -228,16 +229,16 @@ fn emit(dir: &Option<PathBuf>, job: &Value, account: &str, region: &str) {
 
 /// The bitrate (bit/s) an output asks for, whatever its rate control.
 fn bitrate(output: &Value) -> u64 {
-    let h264 = &output["VideoDescription"]["CodecSettings"]["H264Settings"];
-    h264["Bitrate"]
+    let h264 = &output["videoDescription"]["codecSettings"]["h264Settings"];
+    h264["bitrate"]
         .as_u64()
-        .or(h264["MaxBitrate"].as_u64())
+        .or(h264["maxBitrate"].as_u64())
         .unwrap_or(2_000_000)
 }
 
 fn scale(output: &Value) -> String {
-    let v = &output["VideoDescription"];
-    match (v["Width"].as_u64(), v["Height"].as_u64()) {
+    let v = &output["videoDescription"];
+    match (v["width"].as_u64(), v["height"].as_u64()) {
         (Some(w), Some(h)) => {
             format!("videoscale ! video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 ! ")
         }
@@ -305,21 +306,21 @@ async fn run(settings: &Value, input: &Path, s3_root: &Path) -> Result<Vec<Value
         input.display()
     );
     let mut details = Vec::new();
-    for group in settings["OutputGroups"].as_array().into_iter().flatten() {
-        let kind = group["OutputGroupSettings"]["Type"].as_str().unwrap_or("");
+    for group in settings["outputGroups"].as_array().into_iter().flatten() {
+        let kind = group["outputGroupSettings"]["type"].as_str().unwrap_or("");
         let (key, ext) = match kind {
-            "HLS_GROUP_SETTINGS" => ("HlsGroupSettings", "m3u8"),
-            "FILE_GROUP_SETTINGS" => ("FileGroupSettings", ""),
+            "HLS_GROUP_SETTINGS" => ("hlsGroupSettings", "m3u8"),
+            "FILE_GROUP_SETTINGS" => ("fileGroupSettings", ""),
             other => {
                 return Err(format!(
                     "output group type {other} is not supported by kvs-local"
                 ));
             }
         };
-        let gs = &group["OutputGroupSettings"][key];
-        let destination = gs["Destination"]
+        let gs = &group["outputGroupSettings"][key];
+        let destination = gs["destination"]
             .as_str()
-            .ok_or("an output group has no Destination")?;
+            .ok_or("an output group has no destination")?;
         let dir = object_path(s3_root, destination)
             .ok_or(format!("{destination} is not an s3:// URL"))?;
         let dir = if destination.ends_with('/') {
@@ -330,22 +331,22 @@ async fn run(settings: &Value, input: &Path, s3_root: &Path) -> Result<Vec<Value
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut output_details = Vec::new();
         let mut renditions = Vec::new();
-        for output in group["Outputs"].as_array().into_iter().flatten() {
-            if output["VideoDescription"].is_null() {
+        for output in group["outputs"].as_array().into_iter().flatten() {
+            if output["videoDescription"].is_null() {
                 continue; // audio-only: clips have no audio
             }
-            let modifier = output["NameModifier"].as_str().unwrap_or("");
+            let modifier = output["nameModifier"].as_str().unwrap_or("");
             let base = format!("{name}{modifier}");
             let kbps = bitrate(output) / 1000;
             let encode = format!(
                 "{}x264enc bitrate={kbps} key-int-max=60 speed-preset=veryfast ! h264parse ! ",
                 scale(output)
             );
-            let codec = output["VideoDescription"]["CodecSettings"]["Codec"]
+            let codec = output["videoDescription"]["codecSettings"]["codec"]
                 .as_str()
                 .unwrap_or("");
             if ext == "m3u8" {
-                let seconds = gs["SegmentLength"].as_u64().unwrap_or(6);
+                let seconds = gs["segmentLength"].as_u64().unwrap_or(6);
                 gst(format!(
                     // hlssink, not hlssink2: the latter stalls now and then at end of stream.
                     "{src}{encode}mpegtsmux ! hlssink location=\"{}\" playlist-location=\"{}\" target-duration={seconds} max-files=0 playlist-length=0",
@@ -353,20 +354,20 @@ async fn run(settings: &Value, input: &Path, s3_root: &Path) -> Result<Vec<Value
                     dir.join(format!("{base}.m3u8")).display()
                 ))
                 .await?;
-                let v = &output["VideoDescription"];
+                let v = &output["videoDescription"];
                 renditions.push((
                     base.clone(),
                     kbps * 1000,
-                    v["Width"].as_u64(),
-                    v["Height"].as_u64(),
+                    v["width"].as_u64(),
+                    v["height"].as_u64(),
                 ));
             } else if codec == "FRAME_CAPTURE" {
-                let fc = &output["VideoDescription"]["CodecSettings"]["FrameCaptureSettings"];
+                let fc = &output["videoDescription"]["codecSettings"]["frameCaptureSettings"];
                 let (num, den) = (
-                    fc["FramerateNumerator"].as_u64().unwrap_or(1),
-                    fc["FramerateDenominator"].as_u64().unwrap_or(1),
+                    fc["framerateNumerator"].as_u64().unwrap_or(1),
+                    fc["framerateDenominator"].as_u64().unwrap_or(1),
                 );
-                let max = fc["MaxCaptures"]
+                let max = fc["maxCaptures"]
                     .as_u64()
                     .map_or(String::new(), |m| format!("identity eos-after={m} ! "));
                 gst(format!(

@@ -449,7 +449,7 @@ async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Bo
     let path = parts.uri.path();
     let result = match (parts.method.as_str(), path) {
         ("POST", "/2017-08-29/endpoints") => {
-            Ok(serde_json::json!({ "Endpoints": [{ "Url": state.url }] }))
+            Ok(serde_json::json!({ "endpoints": [{ "url": state.url }] }))
         }
         ("POST", "/2017-08-29/jobs") => serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(400, "BadRequestException", format!("invalid JSON: {e}")))
@@ -462,7 +462,7 @@ async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Bo
                     state.cfg.events_dir.clone(),
                 )
             })
-            .map(|job| serde_json::json!({ "Job": job })),
+            .map(|job| serde_json::json!({ "job": job })),
         ("GET", "/2017-08-29/jobs") => {
             let status = parts
                 .uri
@@ -473,7 +473,7 @@ async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Bo
         ("GET", p) if p.starts_with("/2017-08-29/jobs/") => state
             .jobs
             .get(&p["/2017-08-29/jobs/".len()..])
-            .map(|job| serde_json::json!({ "Job": job })),
+            .map(|job| serde_json::json!({ "job": job })),
         _ => Err(ApiError::unknown_operation(path)),
     };
     match result {
