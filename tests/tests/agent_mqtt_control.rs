@@ -310,10 +310,7 @@ async fn commands_change_settings_mark_alarms_and_take_snapshots() -> anyhow::Re
 
     // Resolution: the source restarts with the new caps; the uploader carries on (it opens
     // a new session for the new codec configuration, as it does for any codec change).
-    let (restarts_before, failures) = (
-        restarts(&cam),
-        cam.upload_stats.session_failures.load(Ordering::Relaxed),
-    );
+    let restarts_before = restarts(&cam);
     mq.publish(&topic("resolution/set"), "320x240", false)
         .await?;
     mq.wait_for(BOUND, |t, p| {
@@ -322,10 +319,18 @@ async fn commands_change_settings_mark_alarms_and_take_snapshots() -> anyhow::Re
     .await?;
     more_persisted(&cam, 2).await?;
     assert!(restarts(&cam) > restarts_before, "the source restarted");
+    // Nothing lost on the way (a session may be retried on a loaded machine; that is the
+    // uploader doing its job, not a loss).
     assert_eq!(
-        cam.upload_stats.session_failures.load(Ordering::Relaxed),
-        failures,
-        "no upload failed"
+        cam.upload_stats.fragments_rejected.load(Ordering::Relaxed),
+        0,
+        "no fragment rejected"
+    );
+    let j = cam.journal.lock().unwrap().stats();
+    assert_eq!(
+        (j.dropped_oldest, j.denied, j.expired),
+        (0, 0, 0),
+        "no fragment dropped"
     );
 
     // Bad values and retained commands are answered, never acted on.
