@@ -549,7 +549,7 @@ impl Archiver {
         let more_keys = std::mem::take(&mut sink.more_keys);
         let written = sink.upload.finish().await.map_err(|e| e.to_string())?;
         match written {
-            Written::Stored { bytes, .. } => {
+            Written::Stored { bytes } => {
                 let bytes = bytes + sink.bytes;
                 info!(
                     stream,
@@ -641,7 +641,7 @@ impl Sink<'_> {
         .await
         .map_err(|e| e.to_string())?;
         let done = std::mem::replace(&mut self.upload, next);
-        if let Written::Stored { bytes, .. } = done.finish().await.map_err(|e| e.to_string())? {
+        if let Written::Stored { bytes } = done.finish().await.map_err(|e| e.to_string())? {
             self.bytes += bytes;
         }
         self.more_keys.push(key);

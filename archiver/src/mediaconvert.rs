@@ -141,9 +141,4 @@ impl MediaConvert {
             .await?;
         Ok(out["job"].clone())
     }
-
-    pub async fn get_job(&self, id: &str) -> Result<Value, McError> {
-        let url = format!("{}/2017-08-29/jobs/{id}", self.endpoint().await?);
-        Ok(self.call("GetJob", "GET", &url, b"").await?["job"].clone())
-    }
 }

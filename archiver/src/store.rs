@@ -97,7 +97,6 @@ pub async fn exists(s3: &Client, bucket: &str, key: &str) -> Result<bool, StoreE
 pub enum Written {
     Stored {
         bytes: u64,
-        parts: usize,
     },
     /// The key was written meanwhile by another delivery of the same alarm.
     AlreadyThere,
@@ -208,10 +207,7 @@ impl<'a> Upload<'a> {
             .send()
             .await;
         match done {
-            Ok(_) => Ok(Written::Stored {
-                bytes: self.bytes,
-                parts: self.parts.len().max(1),
-            }),
+            Ok(_) => Ok(Written::Stored { bytes: self.bytes }),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
                 self.abort().await;
                 Ok(Written::AlreadyThere)
