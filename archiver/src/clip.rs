@@ -130,6 +130,10 @@ impl Transcoder {
 /// The archiver's AWS side.
 pub struct Archiver {
     pub cfg: ArchiverConfig,
+    /// One lock per clip key: two deliveries of the same alarm handled at once (an SQS batch)
+    /// make the clip once; the second finds it stored. (Across processes, the conditional
+    /// completion of the upload does the same.)
+    making: std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     transcoder: Option<Transcoder>,
     cloudwatch: Option<CloudWatch>,
     kvs: aws_sdk_kinesisvideo::Client,
@@ -204,6 +208,7 @@ impl Archiver {
             None
         };
         Ok(Archiver {
+            making: Default::default(),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             transcoder,
             cloudwatch,
@@ -388,6 +393,33 @@ impl Archiver {
 
     /// One stream's clip, then its transcoding hand-off (for a clip stored now or before).
     async fn clip_stream(&self, req: &ClipRequest, stream: &str) -> Outcome {
+        let key = clip_key(
+            &self.cfg.key_template,
+            stream,
+            &req.alarm.name,
+            req.start,
+            req.end,
+        );
+        let lock = self
+            .making
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let outcome = {
+            let _making = lock.lock().await;
+            self.store_and_hand_off(req, stream).await
+        };
+        let mut making = self.making.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the lock once nobody else waits for it.
+        if std::sync::Arc::strong_count(&lock) == 2 {
+            making.remove(&key);
+        }
+        outcome
+    }
+
+    async fn store_and_hand_off(&self, req: &ClipRequest, stream: &str) -> Outcome {
         let mut outcome = self.store_clip(req, stream).await;
         if matches!(
             outcome.result,
