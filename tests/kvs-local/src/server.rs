@@ -421,13 +421,20 @@ async fn route(state: Arc<State>, req: Request<Incoming>, admin_only: bool) -> R
     resp
 }
 
-/// The MediaConvert subset (see `mediaconvert`): SigV4 for the `mediaconvert` service.
-async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+/// A JSON request's parts and body (at most `MAX_JSON_BODY`), its SigV4 signature for
+/// `service` verified; otherwise the error response.
+async fn signed_json(
+    state: &State,
+    req: Request<Incoming>,
+    service: &str,
+) -> Result<(http::request::Parts, Bytes, sigv4::Scope), Response<Body>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_JSON_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return error_response(&ApiError::invalid(format!("reading the request body: {e}")));
+            return Err(error_response(&ApiError::invalid(format!(
+                "reading the request body: {e}"
+            ))));
         }
     };
     let request = sigv4::Request {
@@ -436,15 +443,27 @@ async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Bo
         query: parts.uri.query().unwrap_or(""),
         headers: &parts.headers,
     };
-    let scope = match sigv4::verify(
+    match sigv4::verify(
         &request,
         sigv4::Payload::Known(&body),
         &state.cfg.credentials,
-        "mediaconvert",
+        service,
         Utc::now(),
     ) {
-        Ok(scope) => scope,
-        Err(e) => return error_response(&ApiError::new(403, e.error_type(), e.to_string())),
+        Ok(scope) => Ok((parts, body, scope)),
+        Err(e) => Err(error_response(&ApiError::new(
+            403,
+            e.error_type(),
+            e.to_string(),
+        ))),
+    }
+}
+
+/// The MediaConvert subset (see `mediaconvert`): SigV4 for the `mediaconvert` service.
+async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body, scope) = match signed_json(state, req, "mediaconvert").await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let path = parts.uri.path();
     let result = match (parts.method.as_str(), path) {
@@ -492,28 +511,9 @@ async fn dispatch(state: &Arc<State>, op: &'static str, req: Request<Incoming>) 
     if op == "PutMedia" {
         return putmedia::handle(state.clone(), req).await;
     }
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_JSON_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error_response(&ApiError::invalid(format!("reading the request body: {e}")));
-        }
-    };
-    let request = sigv4::Request {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        headers: &parts.headers,
-    };
-    let scope = match sigv4::verify(
-        &request,
-        sigv4::Payload::Known(&body),
-        &state.cfg.credentials,
-        "kinesisvideo",
-        Utc::now(),
-    ) {
-        Ok(scope) => scope,
-        Err(e) => return error_response(&ApiError::new(403, e.error_type(), e.to_string())),
+    let (_, body, scope) = match signed_json(state, req, "kinesisvideo").await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     if let Err(e) = state.faults.check(op, state.now_ms()) {
         return error_response(&e);
