@@ -817,6 +817,65 @@ impl Drop for MqttWatch {
     }
 }
 
+/// The published single-metric EventBridge sample, as alarm `name` on `stream` (its
+/// StreamName dimension) entering ALARM at `at_ms`.
+pub fn alarm_event(name: &str, stream: &str, at_ms: i64) -> serde_json::Value {
+    let path = repo_root()
+        .join("../shared/fixtures/aws-events/eventbridge-cw-alarm-state-change-single-metric.json");
+    let mut e: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("the fixture")).expect("JSON");
+    let at = chrono::DateTime::from_timestamp_millis(at_ms).expect("a valid time");
+    e["detail"]["alarmName"] = name.into();
+    e["resources"] = serde_json::json!([format!(
+        "arn:aws:cloudwatch:us-east-1:123456789012:alarm:{name}"
+    )]);
+    e["detail"]["state"]["timestamp"] = at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string().into();
+    e["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"] = serde_json::json!({
+        "dimensions": {"StreamName": stream}, "name": "PutMedia.IncomingFrames",
+        "namespace": "AWS/KinesisVideo"});
+    e
+}
+
+/// Runs `kvs-edge-archiver --config <config> <args>` with kvs-local's keys (moto takes any)
+/// and nothing else from the environment's AWS settings: its JSON lines and whether it
+/// succeeded.
+pub fn run_archiver(config: &Path, args: &[&str]) -> Result<(Vec<serde_json::Value>, bool)> {
+    let out = Command::new(archiver_binary()?)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()?;
+    let lines = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<Vec<serde_json::Value>, _>>()?;
+    if !out.status.success() || lines.is_empty() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((lines, out.status.success()))
+}
+
+/// Creates `stream` in kvs-local and PutMedias `frames` of 25 fps test video (1 s
+/// fragments) starting at `start_ms`; the number of fragments PERSISTED.
+pub async fn ingest(
+    local: &Local,
+    stream: &str,
+    frames: u32,
+    (width, height): (u32, u32),
+    start_ms: i64,
+) -> Result<usize> {
+    create_stream(&local.control(), stream, 24).await?;
+    let video = Encoded::gstreamer(frames, 25, 25, width, height)?;
+    let (body, _) = video.upload(start_ms, 1000)?;
+    let acks = put_media(&local.url(), stream, vec![body], Duration::from_secs(60)).await?;
+    Ok(acks_of(&acks, AckEvent::Persisted).len())
+}
+
 /// Shows the agent's logs in a test's output when `RUST_LOG` is set (e.g.
 /// `RUST_LOG=kvs_edge_agent=debug cargo test … -- --nocapture`); a no-op otherwise.
 pub fn init_logs() {

@@ -12,21 +12,6 @@ use kvs_edge_agent::putmedia::AckEvent;
 use kvs_edge_tests::*;
 use serde_json::{Value, json};
 
-/// The published single-metric sample, as an alarm on `stream` entering ALARM at `at_ms`.
-fn alarm_event(stream: &str, at_ms: i64) -> Value {
-    let path = repo_root()
-        .join("../shared/fixtures/aws-events/eventbridge-cw-alarm-state-change-single-metric.json");
-    let mut e: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap();
-    e["detail"]["alarmName"] = json!("Porch motion");
-    e["resources"] = json!(["arn:aws:cloudwatch:us-east-1:123456789012:alarm:Porch motion"]);
-    e["detail"]["state"]["timestamp"] = json!(at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string());
-    e["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"] = json!({
-        "dimensions": {"StreamName": stream}, "name": "PutMedia.IncomingFrames",
-        "namespace": "AWS/KinesisVideo"});
-    e
-}
-
 fn config(dir: &Path, kvs: &str, s3: &str) -> std::path::PathBuf {
     let path = dir.join("archiver.toml");
     std::fs::write(
@@ -49,28 +34,6 @@ fn config(dir: &Path, kvs: &str, s3: &str) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-/// Runs `kvs-edge-archiver` with kvs-local's keys (moto takes any); its JSON lines and status.
-fn archiver(config: &Path, args: &[&str]) -> anyhow::Result<(Vec<Value>, bool)> {
-    let out = Command::new(archiver_binary()?)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .output()?;
-    let lines = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<Value>, _>>()?;
-    if lines.is_empty() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok((lines, out.status.success()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,8 +66,11 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
     // The alarm 8 s into the video: the window is [4 s, 14 s].
     let alarm_ms = start + 8_000;
     let event = local.dir.path().join("event.json");
-    std::fs::write(&event, alarm_event("porch-cam", alarm_ms).to_string())?;
-    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    std::fs::write(
+        &event,
+        alarm_event("Porch motion", "porch-cam", alarm_ms).to_string(),
+    )?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     assert_eq!(out.len(), 1);
     let o = &out[0];
@@ -157,7 +123,7 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
     );
 
     // The same event again (EventBridge and SQS deliver at least once): nothing new.
-    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert!(ok);
     assert_eq!(out[0]["result"], "duplicate", "{out:?}");
     assert_eq!(out[0]["key"], key.as_str());
@@ -166,8 +132,11 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
 
     // A window running past the video: clipped after the (short) wait, marked short.
     let late = local.dir.path().join("late.json");
-    std::fs::write(&late, alarm_event("porch-cam", start + 18_000).to_string())?;
-    let (out, ok) = archiver(&cfg, &["handle-event", late.to_str().unwrap()])?;
+    std::fs::write(
+        &late,
+        alarm_event("Porch motion", "porch-cam", start + 18_000).to_string(),
+    )?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", late.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     assert_eq!(
         (out[0]["result"].as_str(), out[0]["short"].as_bool()),
@@ -176,8 +145,11 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
 
     // A stream that does not exist: a failure record next to where the clip would be.
     let missing = local.dir.path().join("missing.json");
-    std::fs::write(&missing, alarm_event("no-such-cam", alarm_ms).to_string())?;
-    let (out, ok) = archiver(&cfg, &["handle-event", missing.to_str().unwrap()])?;
+    std::fs::write(
+        &missing,
+        alarm_event("Porch motion", "no-such-cam", alarm_ms).to_string(),
+    )?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", missing.to_str().unwrap()])?;
     assert!(!ok, "a failed clip is a failed run");
     assert_eq!(out[0]["result"], "failed");
     let record_key = out[0]["key"]
@@ -203,7 +175,7 @@ async fn an_alarm_becomes_one_clip_in_s3() -> anyhow::Result<()> {
             .unwrap()
             .to_rfc3339()
     };
-    let (out, ok) = archiver(
+    let (out, ok) = run_archiver(
         &cfg,
         &[
             "clip",
@@ -250,7 +222,7 @@ async fn a_window_longer_than_200_fragments_is_one_playable_file() -> anyhow::Re
             .unwrap()
             .to_rfc3339()
     };
-    let (out, ok) = archiver(
+    let (out, ok) = run_archiver(
         &cfg,
         &[
             "clip",
@@ -296,17 +268,8 @@ async fn a_window_longer_than_200_fragments_is_one_playable_file() -> anyhow::Re
 async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> anyhow::Result<()> {
     use std::io::BufRead;
     let local = Local::start().await?;
-    create_stream(&local.control(), "queue-cam", 24).await?;
-    let video = Encoded::gstreamer(500, 25, 25, 320, 240)?;
     let start = now_ms() - 40_000;
-    let (body, _) = video.upload(start, 1000)?;
-    put_media(
-        &local.url(),
-        "queue-cam",
-        vec![body],
-        Duration::from_secs(60),
-    )
-    .await?;
+    ingest(&local, "queue-cam", 500, (320, 240), start).await?;
     let moto = tokio::task::spawn_blocking(Moto::start).await??;
     let s3 = s3_client(&moto.url);
     s3.create_bucket().bucket("clips").send().await?;
@@ -334,7 +297,7 @@ async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> a
     std::fs::write(&cfg, text)?;
 
     // EventBridge → SQS: the event is the body. Delivered twice, plus one malformed message.
-    let event = alarm_event("queue-cam", start + 8_000).to_string();
+    let event = alarm_event("Porch motion", "queue-cam", start + 8_000).to_string();
     for body in [
         event.as_str(),
         event.as_str(),
@@ -454,17 +417,14 @@ async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> a
 async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<()> {
     use kvs_edge_tests::lambda_api::LambdaApi;
     let local = Local::start().await?;
-    create_stream(&local.control(), "fn-cam", 24).await?;
-    let video = Encoded::gstreamer(500, 25, 25, 320, 240)?;
     let start = now_ms() - 40_000;
-    let (body, _) = video.upload(start, 1000)?;
-    put_media(&local.url(), "fn-cam", vec![body], Duration::from_secs(60)).await?;
+    ingest(&local, "fn-cam", 500, (320, 240), start).await?;
     let moto = tokio::task::spawn_blocking(Moto::start).await??;
     let s3 = s3_client(&moto.url);
     s3.create_bucket().bucket("clips").send().await?;
     let cfg = config(local.dir.path(), &local.url(), &moto.url);
 
-    let event = alarm_event("fn-cam", start + 8_000);
+    let event = alarm_event("Porch motion", "fn-cam", start + 8_000);
     let sqs_batch = json!({"Records": [
         {"messageId": "m-1", "eventSource": "aws:sqs", "body": event.to_string()},
         {"messageId": "m-2", "eventSource": "aws:sqs", "body": "{\"detail-type\": "}]});
@@ -476,7 +436,7 @@ async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<
         sqs_batch,
         config_change,
         json!({"detail-type": "CloudWatch Alarm State Change", "detail": 7}),
-        alarm_event("no-such-cam", start + 8_000),
+        alarm_event("Porch motion", "no-such-cam", start + 8_000),
     ])
     .await?;
     let mut function = Command::new(archiver_binary()?)
@@ -531,21 +491,15 @@ async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvs_local_serves_s3_so_offline_runs_need_no_other_process() -> anyhow::Result<()> {
     let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
-    create_stream(&local.control(), "solo-cam", 24).await?;
-    let video = Encoded::gstreamer(500, 25, 25, 320, 240)?;
     let start = now_ms() - 40_000;
-    let (body, _) = video.upload(start, 1000)?;
-    put_media(
-        &local.url(),
-        "solo-cam",
-        vec![body],
-        Duration::from_secs(60),
-    )
-    .await?;
+    ingest(&local, "solo-cam", 500, (320, 240), start).await?;
     let cfg = config(local.dir.path(), &local.url(), &local.url());
     let event = local.dir.path().join("event.json");
-    std::fs::write(&event, alarm_event("solo-cam", start + 8_000).to_string())?;
-    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    std::fs::write(
+        &event,
+        alarm_event("Porch motion", "solo-cam", start + 8_000).to_string(),
+    )?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     assert_eq!(out[0]["result"], "stored");
     // The object is a file under the data dir, and playable.
@@ -554,7 +508,7 @@ async fn kvs_local_serves_s3_so_offline_runs_need_no_other_process() -> anyhow::
     let (codec, _, _, duration, _) = ffprobe(&file)?;
     assert_eq!(codec, "h264");
     assert!((9.0..=11.0).contains(&duration), "{duration}");
-    let (out, _) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    let (out, _) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert_eq!(out[0]["result"], "duplicate");
     // S3 requests are SigV4-checked like the rest of kvs-local.
     let wrong = s3_client(&local.url());
@@ -612,10 +566,13 @@ async fn the_agent_streams_an_alarm_fires_and_the_clip_lands_in_s3() -> anyhow::
     .await?;
     let cfg = config(local.dir.path(), &local.url(), &local.url());
     let event = local.dir.path().join("event.json");
-    std::fs::write(&event, alarm_event("live-cam", now_ms()).to_string())?;
+    std::fs::write(
+        &event,
+        alarm_event("Porch motion", "live-cam", now_ms()).to_string(),
+    )?;
     // The post-roll (6 s) is still to come: the archiver waits for it while the agent streams.
     let (out, ok) = tokio::task::spawn_blocking(move || {
-        archiver(&cfg, &["handle-event", event.to_str().unwrap()])
+        run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])
     })
     .await??;
     stop.send_replace(true);
@@ -645,17 +602,8 @@ async fn the_agent_streams_an_alarm_fires_and_the_clip_lands_in_s3() -> anyhow::
 async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
     use std::io::BufRead;
     let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
-    create_stream(&local.control(), "slow-cam", 24).await?;
-    let video = Encoded::gstreamer(250, 25, 25, 160, 120)?;
     let start = now_ms() - 10_000;
-    let (body, _) = video.upload(start, 1000)?;
-    put_media(
-        &local.url(),
-        "slow-cam",
-        vec![body],
-        Duration::from_secs(60),
-    )
-    .await?;
+    ingest(&local, "slow-cam", 250, (160, 120), start).await?;
     let moto = tokio::task::spawn_blocking(Moto::start).await??;
     let sqs = sqs_client(&moto.url);
     let queue = sqs
@@ -674,7 +622,7 @@ async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
         moto.url
     ));
     std::fs::write(&cfg, text)?;
-    let event = alarm_event("slow-cam", now_ms() - 4_000).to_string();
+    let event = alarm_event("Porch motion", "slow-cam", now_ms() - 4_000).to_string();
     sqs.send_message()
         .queue_url(&queue)
         .message_body(&event)
@@ -720,17 +668,8 @@ async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alarms_tags_name_the_stream() -> anyhow::Result<()> {
     let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
-    create_stream(&local.control(), "tagged-cam", 24).await?;
-    let video = Encoded::gstreamer(500, 25, 25, 160, 120)?;
     let start = now_ms() - 40_000;
-    let (body, _) = video.upload(start, 1000)?;
-    put_media(
-        &local.url(),
-        "tagged-cam",
-        vec![body],
-        Duration::from_secs(60),
-    )
-    .await?;
+    ingest(&local, "tagged-cam", 500, (160, 120), start).await?;
     let moto = tokio::task::spawn_blocking(Moto::start).await??;
     let arn = python(
         r#"
@@ -751,16 +690,16 @@ print(cw.describe_alarms(AlarmNames=["Shed door"])["MetricAlarms"][0]["AlarmArn"
     let mut text = std::fs::read_to_string(&cfg)?;
     text.push_str(&format!("[cloudwatch]\nendpoint_url = \"{}\"\n", moto.url));
     std::fs::write(&cfg, text)?;
-    let mut event = alarm_event("unused", start + 8_000);
+    let mut event = alarm_event("Porch motion", "unused", start + 8_000);
     event["detail"]["alarmName"] = json!("Shed door");
     event["resources"] = json!([arn]);
     event["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"] =
         json!({"name": "DoorOpen", "namespace": "Site", "dimensions": {}});
     let file = local.dir.path().join("tagged.json");
     std::fs::write(&file, event.to_string())?;
-    let (out, _) = archiver(&cfg, &["handle-event", "--dry-run", file.to_str().unwrap()])?;
+    let (out, _) = run_archiver(&cfg, &["handle-event", "--dry-run", file.to_str().unwrap()])?;
     assert_eq!(out[0]["action"], "lookup-tags", "{out:?}");
-    let (out, ok) = archiver(&cfg, &["handle-event", file.to_str().unwrap()])?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", file.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     assert_eq!(
         (out[0]["result"].as_str(), out[0]["stream"].as_str()),

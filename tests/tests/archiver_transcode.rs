@@ -5,48 +5,10 @@
 //! repeated alarm submits no second job.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use kvs_edge_tests::*;
 use serde_json::{Value, json};
-
-fn alarm_event(stream: &str, at_ms: i64) -> Value {
-    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap();
-    json!({
-        "version": "0", "id": "t", "detail-type": "CloudWatch Alarm State Change",
-        "source": "aws.cloudwatch", "account": "000000000000", "time": "2026-01-01T00:00:00Z",
-        "region": "us-east-1", "resources": ["arn:aws:cloudwatch:us-east-1:000000000000:alarm:door"],
-        "detail": {"alarmName": "door",
-            "state": {"value": "ALARM", "reason": "t",
-                      "timestamp": at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()},
-            "previousState": {"value": "OK", "reason": "t", "timestamp": "2026-01-01T00:00:00.000+0000"},
-            "configuration": {"metrics": [{"id": "m1", "returnData": true, "metricStat": {
-                "period": 60, "stat": "Sum", "metric": {"namespace": "AWS/KinesisVideo",
-                "name": "PutMedia.IncomingFrames", "dimensions": {"StreamName": stream}}}}]}}
-    })
-}
-
-fn archiver(config: &Path, args: &[&str]) -> anyhow::Result<(Vec<Value>, bool)> {
-    let out = Command::new(archiver_binary()?)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .output()?;
-    let lines = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<Value>, _>>()?;
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok((lines, out.status.success()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::Result<()> {
@@ -57,17 +19,8 @@ async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::
         c.events_dir = Some(events_dir.clone());
     })
     .await?;
-    create_stream(&local.control(), "door-cam", 24).await?;
-    let video = Encoded::gstreamer(250, 25, 25, 640, 360)?;
     let start = now_ms() - 30_000;
-    let (body, _) = video.upload(start, 1000)?;
-    put_media(
-        &local.url(),
-        "door-cam",
-        vec![body],
-        Duration::from_secs(60),
-    )
-    .await?;
+    ingest(&local, "door-cam", 250, (640, 360), start).await?;
     let cfg = local.dir.path().join("archiver.toml");
     std::fs::write(
         &cfg,
@@ -92,8 +45,11 @@ async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::
         ),
     )?;
     let event = local.dir.path().join("alarm.json");
-    std::fs::write(&event, alarm_event("door-cam", start + 5_000).to_string())?;
-    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    std::fs::write(
+        &event,
+        alarm_event("door", "door-cam", start + 5_000).to_string(),
+    )?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     assert_eq!(out[0]["result"], "stored", "{out:?}");
     let job_id = out[0]["transcode"]["job"]
@@ -103,7 +59,7 @@ async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::
     let key = out[0]["key"].as_str().unwrap().to_string();
 
     // A repeated alarm: the clip is there, and so is its job.
-    let (again, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    let (again, ok) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert!(ok);
     assert_eq!(again[0]["result"], "duplicate");
     assert_eq!(again[0]["transcode"]["job"], "submitted before");
@@ -120,7 +76,7 @@ async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (out, ok) = archiver(&cfg, &["handle-event", complete.to_str().unwrap()])?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", complete.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     assert_eq!(
         (out[0]["result"].as_str(), out[0]["status"].as_str()),
@@ -187,17 +143,8 @@ async fn failed_jobs_are_recorded_with_the_reason() -> anyhow::Result<()> {
         c.events_dir = Some(events_dir.clone());
     })
     .await?;
-    create_stream(&local.control(), "gate-cam", 24).await?;
-    let video = Encoded::gstreamer(250, 25, 25, 320, 240)?;
     let start = now_ms() - 30_000;
-    let (body, _) = video.upload(start, 1000)?;
-    put_media(
-        &local.url(),
-        "gate-cam",
-        vec![body],
-        Duration::from_secs(60),
-    )
-    .await?;
+    ingest(&local, "gate-cam", 250, (320, 240), start).await?;
     let template = local.dir.path().join("dash.json");
     std::fs::write(
         &template,
@@ -228,8 +175,11 @@ async fn failed_jobs_are_recorded_with_the_reason() -> anyhow::Result<()> {
     // ERROR: the job runs and fails; its event records the reason.
     let cfg = write_cfg("dash.toml", &local.url())?;
     let event = local.dir.path().join("a.json");
-    std::fs::write(&event, alarm_event("gate-cam", start + 4_000).to_string())?;
-    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    std::fs::write(
+        &event,
+        alarm_event("door", "gate-cam", start + 4_000).to_string(),
+    )?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     let job_id = out[0]["transcode"]["job"].as_str().unwrap().to_string();
     let stem = out[0]["key"]
@@ -243,7 +193,7 @@ async fn failed_jobs_are_recorded_with_the_reason() -> anyhow::Result<()> {
         assert!(std::time::Instant::now() < deadline, "no ERROR event");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (out, ok) = archiver(&cfg, &["handle-event", error.to_str().unwrap()])?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", error.to_str().unwrap()])?;
     assert!(ok, "{out:?}");
     let record: Value =
         serde_json::from_slice(&std::fs::read(s3.join(format!("{stem}.transcode.json")))?)?;
@@ -261,8 +211,11 @@ async fn failed_jobs_are_recorded_with_the_reason() -> anyhow::Result<()> {
     let closed = format!("http://127.0.0.1:{}", free_port()?);
     let cfg = write_cfg("down.toml", &closed)?;
     let event = local.dir.path().join("b.json");
-    std::fs::write(&event, alarm_event("gate-cam", start + 7_000).to_string())?;
-    let (out, ok) = archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
+    std::fs::write(
+        &event,
+        alarm_event("door", "gate-cam", start + 7_000).to_string(),
+    )?;
+    let (out, ok) = run_archiver(&cfg, &["handle-event", event.to_str().unwrap()])?;
     assert!(!ok, "{out:?}");
     assert_eq!(out[0]["result"], "stored");
     assert!(out[0]["transcode"]["error"].is_string(), "{out:?}");
