@@ -6,6 +6,7 @@
 //! `plan` (GetClip requests for a window), `mp4join` (consecutive GetClip MP4s → one file),
 //! `transcode` (MediaConvert jobs from a template). I/O: `clip` (ListFragments, GetClip), `store` (S3).
 
+pub mod batch;
 pub mod clip;
 pub mod cloudwatch;
 pub mod decide;
