@@ -295,20 +295,10 @@ fn alarm_data(d: &Value, shape: &'static str, env: Envelope) -> Result<Event, Ev
         .ok_or_else(|| malformed("state", "missing"))?;
     let value = text(state.get("value")).ok_or_else(|| malformed("state.value", "missing"))?;
     let previous = d.get("previousState").and_then(|p| text(p.get("value")));
-    if value != "ALARM" {
-        return Ok(Event::Ignore(format!(
-            "{name}: the state is {value}, not ALARM"
-        )));
+    if let Some(why) = not_a_transition(&name, &value, previous.as_deref()) {
+        return Ok(Event::Ignore(why));
     }
-    if previous.as_deref() == Some("ALARM") {
-        return Ok(Event::Ignore(format!(
-            "{name}: already in ALARM (ALARM -> ALARM is not a transition)"
-        )));
-    }
-    let stamp =
-        text(state.get("timestamp")).ok_or_else(|| malformed("state.timestamp", "missing"))?;
-    let time = parse_time(&stamp)
-        .ok_or_else(|| malformed("state.timestamp", format!("{stamp:?} is not a time")))?;
+    let time = time_of(state.get("timestamp"), "state.timestamp")?;
     let mut dimensions = Vec::new();
     if let Some(metrics) = d
         .pointer("/configuration/metrics")
@@ -341,6 +331,21 @@ fn alarm_data(d: &Value, shape: &'static str, env: Envelope) -> Result<Event, Ev
             .map(str::to_string),
         triggered_by: triggering_alarms(state),
     })))
+}
+
+/// Why a state change is not one the archiver acts on (only a transition into ALARM is).
+fn not_a_transition(name: &str, value: &str, previous: Option<&str>) -> Option<String> {
+    if value != "ALARM" {
+        return Some(format!("{name}: the state is {value}, not ALARM"));
+    }
+    (previous == Some("ALARM"))
+        .then(|| format!("{name}: already in ALARM (ALARM -> ALARM is not a transition)"))
+}
+
+/// The time in `field`, which must be there.
+fn time_of(v: Option<&Value>, field: &str) -> Result<DateTime<Utc>, EventError> {
+    let stamp = text(v).ok_or_else(|| malformed(field, "missing"))?;
+    parse_time(&stamp).ok_or_else(|| malformed(field, format!("{stamp:?} is not a time")))
 }
 
 /// A composite alarm's `reasonData` names the child alarms that are in ALARM.
@@ -397,20 +402,10 @@ fn classic(m: &Value, event_id: Option<String>) -> Result<Event, EventError> {
     let value =
         text(m.get("NewStateValue")).ok_or_else(|| malformed("NewStateValue", "missing"))?;
     let previous = text(m.get("OldStateValue"));
-    if value != "ALARM" {
-        return Ok(Event::Ignore(format!(
-            "{name}: the state is {value}, not ALARM"
-        )));
+    if let Some(why) = not_a_transition(&name, &value, previous.as_deref()) {
+        return Ok(Event::Ignore(why));
     }
-    if previous.as_deref() == Some("ALARM") {
-        return Ok(Event::Ignore(format!(
-            "{name}: already in ALARM (ALARM -> ALARM is not a transition)"
-        )));
-    }
-    let stamp =
-        text(m.get("StateChangeTime")).ok_or_else(|| malformed("StateChangeTime", "missing"))?;
-    let time = parse_time(&stamp)
-        .ok_or_else(|| malformed("StateChangeTime", format!("{stamp:?} is not a time")))?;
+    let time = time_of(m.get("StateChangeTime"), "StateChangeTime")?;
     let mut dimensions = Vec::new();
     let mut add = |dims: Option<&Value>| {
         for d in dims.and_then(Value::as_array).into_iter().flatten() {
