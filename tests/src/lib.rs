@@ -840,15 +840,10 @@ pub fn alarm_event(name: &str, stream: &str, at_ms: i64) -> serde_json::Value {
 /// and nothing else from the environment's AWS settings: its JSON lines and whether it
 /// succeeded.
 pub fn run_archiver(config: &Path, args: &[&str]) -> Result<(Vec<serde_json::Value>, bool)> {
-    let out = Command::new(archiver_binary()?)
+    let out = archiver_command()?
         .arg("--config")
         .arg(config)
         .args(args)
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
         .output()?;
     let lines = String::from_utf8(out.stdout)?
         .lines()
@@ -858,6 +853,66 @@ pub fn run_archiver(config: &Path, args: &[&str]) -> Result<(Vec<serde_json::Val
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     }
     Ok((lines, out.status.success()))
+}
+
+/// The archiver binary with kvs-local's keys (moto takes any) and no other AWS settings from
+/// the environment (never instance metadata: it is not on loopback).
+pub fn archiver_command() -> Result<Command> {
+    let mut cmd = Command::new(archiver_binary()?);
+    cmd.env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL");
+    Ok(cmd)
+}
+
+/// A long-running archiver (the SQS consumer): its standard output line by line.
+pub struct ArchiverProcess {
+    child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ArchiverProcess {
+    pub fn spawn(config: &Path, args: &[&str]) -> Result<ArchiverProcess> {
+        use std::io::BufRead;
+        let mut child = archiver_command()?
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ArchiverProcess { child, lines })
+    }
+
+    /// The next output line as JSON, within `within`.
+    pub fn next_json(&self, within: Duration) -> Result<serde_json::Value> {
+        let line = self
+            .lines
+            .recv_timeout(within)
+            .context("no output line in time")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// SIGTERM, as systemd stops it; true when it exited cleanly.
+    pub fn stop(mut self) -> Result<bool> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        Ok(self.child.wait()?.success())
+    }
 }
 
 /// Creates `stream` in kvs-local and PutMedias `frames` of 25 fps test video (1 s

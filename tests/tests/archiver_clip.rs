@@ -5,7 +5,6 @@
 //! delivery of the same event stores nothing new; a missing stream leaves a failure record.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use kvs_edge_agent::putmedia::AckEvent;
@@ -266,7 +265,6 @@ async fn a_window_longer_than_200_fragments_is_one_playable_file() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> anyhow::Result<()> {
-    use std::io::BufRead;
     let local = Local::start().await?;
     let start = now_ms() - 40_000;
     ingest(&local, "queue-cam", 500, (320, 240), start).await?;
@@ -309,35 +307,12 @@ async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> a
             .send()
             .await?;
     }
-    let mut child = Command::new(archiver_binary()?)
-        .args(["--config", cfg.to_str().unwrap(), "sqs"])
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let consumer = ArchiverProcess::spawn(&cfg, &["sqs"])?;
     let mut fates = Vec::new();
     while fates.len() < 3 {
-        let line = rx.recv_timeout(Duration::from_secs(60))?;
-        fates.push(serde_json::from_str::<Value>(&line)?);
+        fates.push(consumer.next_json(Duration::from_secs(60))?);
     }
-    // SIGTERM: a clean stop.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait()?.success());
+    assert!(consumer.stop()?, "SIGTERM: a clean stop");
 
     let results: Vec<&str> = fates
         .iter()
@@ -439,7 +414,7 @@ async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<
         alarm_event("Porch motion", "no-such-cam", start + 8_000),
     ])
     .await?;
-    let mut function = Command::new(archiver_binary()?)
+    let mut function = archiver_command()?
         .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "kvs-edge-archiver")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
@@ -447,11 +422,6 @@ async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<
         .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/kvs-edge-archiver")
         .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
         .env("KVS_EDGE_ARCHIVER_CONFIG", &cfg)
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -600,7 +570,6 @@ async fn the_agent_streams_an_alarm_fires_and_the_clip_lands_in_s3() -> anyhow::
 /// once, not handed out again halfway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
-    use std::io::BufRead;
     let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
     let start = now_ms() - 10_000;
     ingest(&local, "slow-cam", 250, (160, 120), start).await?;
@@ -628,31 +597,10 @@ async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
         .message_body(&event)
         .send()
         .await?;
-    let mut child = Command::new(archiver_binary()?)
-        .args(["--config", cfg.to_str().unwrap(), "sqs"])
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let fate: Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(60))?)?;
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait()?.success());
-    let more: Vec<String> = rx.try_iter().collect();
+    let consumer = ArchiverProcess::spawn(&cfg, &["sqs"])?;
+    let fate = consumer.next_json(Duration::from_secs(60))?;
+    let more: Vec<String> = consumer.lines.try_iter().collect();
+    assert!(consumer.stop()?);
     assert_eq!(
         (fate["result"].as_str(), fate["receives"].as_u64()),
         (Some("done"), Some(1)),
