@@ -102,6 +102,16 @@ async fn retained(port: u16, topic: &str) -> anyhow::Result<String> {
     Ok(payload)
 }
 
+/// A broker, kvs-local, the test configuration and a watcher on every device topic.
+async fn rig() -> anyhow::Result<(Mosquitto, Local, AgentConfig, MqttWatch)> {
+    let broker = Mosquitto::start(None)?;
+    let local = Local::start().await?;
+    let state = local.dir.path().join("state");
+    let file = AgentConfig::from_toml("ctl.toml", &toml(&local.url(), &state, broker.port))?;
+    let mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
+    Ok((broker, local, file, mq))
+}
+
 fn restarts(cam: &CameraMetrics) -> u64 {
     cam.camera_stats.restarts.load(Ordering::Relaxed)
 }
@@ -109,11 +119,7 @@ fn restarts(cam: &CameraMetrics) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_set_accepts_rejects_and_survives_a_restart() -> anyhow::Result<()> {
     init_logs();
-    let broker = Mosquitto::start(None)?;
-    let local = Local::start().await?;
-    let state = local.dir.path().join("state");
-    let file = AgentConfig::from_toml("ctl.toml", &toml(&local.url(), &state, broker.port))?;
-    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
+    let (broker, _local, file, mut mq) = rig().await?;
     let agent = Agent::start(file.clone()).await?;
     let cam = agent.camera("cam").expect("cam runs");
 
@@ -289,11 +295,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_change_settings_mark_alarms_and_take_snapshots() -> anyhow::Result<()> {
     init_logs();
-    let broker = Mosquitto::start(None)?;
-    let local = Local::start().await?;
-    let state = local.dir.path().join("state");
-    let file = AgentConfig::from_toml("ctl.toml", &toml(&local.url(), &state, broker.port))?;
-    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
+    let (broker, local, file, mut mq) = rig().await?;
     let topic = |leaf: &str| format!("{BASE}/cam/{leaf}");
     // A command someone left retained: the agent is told on subscribing, and must not act.
     mq.publish(&topic("streaming/set"), "OFF", true).await?;
@@ -417,11 +419,7 @@ async fn commands_change_settings_mark_alarms_and_take_snapshots() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_payloads_are_answered_and_streaming_continues() -> anyhow::Result<()> {
     init_logs();
-    let broker = Mosquitto::start(None)?;
-    let local = Local::start().await?;
-    let state = local.dir.path().join("state");
-    let file = AgentConfig::from_toml("ctl.toml", &toml(&local.url(), &state, broker.port))?;
-    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
+    let (broker, _local, file, mut mq) = rig().await?;
     let agent = Agent::start(file).await?;
     let cam = agent.camera("cam").expect("cam runs");
     more_persisted(&cam, 1).await?;
