@@ -62,3 +62,46 @@ async fn boto3_drives_every_operation() -> anyhow::Result<()> {
     assert!((duration - 5.0).abs() < 1.0, "{duration}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_mediaconvert_queue_holds_jobs_until_boto3_resumes_it() -> anyhow::Result<()> {
+    let local = Local::start_with(|c| c.buckets = vec!["clips".into()]).await?;
+    let url = local.url();
+    let out = tokio::task::spawn_blocking(move || {
+        python(
+            r#"
+import sys, json, time, boto3
+kw = dict(region_name="us-east-1", aws_access_key_id="kvslocal",
+          aws_secret_access_key="kvslocal-secret")
+mc = boto3.client("mediaconvert", endpoint_url=sys.argv[1], **kw)
+mc = boto3.client("mediaconvert", endpoint_url=mc.describe_endpoints()["Endpoints"][0]["Url"], **kw)
+paused = mc.update_queue(Name="Default", Status="PAUSED")["Queue"]["Status"]
+job = mc.create_job(Role="arn:aws:iam::000000000000:role/MC", Settings={
+    "Inputs": [{"FileInput": "s3://clips/missing.mp4"}],
+    "OutputGroups": [{"OutputGroupSettings": {"Type": "FILE_GROUP_SETTINGS",
+        "FileGroupSettings": {"Destination": "s3://clips/out/"}},
+        "Outputs": [{"ContainerSettings": {"Container": "MP4"},
+                     "VideoDescription": {"CodecSettings": {"Codec": "H_264"}}}]}]})["Job"]
+held = mc.get_job(Id=job["Id"])["Job"]["Status"]
+queue = mc.get_queue(Name="Default")["Queue"]
+mc.update_queue(Name="Default", Status="ACTIVE")
+deadline = time.time() + 60
+while mc.get_job(Id=job["Id"])["Job"]["Status"] in ("SUBMITTED", "PROGRESSING") and time.time() < deadline:
+    time.sleep(0.1)
+print(json.dumps({"paused": paused, "held": held, "queue": queue["Status"],
+                  "waiting": queue["SubmittedJobsCount"],
+                  "after": mc.get_job(Id=job["Id"])["Job"]["Status"]}))
+"#,
+            &[&url],
+        )
+    })
+    .await??;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert_eq!(
+        v,
+        serde_json::json!({"paused": "PAUSED", "held": "SUBMITTED", "queue": "PAUSED",
+                           "waiting": 1, "after": "ERROR"}),
+        "the input does not exist, so the job ends in ERROR once it runs"
+    );
+    Ok(())
+}

@@ -54,6 +54,10 @@ struct Args {
     /// Write MediaConvert job state changes here, as EventBridge events (one JSON file each).
     #[arg(long)]
     events_dir: Option<PathBuf>,
+    /// A MediaConvert queue paused from the start (repeatable): its jobs stay SUBMITTED until
+    /// UpdateQueue makes it ACTIVE.
+    #[arg(long = "paused-queue")]
+    paused_queues: Vec<String>,
 }
 
 #[tokio::main]
@@ -81,6 +85,7 @@ async fn main() -> Result<()> {
     cfg.max_connection = Duration::from_secs(args.max_connection_secs);
     cfg.buckets = args.buckets;
     cfg.events_dir = args.events_dir;
+    cfg.paused_queues = args.paused_queues;
     let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg).await?;
     // One line on stdout, for scripts waiting for readiness.

@@ -13,21 +13,43 @@
 //! audio. Status goes SUBMITTED → PROGRESSING → COMPLETE or ERROR (with an error message),
 //! and each change is written as an EventBridge "MediaConvert Job State Change" event to the
 //! events directory when one is configured (what an EventBridge rule would deliver).
+//!
+//! Queues: GetQueue and UpdateQueue (`status` ACTIVE or PAUSED) for any queue name; a job in
+//! a paused queue stays SUBMITTED until the queue is active again, as in MediaConvert. At most
+//! `TRANSCODES` jobs transcode at once; the others wait their turn (still SUBMITTED).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
+use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::error::ApiError;
 
-/// The jobs, by id.
-#[derive(Default, Clone)]
+/// Jobs transcoding at once (each is a gst-launch-1.0 process).
+const TRANSCODES: usize = 2;
+
+/// The jobs, by id, and the queues' state.
+#[derive(Clone)]
 pub struct Jobs {
     jobs: Arc<Mutex<Vec<Value>>>,
     tokens: Arc<Mutex<HashMap<String, String>>>,
+    /// Names of the paused queues.
+    paused: Arc<watch::Sender<Vec<String>>>,
+    transcodes: Arc<Semaphore>,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs::new(Vec::new())
+    }
+}
+
+/// `arn:aws:mediaconvert:…:queues/Name` or `Name` → `Name`.
+fn queue_name(queue: &str) -> &str {
+    queue.rsplit('/').next().unwrap_or(queue)
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -46,6 +68,68 @@ fn object_path(s3_root: &Path, url: &str) -> Option<PathBuf> {
 }
 
 impl Jobs {
+    /// Jobs with these queues paused from the start.
+    pub fn new(paused: Vec<String>) -> Jobs {
+        Jobs {
+            jobs: Default::default(),
+            tokens: Default::default(),
+            paused: Arc::new(watch::Sender::new(paused)),
+            transcodes: Arc::new(Semaphore::new(TRANSCODES)),
+        }
+    }
+
+    /// GetQueue: any name is a queue (there is no CreateQueue here).
+    pub fn queue(&self, name: &str, account: &str, region: &str) -> Value {
+        let paused = self.paused.borrow().iter().any(|q| q == name);
+        let submitted = self
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|j| {
+                j["status"] == "SUBMITTED" && queue_name(j["queue"].as_str().unwrap_or("")) == name
+            })
+            .count();
+        json!({ "queue": {
+            "name": name,
+            "arn": format!("arn:aws:mediaconvert:{region}:{account}:queues/{name}"),
+            "status": if paused { "PAUSED" } else { "ACTIVE" },
+            "submittedJobsCount": submitted,
+            "type": "ON_DEMAND",
+        }})
+    }
+
+    /// UpdateQueue: `status` ACTIVE or PAUSED.
+    pub fn update_queue(
+        &self,
+        name: &str,
+        request: &Value,
+        account: &str,
+        region: &str,
+    ) -> Result<Value, ApiError> {
+        let pause = match request["status"].as_str() {
+            Some("PAUSED") => true,
+            Some("ACTIVE") => false,
+            Some(other) => {
+                return Err(bad_request(format!(
+                    "status: {other:?} is not ACTIVE or PAUSED"
+                )));
+            }
+            None => return Ok(self.queue(name, account, region)),
+        };
+        self.paused.send_modify(|p| {
+            p.retain(|q| q != name);
+            if pause {
+                p.push(name.to_string());
+            }
+        });
+        info!(
+            "MediaConvert queue {name}: {}",
+            if pause { "PAUSED" } else { "ACTIVE" }
+        );
+        Ok(self.queue(name, account, region))
+    }
+
     pub fn get(&self, id: &str) -> Result<Value, ApiError> {
         self.jobs
             .lock()
@@ -132,6 +216,14 @@ impl Jobs {
         emit(&events, &job, account, region);
         let jobs = self.clone();
         tokio::spawn(async move {
+            let queue = queue_name(&queue).to_string();
+            let mut paused = jobs.paused.subscribe();
+            if paused.wait_for(|p| !p.contains(&queue)).await.is_err() {
+                return;
+            }
+            let Ok(_turn) = jobs.transcodes.clone().acquire_owned().await else {
+                return;
+            };
             if let Some(j) = jobs.update(&id, |j| j["status"] = json!("PROGRESSING")) {
                 emit(&events, &j, &account_of(&j), &region_of(&j));
             }

@@ -58,6 +58,8 @@ pub struct Config {
     pub buckets: Vec<String>,
     /// MediaConvert job state changes are written here as EventBridge events.
     pub events_dir: Option<PathBuf>,
+    /// MediaConvert queues paused from the start (their jobs stay SUBMITTED).
+    pub paused_queues: Vec<String>,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             tls: None,
             buckets: Vec::new(),
             events_dir: None,
+            paused_queues: Vec::new(),
         }
     }
 }
@@ -134,7 +137,7 @@ impl Server {
         let s3 = crate::s3::service(&cfg.data_dir, &cfg.credentials[0], &cfg.buckets)?;
         let state = Arc::new(State {
             s3,
-            jobs: Default::default(),
+            jobs: crate::mediaconvert::Jobs::new(cfg.paused_queues.clone()),
             url: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
             tls,
             cfg,
@@ -466,7 +469,41 @@ async fn mediaconvert(state: &Arc<State>, req: Request<Incoming>) -> Response<Bo
         Err(resp) => return resp,
     };
     let path = parts.uri.path();
+    let op = match (parts.method.as_str(), path) {
+        ("POST", "/2017-08-29/endpoints") => "DescribeEndpoints",
+        ("POST", "/2017-08-29/jobs") => "CreateJob",
+        ("GET", "/2017-08-29/jobs") => "ListJobs",
+        ("GET", p) if p.starts_with("/2017-08-29/jobs/") => "GetJob",
+        ("GET", p) if p.starts_with("/2017-08-29/queues/") => "GetQueue",
+        ("PUT", p) if p.starts_with("/2017-08-29/queues/") => "UpdateQueue",
+        _ => "-",
+    };
+    // Injected faults as MediaConvert answers them: throttling is 429 TooManyRequestsException.
+    if let Err(e) = state.faults.check(op, state.now_ms()) {
+        let e = if e.error_type == "ClientLimitExceededException" {
+            ApiError::new(429, "TooManyRequestsException", e.message)
+        } else {
+            e
+        };
+        return error_response(&e);
+    }
+    let (account, region) = (&state.cfg.account_id, &scope.region);
     let result = match (parts.method.as_str(), path) {
+        ("GET", p) if p.starts_with("/2017-08-29/queues/") => {
+            Ok(state
+                .jobs
+                .queue(&p["/2017-08-29/queues/".len()..], account, region))
+        }
+        ("PUT", p) if p.starts_with("/2017-08-29/queues/") => serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(400, "BadRequestException", format!("invalid JSON: {e}")))
+            .and_then(|request: serde_json::Value| {
+                state.jobs.update_queue(
+                    &p["/2017-08-29/queues/".len()..],
+                    &request,
+                    account,
+                    region,
+                )
+            }),
         ("POST", "/2017-08-29/endpoints") => {
             Ok(serde_json::json!({ "endpoints": [{ "url": state.url }] }))
         }
