@@ -1,9 +1,10 @@
 //! S3 Batch Operations, the pure part: the "Invoke AWS Lambda function" request (schemas
-//! 1.0 and 2.0) read into tasks, and the response S3 Batch Operations expects, with the
+//! 1.0 and 2.0) read into tasks, the response S3 Batch Operations expects, with the
 //! per-task result codes of its completion report (Succeeded, TemporaryFailure,
-//! PermanentFailure). Replaying stored clips through the transcoding hand-off is built on
-//! this (the batch replay issue).
+//! PermanentFailure), and our replay's completion report rows in the same spirit. Keys in
+//! manifests and reports are URL-encoded, as S3 Batch Operations and S3 Inventory write them.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Value, json};
 
 /// One object to work on.
@@ -21,6 +22,8 @@ pub struct Task {
 pub struct Invocation {
     pub schema: String,
     pub invocation_id: String,
+    /// The Batch Operations job's id: one replay run per job.
+    pub job_id: Option<String>,
     pub user_arguments: Value,
     pub tasks: Vec<Task>,
 }
@@ -41,6 +44,93 @@ impl ResultCode {
             ResultCode::TemporaryFailure => "TemporaryFailure",
             ResultCode::PermanentFailure => "PermanentFailure",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<ResultCode> {
+        [
+            ResultCode::Succeeded,
+            ResultCode::TemporaryFailure,
+            ResultCode::PermanentFailure,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+/// Characters kept as they are in an encoded key: letters, digits, `-_.~` and `/`.
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// A key as manifests and reports carry it (URL-encoded).
+pub fn encode_key(key: &str) -> String {
+    utf8_percent_encode(key, KEY_SET).to_string()
+}
+
+/// A key from a manifest or an inventory (URL-encoded; `+` is a space).
+pub fn decode_key(encoded: &str) -> Result<String, String> {
+    percent_decode_str(&encoded.replace('+', " "))
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|e| format!("key {encoded:?}: not URL-encoded UTF-8: {e}"))
+}
+
+/// The columns of the replay's completion report (no header row, like S3 Batch Operations').
+pub const REPORT_SCHEMA: &str =
+    "Bucket, Key, VersionId, TaskStatus, ResultCode, ResultString, JobId";
+
+/// One row of the completion report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRow {
+    pub bucket: String,
+    pub key: String,
+    pub version: Option<String>,
+    pub code: ResultCode,
+    pub result: String,
+    pub job: Option<String>,
+}
+
+impl ReportRow {
+    /// The CSV fields, in `REPORT_SCHEMA` order.
+    pub fn fields(&self) -> [String; 7] {
+        [
+            self.bucket.clone(),
+            encode_key(&self.key),
+            self.version.clone().unwrap_or_default(),
+            if self.code == ResultCode::Succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            }
+            .into(),
+            self.code.as_str().into(),
+            self.result.clone(),
+            self.job.clone().unwrap_or_default(),
+        ]
+    }
+
+    /// A row read back (to resume); the problem names the column.
+    pub fn from_fields(fields: &[&str]) -> Result<ReportRow, String> {
+        if fields.len() != 7 {
+            return Err(format!(
+                "{} columns, expected 7 ({REPORT_SCHEMA})",
+                fields.len()
+            ));
+        }
+        let code = ResultCode::parse(fields[4])
+            .ok_or_else(|| format!("ResultCode: {:?} is not a result code", fields[4]))?;
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(ReportRow {
+            bucket: fields[0].to_string(),
+            key: decode_key(fields[1])?,
+            version: opt(fields[2]),
+            code,
+            result: fields[5].to_string(),
+            job: opt(fields[6]),
+        })
     }
 }
 
@@ -92,6 +182,7 @@ pub fn parse(v: &Value) -> Result<Invocation, String> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Invocation {
         user_arguments: v["job"]["userArguments"].clone(),
+        job_id: v["job"]["id"].as_str().map(str::to_string),
         schema,
         invocation_id,
         tasks,
@@ -192,6 +283,69 @@ mod tests {
             r,
             fixture("s3-batch-ops-lambda-response.aws-lambda-go.json")
         );
+    }
+
+    #[test]
+    fn report_rows_read_back_as_written() {
+        let row = ReportRow {
+            bucket: "clips".into(),
+            key: "clips/cam 1/2024/x+y,\"z\".mp4".into(),
+            version: None,
+            code: ResultCode::TemporaryFailure,
+            result: "MediaConvert CreateJob: 429 TooManyRequestsException: slow down, please"
+                .into(),
+            job: None,
+        };
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(vec![]);
+        w.write_record(row.fields()).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        assert!(
+            text.starts_with(
+                "clips,clips/cam%201/2024/x%2By%2C%22z%22.mp4,,failed,TemporaryFailure,"
+            ),
+            "{text}"
+        );
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        let rec = r.records().next().unwrap().unwrap();
+        let fields: Vec<&str> = rec.iter().collect();
+        assert_eq!(ReportRow::from_fields(&fields).unwrap(), row);
+        assert!(
+            ReportRow::from_fields(&fields[..6])
+                .unwrap_err()
+                .contains("6 columns")
+        );
+        let mut bad = fields.clone();
+        bad[4] = "Maybe";
+        assert!(
+            ReportRow::from_fields(&bad)
+                .unwrap_err()
+                .starts_with("ResultCode")
+        );
+    }
+
+    #[test]
+    fn the_published_completion_report_rows_decode() {
+        // S3 Batch Operations' own report (bucket, key, version, status, ...) keys decode.
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../../shared/fixtures/aws-events/s3-batch-ops-completion-report-failed-tasks.csv",
+        ))
+        .unwrap();
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let keys: Vec<String> = r
+            .records()
+            .map(|rec| decode_key(&rec.unwrap()[1]).unwrap())
+            .collect();
+        assert_eq!(keys.len(), 6);
+        assert_eq!(keys[0], "image_14975");
+        assert_eq!(decode_key("a+b%2Fc").unwrap(), "a b/c");
+        assert!(decode_key("%FF").is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! what an alarm deployment invokes a function with: an EventBridge rule's event, the
 //! CloudWatch alarm action, an SNS notification, or an SQS batch (from an event source
 //! mapping, answered with a partial batch response so that only failed messages return).
+//! An S3 Batch Operations invocation (schemas 1.0 and 2.0) replays its clips through the
+//! transcoding hand-off and is answered with per-task result codes.
 //!
 //! Errors make Lambda retry: a direct invocation fails as a whole when a clip failed or the
 //! event is malformed (after Lambda's retries it lands in the function's failure
@@ -51,6 +53,10 @@ impl From<Failure> for Diagnostic {
 
 /// One invocation.
 pub async fn handle(archiver: &Archiver, event: Value) -> Result<Value, Failure> {
+    if crate::batch::is_invocation(&event) {
+        let inv = crate::batch::parse(&event).map_err(Failure::MalformedEvent)?;
+        return Ok(crate::replay::batch_invocation(archiver, &inv).await);
+    }
     let is_sqs_batch = event["Records"]
         .as_array()
         .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r["eventSource"] == "aws:sqs"));

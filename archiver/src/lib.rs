@@ -4,7 +4,9 @@
 //!
 //! Pure: `event` (every delivery shape → alarm transitions), `decide` (streams, window, key),
 //! `plan` (GetClip requests for a window), `mp4join` (consecutive GetClip MP4s → one file),
-//! `transcode` (MediaConvert jobs from a template). I/O: `clip` (ListFragments, GetClip), `store` (S3).
+//! `transcode` (MediaConvert jobs from a template), `batch` (S3 Batch Operations invocations,
+//! completion report rows), `selection` (what a replay runs over). I/O: `clip` (ListFragments,
+//! GetClip, the hand-off), `store` (S3), `replay` (batch replay runs).
 
 pub mod batch;
 pub mod clip;
@@ -15,6 +17,8 @@ pub mod lambda;
 pub mod mediaconvert;
 pub mod mp4join;
 pub mod plan;
+pub mod replay;
+pub mod selection;
 pub mod signed;
 pub mod sqs;
 pub mod store;

@@ -42,6 +42,11 @@ enum Command {
         #[arg(long)]
         queue_url: Option<String>,
     },
+    /// Replays stored clips through the MediaConvert hand-off (a new job each, from
+    /// `--template` or the configured one), with a completion report in `--report`. The
+    /// input is one of --prefix, --inventory or --list; by default the configured bucket is
+    /// listed. Rerunning with the same report resumes: what succeeded is skipped.
+    Replay(ReplayArgs),
     /// Stores the clip of an explicit window (RFC 3339 times).
     Clip {
         #[arg(long)]
@@ -54,6 +59,61 @@ enum Command {
         #[arg(long, default_value = "manual")]
         name: String,
     },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// List clips under this prefix (default: the key template's fixed start).
+    #[arg(long, conflicts_with_all = ["inventory", "list"])]
+    prefix: Option<String>,
+    /// The bucket to list (default: the configured bucket).
+    #[arg(long, conflicts_with_all = ["inventory", "list"])]
+    bucket: Option<String>,
+    /// An S3 Inventory report's manifest.json (s3://bucket/key or a file); CSV inventories.
+    #[arg(long, conflicts_with = "list")]
+    inventory: Option<String>,
+    /// A CSV of bucket,key[,version] rows, keys URL-encoded (s3://…, a file, or -).
+    #[arg(long)]
+    list: Option<String>,
+    /// Only clips of this stream (repeatable).
+    #[arg(long = "stream")]
+    streams: Vec<String>,
+    /// Only clips whose window starts at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only clips whose window starts before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only keys matching this glob (`*` matches anything, `/` included).
+    #[arg(long = "match")]
+    pattern: Option<String>,
+    /// Skip clips whose transcoding completed (their <clip>.transcode.json says COMPLETE).
+    #[arg(long)]
+    untranscoded: bool,
+    /// The MediaConvert job template (default: [transcode] template, else the built-in one).
+    #[arg(long)]
+    template: Option<PathBuf>,
+    /// Tasks at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Tasks started per second, at most (MediaConvert's CreateJob quota is per account).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Attempts per MediaConvert call when throttled or failing with 5xx.
+    #[arg(long, default_value_t = 8)]
+    attempts: u32,
+    /// The report directory: report.csv (one row per task) and summary.json.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Names the run (default: new, or the report's when resuming).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Touch nothing; one JSON line per task that would run.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds between progress lines when standard error is not a terminal.
+    #[arg(long, default_value_t = 10)]
+    progress_every: u64,
 }
 
 fn config(path: Option<&PathBuf>) -> Result<ArchiverConfig, String> {
@@ -154,6 +214,7 @@ fn main() -> ExitCode {
             };
             consume(cfg, queue_url)
         }
+        Command::Replay(r) => replay(cfg, r),
         Command::Clip {
             stream,
             start,
@@ -180,28 +241,149 @@ fn main() -> ExitCode {
     }
 }
 
+/// Turns true on SIGTERM or SIGINT.
+fn stop_on_signals() -> Result<tokio::sync::watch::Receiver<bool>, String> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.send_replace(true);
+    });
+    Ok(shutdown)
+}
+
+fn replay(mut cfg: ArchiverConfig, r: ReplayArgs) -> ExitCode {
+    use kvs_edge_archiver::replay::{self, Input, Options};
+    use kvs_edge_archiver::selection::Filter;
+    let time = |what: &str, s: &Option<String>| match s {
+        None => Ok(None),
+        Some(s) => kvs_edge_archiver::event::parse_time(s)
+            .map(Some)
+            .ok_or_else(|| format!("--{what} {s:?} is not an RFC 3339 time")),
+    };
+    let (since, until) = match (time("since", &r.since), time("until", &r.until)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("kvs-edge-archiver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let template = match &r.template {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|text| {
+                    kvs_edge_archiver::transcode::Template::parse(
+                        &path.display().to_string(),
+                        &text,
+                    )
+                    .map_err(|e| e.to_string())
+                });
+            match t {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("kvs-edge-archiver: --template {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
+    let template_name = r
+        .template
+        .as_ref()
+        .or(cfg.transcode.template.as_ref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in".into());
+    // Replay is the MediaConvert hand-off, whatever the live clips do.
+    cfg.transcode.mode = kvs_edge_config::archiver::TranscodeMode::Mediaconvert;
+    let filter = Filter {
+        key_template: cfg.key_template.clone(),
+        streams: r.streams,
+        since,
+        until,
+        pattern: r.pattern,
+        outputs: Some(cfg.transcode.output_prefix.clone()),
+    };
+    let input = match (r.inventory, r.list) {
+        (Some(m), _) => Input::Inventory(m),
+        (_, Some(l)) => Input::List(l),
+        (None, None) => Input::Prefix {
+            bucket: r.bucket.unwrap_or_else(|| cfg.bucket.clone()),
+            prefix: r.prefix,
+        },
+    };
+    let opts = Options {
+        concurrency: r.concurrency,
+        rate: r.rate,
+        only_untranscoded: r.untranscoded,
+        dry_run: r.dry_run,
+        run: r.run_id,
+        report: r.report,
+        progress_every: std::time::Duration::from_secs(r.progress_every.max(1)),
+        template: template_name,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let stop = match stop_on_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kvs-edge-archiver: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut archiver = match Archiver::new(cfg).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("kvs-edge-archiver: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(t) = template {
+            archiver.use_template(t);
+        }
+        archiver.set_retries(r.attempts, std::time::Duration::from_millis(250));
+        match replay::run(std::sync::Arc::new(archiver), input, filter, opts, stop).await {
+            Ok(outcome) => {
+                if !outcome.summary["report"].is_null() {
+                    println!("{}", outcome.summary);
+                }
+                if outcome.interrupted {
+                    ExitCode::from(130)
+                } else if outcome.failed() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("kvs-edge-archiver: replay: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
 fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("kvs-edge-archiver: installing the SIGTERM handler: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+        let shutdown = match stop_on_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kvs-edge-archiver: {e}");
+                return ExitCode::FAILURE;
             }
-            stop.send_replace(true);
-        });
+        };
         let archiver = match Archiver::new(cfg).await {
             Ok(a) => a,
             Err(e) => {

@@ -35,11 +35,27 @@ impl McError {
     }
 }
 
+/// A number in [0, 1) that differs between calls (no RNG crate needed for backoff jitter).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 pub struct MediaConvert {
     /// Where DescribeEndpoints is asked (the regional endpoint, or a configured one).
     base: String,
     client: SignedClient,
     endpoint: Mutex<Option<String>>,
+    /// Attempts per call, and the first retry's delay (doubling, with jitter, up to 20 s).
+    attempts: u32,
+    first_delay: Duration,
 }
 
 impl MediaConvert {
@@ -55,7 +71,14 @@ impl MediaConvert {
             base: base.trim_end_matches('/').to_string(),
             client,
             endpoint: Mutex::new(None),
+            attempts: 5,
+            first_delay: Duration::from_millis(200),
         })
+    }
+
+    pub fn set_retries(&mut self, attempts: u32, first_delay: Duration) {
+        self.attempts = attempts.max(1);
+        self.first_delay = first_delay;
     }
 
     async fn call_once(
@@ -86,7 +109,7 @@ impl MediaConvert {
         })
     }
 
-    /// A call, retried with backoff while the error is retryable (5 attempts).
+    /// A call, retried with backoff while the error is retryable.
     async fn call(
         &self,
         op: &'static str,
@@ -94,14 +117,16 @@ impl MediaConvert {
         url: &str,
         body: &[u8],
     ) -> Result<Value, McError> {
-        let mut delay = Duration::from_millis(200);
+        let mut delay = self.first_delay;
         let mut attempt = 1;
         loop {
             match self.call_once(op, method, url, body).await {
-                Err(e) if e.retryable() && attempt < 5 => {
-                    warn!("{e}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                Err(e) if e.retryable() && attempt < self.attempts => {
+                    // Jittered (half to all of the delay): callers throttled together spread out.
+                    let wait = delay.mul_f64(0.5 + jitter() * 0.5);
+                    warn!("{e}; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(Duration::from_secs(20));
                     attempt += 1;
                 }
                 other => return other,

@@ -92,6 +92,60 @@ pub async fn exists(s3: &Client, bucket: &str, key: &str) -> Result<bool, StoreE
     }
 }
 
+/// An object's user metadata (`x-amz-meta-*`), or None when there is no such object.
+pub async fn metadata(
+    s3: &Client,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
+) -> Result<Option<HashMap<String, String>>, StoreError> {
+    match s3
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .set_version_id(version.map(str::to_string))
+        .send()
+        .await
+    {
+        Ok(o) => Ok(Some(o.metadata.unwrap_or_default())),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+        Err(e) => Err(StoreError::S3 {
+            op: "HeadObject",
+            bucket: bucket.into(),
+            key: key.into(),
+            reason: error_chain(&e),
+        }),
+    }
+}
+
+/// A small JSON object (a job record), or None when there is none. An object that is not
+/// JSON is an error naming it.
+pub async fn get_json(
+    s3: &Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let err = |op, reason| StoreError::S3 {
+        op,
+        bucket: bucket.into(),
+        key: key.into(),
+        reason,
+    };
+    let out = match s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => o,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+        Err(e) => return Err(err("GetObject", error_chain(&e))),
+    };
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| err("GetObject", error_chain(&e)))?;
+    serde_json::from_slice(&body.into_bytes())
+        .map(Some)
+        .map_err(|e| err("GetObject", format!("not JSON: {e}")))
+}
+
 /// What an upload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
