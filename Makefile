@@ -27,6 +27,7 @@ bench: deps
 	scripts/bench-journal
 	$(CARGO) build --release -p kvs-edge-archiver
 	$(CARGO) run --release -p kvs-edge-tests --example bench_archiver
+	$(CARGO) run --release -p kvs-edge-tests --example bench_replay
 
 ## fuzz: a minute of cargo-fuzz on kvs-local's PutMedia parser (needs the nightly toolchain)
 fuzz:

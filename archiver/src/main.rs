@@ -96,7 +96,8 @@ struct ReplayArgs {
     /// Tasks at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Tasks started per second, at most (MediaConvert's CreateJob quota is per account).
+    /// Tasks started per second, at most (MediaConvert's CreateJob quota is per account);
+    /// 0: no cap.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
     /// Attempts per MediaConvert call when throttled or failing with 5xx.

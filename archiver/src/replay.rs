@@ -618,7 +618,8 @@ pub async fn run(
         tokio::spawn(async move { produce(&archiver.s3, &input, &filter, tx).await })
     };
     let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-    let mut pace = Pace::new(opts.rate);
+    // The cap protects MediaConvert's quota; a dry run sends it nothing.
+    let mut pace = Pace::new(if opts.dry_run { 0.0 } else { opts.rate });
     let mut running: JoinSet<(Task, Result<Resubmitted, ReplayError>)> = JoinSet::new();
     let mut interrupted = false;
     let finish = |task: Task,
