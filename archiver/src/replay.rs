@@ -139,9 +139,15 @@ impl Pace {
         }
     }
 
-    async fn wait(&mut self) {
-        let at = self.next.max(Instant::now());
+    /// When the next task may start, if asked at `now`.
+    fn slot(&mut self, now: Instant) -> Instant {
+        let at = self.next.max(now);
         self.next = at + self.interval;
+        at
+    }
+
+    async fn wait(&mut self) {
+        let at = self.slot(Instant::now());
         tokio::time::sleep_until(at).await;
     }
 }
@@ -204,7 +210,8 @@ impl Progress {
 
     fn finish(&self) {
         if let Progress::Bar(bar) = self {
-            bar.finish();
+            // The summary follows on standard output.
+            bar.finish_and_clear();
         }
     }
 }
@@ -779,6 +786,24 @@ mod tests {
             result: "r".into(),
             job: Some("j".into()),
         }
+    }
+
+    #[test]
+    fn the_pace_caps_starts_per_second() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(10.0);
+        pace.next = t0;
+        // Asked all at once: 21 starts at 10/s spread over 2 s.
+        let slots: Vec<Duration> = (0..21).map(|_| pace.slot(t0) - t0).collect();
+        assert_eq!(slots[0], Duration::ZERO);
+        assert_eq!(slots[20], Duration::from_secs(2));
+        // Idle time is not saved up for a burst.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(pace.slot(later), later);
+        assert_eq!(pace.slot(later), later + Duration::from_millis(100));
+        let mut free = Pace::new(0.0);
+        free.next = t0;
+        assert!((0..1000).all(|_| free.slot(t0) == t0));
     }
 
     #[test]
