@@ -4,7 +4,8 @@
 //!
 //! Pure protocol code: `h264`, `mkv`, `timeline`, `control`, and the ack parser and request
 //! signing in `putmedia`. I/O at the edges: `capture`, `putmedia::Session`, `uploader`, `kvs`,
-//! `metrics`, `mqtt`, `persisted`, `snapshot`.
+//! `metrics`, `mqtt`, `persisted`, `snapshot`, `systemd` (readiness and watchdog, judged by
+//! the pure `health`).
 
 pub mod backoff;
 pub mod camera;
@@ -12,6 +13,7 @@ pub mod capture;
 pub mod control;
 pub mod credentials;
 pub mod h264;
+pub mod health;
 pub mod journal;
 pub mod kvs;
 pub mod metrics;
@@ -22,6 +24,7 @@ pub mod persisted;
 pub mod putmedia;
 pub mod runner;
 pub mod snapshot;
+pub mod systemd;
 pub mod timeline;
 pub mod tls;
 pub mod uploader;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kvs_edge_agent::runner;
+use kvs_edge_agent::{runner, systemd};
 use kvs_edge_config::AgentConfig;
 use tokio::sync::watch;
 
@@ -84,6 +84,7 @@ async fn agent_main() -> ExitCode {
         println!("# configuration version {version}\n{cfg:#?}");
         return ExitCode::SUCCESS;
     }
+    let stall_after = cfg.stall_after();
     let (stop, shutdown) = watch::channel(false);
     let running = match runner::start(cfg, shutdown.clone()).await {
         Ok(r) => r,
@@ -99,6 +100,27 @@ async fn agent_main() -> ExitCode {
         }
         stop.send_replace(true);
     });
+    // Under systemd: READY=1 once the first camera captures, then STATUS= (and WATCHDOG=1
+    // while every stage makes progress).
+    let notifier = systemd::Notifier::from_env();
+    if notifier.enabled() {
+        let registry = running.registry.clone();
+        let watchdog = systemd::watchdog_interval();
+        let period = watchdog.map_or(Duration::from_secs(10), |w| w / 2);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            systemd::ready_when_capturing(&registry, &notifier).await;
+            systemd::supervise(
+                registry,
+                notifier,
+                watchdog.is_some(),
+                period,
+                stall_after,
+                shutdown,
+            )
+            .await;
+        });
+    }
     running
         .wait(shutdown, Duration::from_secs(args.shutdown_grace_secs))
         .await;

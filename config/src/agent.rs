@@ -32,7 +32,30 @@ pub struct AgentConfig {
     pub journal: JournalSettings,
     /// MQTT health and (later) control; off when absent.
     pub mqtt: Option<MqttConfig>,
+    /// systemd's watchdog (`WatchdogSec=`): when a camera's pipeline counts as stalled.
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
     pub cameras: Vec<CameraConfig>,
+}
+
+/// The watchdog is pinged only while every camera's capture, fragmenter, journal and
+/// uploader make progress; a stage with work that has done nothing for `stall_secs`
+/// stops the pings (and systemd restarts the agent once `WatchdogSec=` passes).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// Default: the upload ack timeout + the longest backoff + 60 s, so that an uploader
+    /// waiting out an outage (it retries at least that often) never counts as stalled.
+    pub stall_secs: Option<u64>,
+}
+
+impl AgentConfig {
+    /// How long a stage may do nothing, with work to do, before it counts as stalled.
+    pub fn stall_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.watchdog.stall_secs.unwrap_or(
+            self.upload.ack_timeout_secs + self.upload.backoff_max_ms.div_ceil(1000) + 60,
+        ))
+    }
 }
 
 fn default_device_id() -> String {
@@ -555,8 +578,110 @@ impl AgentConfig {
     pub fn from_toml(source_name: &str, text: &str) -> Result<AgentConfig, ConfigError> {
         let mut cfg: AgentConfig = crate::from_toml(source_name, text)?;
         cfg.apply_environment();
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        cfg.resolve_credentials(source_name, creds.as_deref())?;
         cfg.validate(source_name)?;
         Ok(cfg)
+    }
+
+    /// Secrets and key files from systemd's credentials (`LoadCredential=`): a setting
+    /// written `credential:NAME` is the file `NAME` in `$CREDENTIALS_DIRECTORY` (a path
+    /// setting becomes that path; a secret setting becomes the file's content, trimmed).
+    pub fn resolve_credentials(
+        &mut self,
+        source_name: &str,
+        directory: Option<&std::path::Path>,
+    ) -> Result<(), ConfigError> {
+        let err = |path: &str, message: String| ConfigError {
+            source_name: source_name.into(),
+            path: path.into(),
+            message,
+        };
+        let file = |path: &str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
+            let Some(name) = value.strip_prefix("credential:") else {
+                return Ok(None);
+            };
+            let dir = directory.ok_or_else(|| {
+                err(
+                    path,
+                    format!(
+                        "{value}: $CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit)"
+                    ),
+                )
+            })?;
+            if name.is_empty() || name.contains('/') {
+                return Err(err(path, format!("{value}: not a credential name")));
+            }
+            let p = dir.join(name);
+            if !p.is_file() {
+                return Err(err(
+                    path,
+                    format!("{value}: no such credential ({} is missing)", p.display()),
+                ));
+            }
+            Ok(Some(p))
+        };
+        let resolve_path = |path: &str, v: &mut PathBuf| -> Result<(), ConfigError> {
+            if let Some(p) = file(path, &v.to_string_lossy())? {
+                *v = p;
+            }
+            Ok(())
+        };
+        let resolve_secret = |path: &str, v: &mut String| -> Result<(), ConfigError> {
+            if let Some(p) = file(path, v)? {
+                *v = std::fs::read_to_string(&p)
+                    .map_err(|e| err(path, format!("{}: {e}", p.display())))?
+                    .trim()
+                    .to_string();
+            }
+            Ok(())
+        };
+        match &mut self.credentials {
+            CredentialsConfig::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                resolve_secret("credentials.access_key_id", access_key_id)?;
+                resolve_secret("credentials.secret_access_key", secret_access_key)?;
+                if let Some(t) = session_token {
+                    resolve_secret("credentials.session_token", t)?;
+                }
+            }
+            CredentialsConfig::Iot {
+                cert_path,
+                key_path,
+                ca_path,
+                ..
+            } => {
+                resolve_path("credentials.cert_path", cert_path)?;
+                resolve_path("credentials.key_path", key_path)?;
+                if let Some(c) = ca_path {
+                    resolve_path("credentials.ca_path", c)?;
+                }
+            }
+            CredentialsConfig::Chain | CredentialsConfig::Environment => {}
+        }
+        if let Some(tls) = self.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
+            for (path, v) in [
+                ("mqtt.tls.ca_path", &mut tls.ca_path),
+                ("mqtt.tls.cert_path", &mut tls.cert_path),
+                ("mqtt.tls.key_path", &mut tls.key_path),
+            ] {
+                if let Some(v) = v {
+                    resolve_path(path, v)?;
+                }
+            }
+        }
+        for cam in &mut self.cameras {
+            if let SourceConfig::Rtsp {
+                password: Some(p), ..
+            } = &mut cam.source
+            {
+                resolve_secret(&format!("cameras.{}.source.password", cam.name), p)?;
+            }
+        }
+        Ok(())
     }
 
     /// The AWS SDK's endpoint variables apply when the file sets no endpoint.
@@ -837,6 +962,58 @@ mod tests {
         source = { type = "test" }
         create_stream = { retention_period = 24 }
     "#;
+
+    #[test]
+    fn credential_references_read_systemd_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("aws-secret"), "s3cr3t\n").unwrap();
+        std::fs::write(dir.path().join("mqtt-key.pem"), "KEY").unwrap();
+        let text = MINIMAL.replace("\"kvslocal-secret\"", "\"credential:aws-secret\"")
+            + "[mqtt]\nhost = \"h\"\n[mqtt.tls]\ncert_path = \"c.pem\"\nkey_path = \"credential:mqtt-key.pem\"\n";
+        let mut cfg: AgentConfig = crate::from_toml("agent.toml", &text).unwrap();
+        cfg.resolve_credentials("agent.toml", Some(dir.path()))
+            .unwrap();
+        match &cfg.credentials {
+            CredentialsConfig::Static {
+                secret_access_key, ..
+            } => assert_eq!(secret_access_key, "s3cr3t"),
+            other => panic!("{other:?}"),
+        }
+        let tls = cfg.mqtt.as_ref().unwrap().tls.as_ref().unwrap();
+        assert_eq!(
+            tls.key_path.as_deref(),
+            Some(dir.path().join("mqtt-key.pem").as_path())
+        );
+        assert_eq!(
+            tls.cert_path.as_deref(),
+            Some(std::path::Path::new("c.pem"))
+        );
+
+        let mut cfg: AgentConfig = crate::from_toml("agent.toml", &text).unwrap();
+        let e = cfg.resolve_credentials("agent.toml", None).unwrap_err();
+        assert_eq!(e.path, "credentials.secret_access_key");
+        assert!(e.message.contains("LoadCredential="), "{e}");
+        std::fs::remove_file(dir.path().join("mqtt-key.pem")).unwrap();
+        let mut cfg: AgentConfig = crate::from_toml("agent.toml", &text).unwrap();
+        let e = cfg
+            .resolve_credentials("agent.toml", Some(dir.path()))
+            .unwrap_err();
+        assert_eq!(e.path, "mqtt.tls.key_path");
+        assert!(e.message.contains("no such credential"), "{e}");
+    }
+
+    #[test]
+    fn the_stall_limit_outlasts_the_uploaders_own_retries() {
+        let cfg = AgentConfig::from_toml("agent.toml", MINIMAL).unwrap();
+        // ack timeout 30 s + longest backoff 30 s + 60 s.
+        assert_eq!(cfg.stall_after(), std::time::Duration::from_secs(120));
+        let cfg = AgentConfig::from_toml(
+            "agent.toml",
+            &format!("{MINIMAL}\n[watchdog]\nstall_secs = 5\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.stall_after(), std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {
