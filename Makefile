@@ -4,7 +4,7 @@ export KVS_EDGE_CACHE ?= $(HOME)/.cache/kvs-edge
 export CARGO_TARGET_DIR ?= $(KVS_EDGE_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: demo test lint bench fuzz deps build
+.PHONY: demo test lint bench fuzz deps build deb
 
 ## demo: install what is missing, build, run the offline pipeline, print where the outputs are
 demo: deps
@@ -28,6 +28,10 @@ bench: deps
 	$(CARGO) build --release -p kvs-edge-archiver
 	$(CARGO) run --release -p kvs-edge-tests --example bench_archiver
 	$(CARGO) run --release -p kvs-edge-tests --example bench_replay
+
+## deb: a release .deb of both binaries, the units and example configs, into dist/
+deb: deps
+	scripts/package-deb
 
 ## fuzz: a minute of cargo-fuzz on kvs-local's PutMedia parser (needs the nightly toolchain)
 fuzz:

@@ -117,9 +117,17 @@ struct ReplayArgs {
     progress_every: u64,
 }
 
+/// The configuration: the file, else `KVS_EDGE_ARCHIVER_CONFIG_TOML` (the TOML itself, as a
+/// CloudFormation template sets it on the Lambda function), else the defaults.
 fn config(path: Option<&PathBuf>) -> Result<ArchiverConfig, String> {
     let Some(path) = path else {
-        return Ok(ArchiverConfig::default());
+        return match std::env::var("KVS_EDGE_ARCHIVER_CONFIG_TOML") {
+            Ok(text) if !text.trim().is_empty() => {
+                ArchiverConfig::from_toml("$KVS_EDGE_ARCHIVER_CONFIG_TOML", &text)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(ArchiverConfig::default()),
+        };
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     ArchiverConfig::from_toml(&path.display().to_string(), &text).map_err(|e| e.to_string())

@@ -1,0 +1,80 @@
+"""Checks infra/kvs-edge.yaml beyond what cfn-lint checks: least privilege (no wildcard
+actions in Allow statements; Resource "*" only where the API has no resource), the clip
+bucket's protections, and devices scoped to their own streams and topics. Prints
+"infra: ok" or fails with the reasons."""
+import sys
+
+from cfnlint.decode import decode
+
+template, matches = decode(sys.argv[1])
+assert not matches, matches
+resources = template["Resources"]
+problems = []
+
+# Statements that may name Resource "*": account-level APIs without resource types.
+STAR_OK = {"mediaconvert:DescribeEndpoints"}
+
+
+def statements(doc):
+    for s in doc.get("Statement", []):
+        if isinstance(s, dict) and "Fn::If" in s:
+            s = s["Fn::If"][1]
+        yield s
+
+
+def as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+for name, r in resources.items():
+    docs = []
+    props = r.get("Properties", {})
+    if r["Type"] == "AWS::IAM::Role":
+        docs += [p["PolicyDocument"] for p in props.get("Policies", [])]
+    if r["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IoT::Policy"):
+        docs.append(props["PolicyDocument"])
+    for doc in docs:
+        for s in statements(doc):
+            if s.get("Effect") != "Allow":
+                continue
+            actions = as_list(s["Action"])
+            for a in actions:
+                if "*" in a:
+                    problems.append(f"{name}: wildcard action {a}")
+            if s.get("Resource") == "*" and not set(actions) <= STAR_OK:
+                problems.append(f"{name}: Resource '*' for {actions}")
+
+bucket = resources["ClipBucket"]["Properties"]
+block = bucket["PublicAccessBlockConfiguration"]
+if not all(block[k] is True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")):
+    problems.append("ClipBucket: public access not fully blocked")
+if "BucketEncryption" not in bucket:
+    problems.append("ClipBucket: no default encryption")
+rules = bucket["LifecycleConfiguration"]["Rules"]
+if not any("ExpirationInDays" in r for r in rules):
+    problems.append("ClipBucket: no expiry")
+if not any("AbortIncompleteMultipartUpload" in r for r in rules):
+    problems.append("ClipBucket: incomplete uploads are kept")
+
+device = resources["DeviceRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+for s in statements(device):
+    if "${!credentials-iot:ThingName}" not in str(s["Resource"]):
+        problems.append("DeviceRole: a statement not scoped to the calling thing")
+    if "kinesisvideo:GetClip" in as_list(s["Action"]):
+        problems.append("DeviceRole: devices need not read clips")
+iot = resources["DevicePolicy"]["Properties"]["PolicyDocument"]
+for s in statements(iot):
+    if s["Action"] == "iot:AssumeRoleWithCertificate":
+        continue
+    for res in as_list(s["Resource"]):
+        if "${!iot:Connection.Thing.ThingName}" not in str(res):
+            problems.append(f"DevicePolicy: {s['Action']} on {res} is not scoped to the thing")
+
+rule = resources["AlarmRule"]["Properties"]["EventPattern"]
+if rule["detail"]["state"]["value"] != ["ALARM"]:
+    problems.append("AlarmRule: must match transitions into ALARM only")
+
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+print("infra: ok")

@@ -1,0 +1,114 @@
+//! `scripts/package-deb` (what `make deb` runs) on the binaries this build made: the
+//! package holds the binaries, units, example configurations and conffiles, declares its
+//! GStreamer dependencies, and its postinst enables and starts nothing (run here with a
+//! systemctl that records what it is asked).
+
+use std::process::Command;
+
+use kvs_edge_tests::*;
+
+#[test]
+fn the_deb_has_binaries_units_examples_and_a_postinst_that_starts_nothing() -> anyhow::Result<()> {
+    let out_dir = tempfile::tempdir()?;
+    let out = Command::new(repo_root().join("scripts/package-deb"))
+        .args([
+            "--profile",
+            "dev",
+            "--no-build",
+            "--compress",
+            "gzip",
+            "--out",
+        ])
+        .arg(out_dir.path())
+        .env(
+            "CARGO_TARGET_DIR",
+            agent_binary()?.parent().unwrap().parent().unwrap(),
+        )
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = String::from_utf8(out.stdout)?.trim().to_string();
+    assert!(deb.ends_with(".deb"), "{deb}");
+
+    let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
+    let listing = String::from_utf8(listing.stdout)?;
+    for (mode, path) in [
+        ("-rwxr-xr-x", "./usr/bin/kvs-edge-agent"),
+        ("-rwxr-xr-x", "./usr/bin/kvs-edge-archiver"),
+        ("-rw-r--r--", "./lib/systemd/system/kvs-edge-agent.service"),
+        (
+            "-rw-r--r--",
+            "./lib/systemd/system/kvs-edge-archiver-sqs.service",
+        ),
+        ("-rw-r--r--", "./usr/share/doc/kvs-edge/examples/agent.toml"),
+        (
+            "-rw-r--r--",
+            "./usr/share/doc/kvs-edge/examples/archiver.toml",
+        ),
+        ("-rw-r--r--", "./usr/share/doc/kvs-edge/operator-guide.md"),
+        ("-rw-r--r--", "./etc/default/kvs-edge-agent"),
+        ("drwx------", "./etc/kvs-edge/credentials/"),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(path)),
+            "{mode} {path} in:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("./etc/kvs-edge/agent.toml"),
+        "no configuration is installed, so nothing starts"
+    );
+    let field = |name: &str| -> anyhow::Result<String> {
+        let o = Command::new("dpkg-deb").args(["-f", &deb, name]).output()?;
+        Ok(String::from_utf8(o.stdout)?.trim().to_string())
+    };
+    assert_eq!(field("Package")?, "kvs-edge");
+    assert!(field("Depends")?.contains("gstreamer1.0-plugins-ugly"));
+
+    // The maintainer scripts, with systemd "running" as far as they can tell: systemctl is
+    // a recorder first in PATH.
+    let control = out_dir.path().join("control");
+    assert!(
+        Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(&deb)
+            .arg(&control)
+            .status()?
+            .success()
+    );
+    let conffiles = std::fs::read_to_string(control.join("conffiles"))?;
+    assert!(conffiles.contains("/etc/default/kvs-edge-agent"));
+    let bin = out_dir.path().join("bin");
+    std::fs::create_dir(&bin)?;
+    let calls = out_dir.path().join("systemctl-calls");
+    std::fs::write(
+        bin.join("systemctl"),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )?;
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("systemctl"))
+        .status()?;
+    let script = std::fs::read_to_string(control.join("postinst"))?
+        .replace("[ -d /run/systemd/system ]", "true");
+    let postinst = out_dir.path().join("postinst");
+    std::fs::write(&postinst, script)?;
+    let run = Command::new("sh")
+        .arg(&postinst)
+        .arg("configure")
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH")?),
+        )
+        .output()?;
+    assert!(run.status.success());
+    let asked = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(asked.trim(), "--system daemon-reload", "{asked}");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("systemctl enable --now kvs-edge-agent"));
+    Ok(())
+}
