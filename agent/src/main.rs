@@ -102,23 +102,14 @@ async fn agent_main() -> ExitCode {
     });
     // Under systemd: READY=1 once the first camera captures, then STATUS= (and WATCHDOG=1
     // while every stage makes progress).
-    let notifier = systemd::Notifier::from_env();
-    if notifier.enabled() {
+    if systemd::under_systemd() {
         let registry = running.registry.clone();
         let watchdog = systemd::watchdog_interval();
         let period = watchdog.map_or(Duration::from_secs(10), |w| w / 2);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            systemd::ready_when_capturing(&registry, &notifier).await;
-            systemd::supervise(
-                registry,
-                notifier,
-                watchdog.is_some(),
-                period,
-                stall_after,
-                shutdown,
-            )
-            .await;
+            systemd::ready_when_capturing(&registry).await;
+            systemd::supervise(registry, watchdog.is_some(), period, stall_after, shutdown).await;
         });
     }
     running

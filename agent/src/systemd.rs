@@ -1,74 +1,34 @@
-//! The agent under systemd (`Type=notify`): `sd_notify(3)` datagrams (`READY=1`,
-//! `WATCHDOG=1`, `STATUS=…`) to `$NOTIFY_SOCKET` (a path, or `@name` in the abstract
-//! namespace), readiness once the first camera captures, and the watchdog loop: every half
-//! `$WATCHDOG_USEC` the cameras' counters go through `health`, and `WATCHDOG=1` is sent
-//! only while no stage is stalled. Without `$NOTIFY_SOCKET` (not under systemd) nothing is sent.
+//! The agent under systemd (`Type=notify`, through the `sd-notify` crate): readiness once
+//! the first camera captures, and the watchdog loop: every half `$WATCHDOG_USEC` the
+//! cameras' counters go through `health`, `STATUS=` gets the health line, and `WATCHDOG=1`
+//! is sent only while no stage is stalled. Without `$NOTIFY_SOCKET` nothing is sent.
 
 use std::collections::HashMap;
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::health::{self, Health, Progress};
 use crate::metrics::{CameraMetrics, Registry};
 
-/// Where notifications go, if anywhere.
-pub struct Notifier {
-    socket: Option<(UnixDatagram, String)>,
+/// True when systemd listens (`$NOTIFY_SOCKET` is set).
+pub fn under_systemd() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
 }
 
-impl Notifier {
-    /// From `$NOTIFY_SOCKET`; a socket that cannot be used is logged and ignored.
-    pub fn from_env() -> Notifier {
-        let socket = std::env::var("NOTIFY_SOCKET")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .and_then(|path| match UnixDatagram::unbound() {
-                Ok(s) => Some((s, path)),
-                Err(e) => {
-                    tracing::warn!("NOTIFY_SOCKET: {e}");
-                    None
-                }
-            });
-        Notifier { socket }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.socket.is_some()
-    }
-
-    /// Sends one notification (newline-separated assignments).
-    pub fn send(&self, state: &str) {
-        let Some((socket, path)) = &self.socket else {
-            return;
-        };
-        let sent = match path.strip_prefix('@') {
-            Some(name) => {
-                use std::os::linux::net::SocketAddrExt;
-                std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-                    .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
-            }
-            None => socket.send_to(state.as_bytes(), path),
-        };
-        if let Err(e) = sent {
-            tracing::debug!("sd_notify {path}: {e}");
-        }
+/// Sends notifications; a failure is only worth a debug line (systemd may be gone).
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
     }
 }
 
-/// systemd's watchdog interval (`$WATCHDOG_USEC`) when it is meant for this process
-/// (`$WATCHDOG_PID` absent or ours).
+/// systemd's watchdog interval (`$WATCHDOG_USEC`) when it is meant for this process.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok() != Some(std::process::id())
-    {
-        return None;
-    }
-    (usec > 0).then(|| Duration::from_micros(usec))
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
 /// One line for `STATUS=`: no newlines (they separate assignments).
@@ -102,8 +62,8 @@ fn progress(c: &CameraMetrics) -> Progress {
 }
 
 /// Waits until the first camera captures a frame (at once when none runs), then READY=1.
-pub async fn ready_when_capturing(registry: &Registry, notifier: &Notifier) {
-    if notifier.enabled() {
+pub async fn ready_when_capturing(registry: &Registry) {
+    if under_systemd() {
         loop {
             let cams = registry.cameras();
             if cams.is_empty()
@@ -117,7 +77,10 @@ pub async fn ready_when_capturing(registry: &Registry, notifier: &Notifier) {
         }
     }
     let cams = registry.cameras().len();
-    notifier.send(&format!("READY=1\nSTATUS=started, {cams} cameras"));
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("started, {cams} cameras")),
+    ]);
     tracing::info!("ready ({cams} cameras)");
 }
 
@@ -125,7 +88,6 @@ pub async fn ready_when_capturing(registry: &Registry, notifier: &Notifier) {
 /// nothing is stalled. Ends with STOPPING=1 on shutdown.
 pub async fn supervise(
     registry: Registry,
-    notifier: Notifier,
     watchdog: bool,
     period: Duration,
     stall_after: Duration,
@@ -139,7 +101,10 @@ pub async fn supervise(
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => {
-                notifier.send("STOPPING=1\nSTATUS=stopping: sending what was captured");
+                notify(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status("stopping: sending what was captured"),
+                ]);
                 return;
             }
         }
@@ -166,13 +131,16 @@ pub async fn supervise(
             if was_stalled {
                 tracing::info!("every stage makes progress again");
             }
-            let ping = if watchdog { "WATCHDOG=1\n" } else { "" };
-            notifier.send(&format!("{ping}STATUS={line}"));
+            if watchdog {
+                notify(&[NotifyState::Watchdog, NotifyState::Status(&line)]);
+            } else {
+                notify(&[NotifyState::Status(&line)]);
+            }
         } else {
             if !was_stalled {
                 tracing::error!("{line}: the watchdog is no longer pinged");
             }
-            notifier.send(&format!("STATUS={line}"));
+            notify(&[NotifyState::Status(&line)]);
         }
         was_stalled = !stalls.is_empty();
     }

@@ -380,6 +380,60 @@ fn replay(mut cfg: ArchiverConfig, r: ReplayArgs) -> ExitCode {
     })
 }
 
+/// Under systemd (`Type=notify`): READY=1 once the queue answered a first ReceiveMessage,
+/// then STATUS= with the counts, and WATCHDOG=1 while the consumer polls (a long poll
+/// lasts 20 s) or has messages in hand; STOPPING=1 on shutdown.
+async fn notify_systemd(
+    stats: std::sync::Arc<kvs_edge_archiver::sqs::ConsumerStats>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use sd_notify::NotifyState;
+    use std::sync::atomic::Ordering;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let polls = || stats.polls.load(Ordering::Relaxed);
+    while polls() == 0 {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("consuming")]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map_or(std::time::Duration::from_secs(10), |w| w / 2);
+    // Two long polls and a retry pause without a poll, and nothing in hand: stuck.
+    let stuck_after = std::time::Duration::from_secs(60);
+    let (mut seen, mut moved) = (polls(), tokio::time::Instant::now());
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => {
+                let line = format!("stopping: {}", stats.line());
+                let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status(&line)]);
+                return;
+            }
+        }
+        let now = polls();
+        if now != seen || stats.in_hand.load(Ordering::Relaxed) > 0 {
+            (seen, moved) = (now, tokio::time::Instant::now());
+        }
+        let line = stats.line();
+        let _ = if moved.elapsed() >= stuck_after {
+            let line = format!(
+                "STALLED: no poll for {} s; {line}",
+                moved.elapsed().as_secs()
+            );
+            sd_notify::notify(&[NotifyState::Status(&line)])
+        } else if watchdog.is_some() {
+            sd_notify::notify(&[NotifyState::Watchdog, NotifyState::Status(&line)])
+        } else {
+            sd_notify::notify(&[NotifyState::Status(&line)])
+        };
+    }
+}
+
 fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -405,7 +459,9 @@ fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
             settings: archiver.cfg.sqs.clone(),
             archiver: std::sync::Arc::new(archiver),
             queue_url,
+            stats: Default::default(),
         });
+        tokio::spawn(notify_systemd(consumer.stats.clone(), shutdown.clone()));
         consumer.run(shutdown).await;
         ExitCode::SUCCESS
     })

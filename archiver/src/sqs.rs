@@ -7,6 +7,7 @@
 //! On shutdown no new messages are taken, and the ones in hand are finished.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
@@ -36,6 +37,32 @@ pub struct Consumer {
     pub sqs: Client,
     pub settings: SqsSettings,
     pub queue_url: String,
+    pub stats: Arc<ConsumerStats>,
+}
+
+/// What the consumer has done (systemd's STATUS= and watchdog read these).
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// ReceiveMessage calls answered (with messages, none, or an error).
+    pub polls: AtomicU64,
+    pub in_hand: AtomicU64,
+    pub done: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+impl ConsumerStats {
+    /// One line: `3 done, 1 retried, 0 dead-lettered, 2 in hand`.
+    pub fn line(&self) -> String {
+        let r = Ordering::Relaxed;
+        format!(
+            "{} done, {} retried, {} dead-lettered, {} in hand",
+            self.done.load(r),
+            self.retried.load(r),
+            self.dead_lettered.load(r),
+            self.in_hand.load(r)
+        )
+    }
 }
 
 impl Consumer {
@@ -63,6 +90,7 @@ impl Consumer {
                     .send() => r,
                 _ = shutdown.wait_for(|s| *s) => break,
             };
+            self.stats.polls.fetch_add(1, Ordering::Relaxed);
             let messages = match received {
                 Ok(out) => out.messages.unwrap_or_default(),
                 Err(e) => {
@@ -76,8 +104,10 @@ impl Consumer {
             for m in messages {
                 let permit = slots.clone().acquire_owned().await.expect("semaphore open");
                 let me = self.clone();
+                me.stats.in_hand.fetch_add(1, Ordering::Relaxed);
                 work.spawn(async move {
                     me.message(m).await;
+                    me.stats.in_hand.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }
@@ -138,6 +168,12 @@ impl Consumer {
         if let Err(e) = settled {
             error!(message = %id, "{e}");
         }
+        let counter = match &fate {
+            Fate::Done => &self.stats.done,
+            Fate::Retry(_) => &self.stats.retried,
+            Fate::DeadLetter(_) => &self.stats.dead_lettered,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let (result, reason) = match &fate {
             Fate::Done => ("done", None),
             Fate::Retry(r) => ("retry", Some(r.clone())),

@@ -1,8 +1,11 @@
-//! The agent under systemd's notification protocol, as `Type=notify` with `WatchdogSec=`
-//! runs it: the test plays systemd's side (a datagram socket in `NOTIFY_SOCKET`,
-//! `WATCHDOG_USEC`, `CREDENTIALS_DIRECTORY` as `LoadCredential=` makes it). READY=1 comes
-//! once the camera captures, WATCHDOG=1 and STATUS= follow while the pipeline moves, a
-//! stalled uploader stops the pings (and says so in STATUS=), and SIGTERM sends STOPPING=1.
+//! Both services under systemd's notification protocol, as `Type=notify` with `WatchdogSec=`
+//! runs them: the test plays systemd's side (a datagram socket in `NOTIFY_SOCKET`,
+//! `WATCHDOG_USEC`, `CREDENTIALS_DIRECTORY` as `LoadCredential=` makes it).
+//! - The agent: READY=1 once the camera captures, WATCHDOG=1 and STATUS= while the pipeline
+//!   moves, a stalled uploader stops the pings (and says so in STATUS=), SIGTERM sends
+//!   STOPPING=1.
+//! - The SQS consumer (against moto): READY=1 once the queue answered, STATUS= with what
+//!   became of the messages, WATCHDOG=1 while it polls, STOPPING=1 on SIGTERM.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
@@ -143,5 +146,86 @@ async fn ready_watchdog_status_and_a_stalled_uploader_stops_the_pings() -> anyho
     agent.wait()?;
     result?;
     stopping?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqs_consumer_is_ready_once_the_queue_answers_and_reports_its_counts()
+-> anyhow::Result<()> {
+    let local = Local::start().await?;
+    let moto = tokio::task::spawn_blocking(Moto::start).await??;
+    let sqs = sqs_client(&moto.url);
+    let queue = sqs
+        .create_queue()
+        .queue_name("alarms")
+        .send()
+        .await?
+        .queue_url
+        .unwrap();
+    let dlq = sqs
+        .create_queue()
+        .queue_name("alarms-dlq")
+        .send()
+        .await?
+        .queue_url
+        .unwrap();
+    let dir = local.dir.path();
+    let config = dir.join("archiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [aws]
+            region = "us-east-1"
+            endpoint_url = "{kvs}"
+            [sqs]
+            endpoint_url = "{moto}"
+            queue_url = "{queue}"
+            dlq_url = "{dlq}"
+            "#,
+            kvs = local.url(),
+            moto = moto.url,
+        ),
+    )?;
+    let socket_path = dir.join("notify.sock");
+    let messages = listen(UnixDatagram::bind(&socket_path)?);
+    let mut consumer = archiver_command()?
+        .arg("--config")
+        .arg(&config)
+        .arg("sqs")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = async {
+        let (ready, _) = wait_for(&messages, Duration::from_secs(60), |m| {
+            m.lines().any(|l| l == "READY=1")
+        })?;
+        assert!(ready.contains("STATUS=consuming"), "{ready}");
+        wait_for(&messages, Duration::from_secs(10), |m| {
+            m.contains("WATCHDOG=1") && m.contains("STATUS=0 done")
+        })?;
+        // A malformed message goes to the dead-letter queue; the status counts it.
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body("{not json")
+            .send()
+            .await?;
+        wait_for(&messages, Duration::from_secs(60), |m| {
+            m.contains("1 dead-lettered") && m.contains("WATCHDOG=1")
+        })?;
+        anyhow::Ok(())
+    }
+    .await;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(consumer.id() as i32, libc::SIGTERM) };
+    let stopping = wait_for(&messages, Duration::from_secs(30), |m| {
+        m.lines().any(|l| l == "STOPPING=1")
+    });
+    let status = consumer.wait()?;
+    result?;
+    stopping?;
+    assert!(status.success(), "a clean stop: {status}");
     Ok(())
 }
