@@ -669,3 +669,57 @@ async fn the_s3_batch_operations_handler_answers_the_published_invocations() -> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_tasks_in_flight_and_says_interrupted() -> anyhow::Result<()> {
+    let local = Local::start_with(|c| {
+        c.buckets = vec!["clips".into()];
+        c.paused_queues = vec!["Default".into()];
+    })
+    .await?;
+    let s3 = local_s3(&local);
+    let clips: Vec<_> = (0..200).map(|i| clip(i, "2024-04-01T00:00:00Z")).collect();
+    seed(&s3, "clips", &clips, &[]).await?;
+    let cfg = config(local.dir.path(), &local.url(), &local.url())?;
+    let report = local.dir.path().join("report");
+    let args = ["replay", "--report", report.to_str().unwrap()];
+    let mut run = archiver_command()?
+        .arg("--config")
+        .arg(&cfg)
+        .args(args)
+        .args(["--rate", "40"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(report.join("report.csv"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 20
+    {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let out = run.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(130), "interrupted");
+    let s = summary(&report)?;
+    assert_eq!(s["state"], "interrupted");
+    // Everything started was finished and reported: rows and jobs agree.
+    let rows = report_rows(&report)?;
+    assert!(rows.len() < 200, "stopped early");
+    assert_eq!(s["tasks"]["submitted"], rows.len() as u64);
+    assert_eq!(jobs_by_clip(&local.url())?.len(), rows.len());
+
+    let out = archiver_command()?
+        .arg("--config")
+        .arg(&cfg)
+        .args(args)
+        .args(["--rate", "0"])
+        .output()?;
+    assert!(out.status.success());
+    assert_eq!(report_rows(&report)?.len(), 200);
+    assert_eq!(jobs_by_clip(&local.url())?.len(), 200);
+    Ok(())
+}
