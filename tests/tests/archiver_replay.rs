@@ -683,7 +683,7 @@ async fn sigterm_finishes_the_tasks_in_flight_and_says_interrupted() -> anyhow::
     let cfg = config(local.dir.path(), &local.url(), &local.url())?;
     let report = local.dir.path().join("report");
     let args = ["replay", "--report", report.to_str().unwrap()];
-    let mut run = archiver_command()?
+    let run = archiver_command()?
         .arg("--config")
         .arg(&cfg)
         .args(args)
