@@ -4,7 +4,7 @@ export KVS_EDGE_CACHE ?= $(HOME)/.cache/kvs-edge
 export CARGO_TARGET_DIR ?= $(KVS_EDGE_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: demo test lint bench fuzz deps build deb
+.PHONY: demo test lint bench fuzz deps build deb lambda
 
 ## demo: install what is missing, build, run the offline pipeline, print where the outputs are
 demo: deps
@@ -32,6 +32,10 @@ bench: deps
 ## deb: a release .deb of both binaries, the units and example configs, into dist/
 deb: deps
 	scripts/package-deb
+
+## lambda: the archiver's Lambda zip (bootstrap, provided.al2023) into dist/
+lambda: deps
+	scripts/package-lambda
 
 ## fuzz: a minute of cargo-fuzz on kvs-local's PutMedia parser (needs the nightly toolchain)
 fuzz:

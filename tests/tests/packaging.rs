@@ -1,0 +1,200 @@
+//! Packaging, on the binaries this build made:
+//! - `scripts/package-deb` (`make deb`): the package holds the binaries, units, example
+//!   configurations and conffiles, declares its GStreamer dependencies, and its postinst
+//!   enables and starts nothing (run here with a systemctl that records what it is asked);
+//! - `scripts/package-lambda` (`make lambda`): a zip with an executable `bootstrap` that
+//!   Amazon Linux 2023's glibc can run, which serves the Lambda Runtime API configured the
+//!   way infra/kvs-edge.yaml configures it (`KVS_EDGE_ARCHIVER_CONFIG_TOML`).
+
+use std::process::Command;
+
+use kvs_edge_tests::*;
+
+#[test]
+fn the_deb_has_binaries_units_examples_and_a_postinst_that_starts_nothing() -> anyhow::Result<()> {
+    let out_dir = tempfile::tempdir()?;
+    let out = Command::new(repo_root().join("scripts/package-deb"))
+        .args([
+            "--profile",
+            "dev",
+            "--no-build",
+            "--compress",
+            "gzip",
+            "--out",
+        ])
+        .arg(out_dir.path())
+        .env(
+            "CARGO_TARGET_DIR",
+            agent_binary()?.parent().unwrap().parent().unwrap(),
+        )
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = String::from_utf8(out.stdout)?.trim().to_string();
+    assert!(deb.ends_with(".deb"), "{deb}");
+
+    let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
+    let listing = String::from_utf8(listing.stdout)?;
+    for (mode, path) in [
+        ("-rwxr-xr-x", "./usr/bin/kvs-edge-agent"),
+        ("-rwxr-xr-x", "./usr/bin/kvs-edge-archiver"),
+        ("-rw-r--r--", "./lib/systemd/system/kvs-edge-agent.service"),
+        (
+            "-rw-r--r--",
+            "./lib/systemd/system/kvs-edge-archiver-sqs.service",
+        ),
+        ("-rw-r--r--", "./usr/share/doc/kvs-edge/examples/agent.toml"),
+        (
+            "-rw-r--r--",
+            "./usr/share/doc/kvs-edge/examples/archiver.toml",
+        ),
+        ("-rw-r--r--", "./usr/share/doc/kvs-edge/operator-guide.md"),
+        ("-rw-r--r--", "./etc/default/kvs-edge-agent"),
+        ("drwx------", "./etc/kvs-edge/credentials/"),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(path)),
+            "{mode} {path} in:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("./etc/kvs-edge/agent.toml"),
+        "no configuration is installed, so nothing starts"
+    );
+    let field = |name: &str| -> anyhow::Result<String> {
+        let o = Command::new("dpkg-deb").args(["-f", &deb, name]).output()?;
+        Ok(String::from_utf8(o.stdout)?.trim().to_string())
+    };
+    assert_eq!(field("Package")?, "kvs-edge");
+    assert!(field("Depends")?.contains("gstreamer1.0-plugins-ugly"));
+
+    // The maintainer scripts, with systemd "running" as far as they can tell: systemctl is
+    // a recorder first in PATH.
+    let control = out_dir.path().join("control");
+    assert!(
+        Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(&deb)
+            .arg(&control)
+            .status()?
+            .success()
+    );
+    let conffiles = std::fs::read_to_string(control.join("conffiles"))?;
+    assert!(conffiles.contains("/etc/default/kvs-edge-agent"));
+    let bin = out_dir.path().join("bin");
+    std::fs::create_dir(&bin)?;
+    let calls = out_dir.path().join("systemctl-calls");
+    std::fs::write(
+        bin.join("systemctl"),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )?;
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("systemctl"))
+        .status()?;
+    let script = std::fs::read_to_string(control.join("postinst"))?
+        .replace("[ -d /run/systemd/system ]", "true");
+    let postinst = out_dir.path().join("postinst");
+    std::fs::write(&postinst, script)?;
+    let run = Command::new("sh")
+        .arg(&postinst)
+        .arg("configure")
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH")?),
+        )
+        .output()?;
+    assert!(run.status.success());
+    let asked = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(asked.trim(), "--system daemon-reload", "{asked}");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("systemctl enable --now kvs-edge-agent"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_zip_holds_a_bootstrap_that_serves_invocations() -> anyhow::Result<()> {
+    use kvs_edge_tests::lambda_api::LambdaApi;
+    let out_dir = tempfile::tempdir()?;
+    let out = Command::new(repo_root().join("scripts/package-lambda"))
+        .args(["--profile", "dev", "--no-build", "--out"])
+        .arg(out_dir.path())
+        .env(
+            "CARGO_TARGET_DIR",
+            agent_binary()?.parent().unwrap().parent().unwrap(),
+        )
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let zip = stdout.split_whitespace().next().unwrap().to_string();
+    // Unpacked as Lambda does; the mode bits survive.
+    let unpacked = out_dir.path().join("task");
+    let listing = python(
+        r#"
+import sys, zipfile, json
+z = zipfile.ZipFile(sys.argv[1])
+info = z.getinfo("bootstrap")
+z.extractall(sys.argv[2])
+print(json.dumps({"names": z.namelist(), "mode": oct(info.external_attr >> 16)}))
+"#,
+        &[&zip, unpacked.to_str().unwrap()],
+    )?;
+    let listing: serde_json::Value = serde_json::from_str(listing.trim())?;
+    assert_eq!(listing["names"], serde_json::json!(["bootstrap"]));
+    assert_eq!(listing["mode"], "0o100755");
+    let bootstrap = unpacked.join("bootstrap");
+    std::fs::set_permissions(
+        &bootstrap,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+
+    // Configured through the environment, as the template does; an S3 Batch Operations
+    // invocation of a non-clip is answered without touching any service.
+    let invocation: serde_json::Value = serde_json::from_slice(&std::fs::read(repo_root().join(
+        "../shared/fixtures/aws-events/s3-batch-ops-lambda-invocation-schema-1.0.awsdocs.json",
+    ))?)?;
+    let mut api = LambdaApi::start(vec![invocation]).await?;
+    let mut function = Command::new(&bootstrap)
+        .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "kvs-edge-archiver")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/kvs-edge-archiver")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "KVS_EDGE_ARCHIVER_CONFIG_TOML",
+            "bucket = \"clips\"\n[transcode]\nmode = \"mediaconvert\"\nrole_arn = \"arn:aws:iam::123456789012:role/mc\"\nendpoint_url = \"http://127.0.0.1:9\"\n",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let answer = api.answer(std::time::Duration::from_secs(60)).await;
+    function.kill()?;
+    function.wait()?;
+    let (_, kind, body) = answer?;
+    assert_eq!(kind, "response", "{body}");
+    assert_eq!(
+        body["results"][0]["resultCode"], "PermanentFailure",
+        "{body}"
+    );
+    assert!(
+        body["results"][0]["resultString"]
+            .as_str()
+            .unwrap()
+            .contains("not a clip"),
+        "{body}"
+    );
+    Ok(())
+}
