@@ -391,9 +391,9 @@ pub async fn produce(
             let v: Value = serde_json::from_slice(&text)
                 .map_err(|e| format!("{manifest}: not an inventory manifest: {e}"))?;
             let inv = Inventory::parse(&v).map_err(|e| format!("{manifest}: {e}"))?;
-            for file in &inv.files {
+            for (file, md5) in &inv.files {
                 let url = format!("s3://{}/{file}", inv.files_bucket);
-                let local = download(s3, &url).await?;
+                let local = download(s3, &url, md5.as_deref()).await?;
                 let columns = inv.columns.clone();
                 let filter = filter.clone();
                 let tx = tx.clone();
@@ -428,7 +428,7 @@ pub async fn produce(
             let (name, reader): (String, Box<dyn Read + Send>) = if list == "-" {
                 ("standard input".into(), Box::new(std::io::stdin()))
             } else if list.starts_with("s3://") {
-                let local = download(s3, list).await?;
+                let local = download(s3, list, None).await?;
                 let f = std::fs::File::open(local.path()).map_err(|e| format!("{list}: {e}"))?;
                 // The file stays readable after the temporary path is gone.
                 drop(local);
@@ -504,8 +504,15 @@ async fn read_all(s3: &aws_sdk_s3::Client, location: &str) -> Result<Vec<u8>, St
     Ok(body.into_bytes().to_vec())
 }
 
-/// An S3 object streamed into a temporary file (inventory files can be large).
-async fn download(s3: &aws_sdk_s3::Client, url: &str) -> Result<tempfile::NamedTempFile, String> {
+/// An S3 object streamed into a temporary file (inventory files can be large), checked
+/// against the MD5 the inventory manifest gives for it.
+async fn download(
+    s3: &aws_sdk_s3::Client,
+    url: &str,
+    md5: Option<&str>,
+) -> Result<tempfile::NamedTempFile, String> {
+    use md5::Digest;
+    let mut hash = md5::Md5::new();
     let (bucket, key) = split_s3(url)?;
     let out = s3
         .get_object()
@@ -523,8 +530,17 @@ async fn download(s3: &aws_sdk_s3::Client, url: &str) -> Result<tempfile::NamedT
         .await
         .map_err(|e| format!("S3 GetObject {url}: {e}"))?
     {
+        hash.update(&chunk);
         file.write_all(&chunk)
             .map_err(|e| format!("a temporary file: {e}"))?;
+    }
+    let got = hex::encode(hash.finalize());
+    if let Some(want) = md5
+        && got != want
+    {
+        return Err(format!(
+            "{url}: MD5 {got}, but the manifest says {want} (a partial or replaced file)"
+        ));
     }
     file.flush().map_err(|e| format!("a temporary file: {e}"))?;
     Ok(tmp)

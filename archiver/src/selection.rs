@@ -199,7 +199,8 @@ impl Filter {
 pub struct Inventory {
     /// The bucket holding the files (the manifest's destination bucket).
     pub files_bucket: String,
-    pub files: Vec<String>,
+    /// Each file's key and MD5 (hex), as the manifest lists them.
+    pub files: Vec<(String, Option<String>)>,
     pub columns: Columns,
 }
 
@@ -251,10 +252,15 @@ impl Inventory {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                f["key"]
+                let key = f["key"]
                     .as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| format!("files[{i}].key: missing"))
+                    .ok_or_else(|| format!("files[{i}].key: missing"))?;
+                let md5 = f["MD5checksum"]
+                    .as_str()
+                    .filter(|m| m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(str::to_ascii_lowercase);
+                Ok::<_, String>((key, md5))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Inventory {
@@ -414,7 +420,11 @@ mod tests {
         let inv = Inventory::parse(&v).unwrap();
         assert_eq!(inv.files_bucket, "example-inventory-destination-bucket");
         assert_eq!(inv.files.len(), 1);
-        assert!(inv.files[0].ends_with(".csv.gz"));
+        assert!(inv.files[0].0.ends_with(".csv.gz"));
+        assert_eq!(
+            inv.files[0].1.as_deref(),
+            Some("f11166069f1990abeb9c97ace9cdfabc")
+        );
         let row = [
             "example-source-bucket",
             "clips/cam%201/a.mp4",

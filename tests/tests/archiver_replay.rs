@@ -484,27 +484,41 @@ async fn listing_filters_inventories_and_lists_select_the_clips_on_moto() -> any
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(csv.as_bytes())?;
+    let gz = gz.finish()?;
+    let md5 = {
+        use md5::Digest;
+        hex::encode(md5::Md5::digest(&gz))
+    };
     let data_key = "inv/clips/daily/2024-02-19T01-00Z/files/part-0.csv.gz";
     s3.put_object()
         .bucket("inventory")
         .key(data_key)
-        .body(ByteStream::from(gz.finish()?))
+        .body(ByteStream::from(gz))
         .send()
         .await?;
-    let manifest = json!({
-        "sourceBucket": "clips",
-        "destinationBucket": "arn:aws:s3:::inventory",
-        "version": "2016-11-30",
-        "fileFormat": "CSV",
-        "fileSchema": "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate",
-        "files": [{"key": data_key, "size": 1, "MD5checksum": "-"}],
-    });
-    s3.put_object()
-        .bucket("inventory")
-        .key("inv/clips/daily/2024-02-19T01-00Z/manifest.json")
-        .body(ByteStream::from(manifest.to_string().into_bytes()))
-        .send()
-        .await?;
+    let manifest = |md5: &str| {
+        json!({
+            "sourceBucket": "clips",
+            "destinationBucket": "arn:aws:s3:::inventory",
+            "version": "2016-11-30",
+            "fileFormat": "CSV",
+            "fileSchema": "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate",
+            "files": [{"key": data_key, "size": 1, "MD5checksum": md5}],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    for (name, md5) in [
+        ("manifest.json", md5.as_str()),
+        ("bad-manifest.json", "0123456789abcdef0123456789abcdef"),
+    ] {
+        s3.put_object()
+            .bucket("inventory")
+            .key(format!("inv/clips/daily/2024-02-19T01-00Z/{name}"))
+            .body(ByteStream::from(manifest(md5)))
+            .send()
+            .await?;
+    }
     let from_inventory = dry_run(
         &cfg,
         &[
@@ -552,7 +566,23 @@ async fn listing_filters_inventories_and_lists_select_the_clips_on_moto() -> any
     let record: Value = serde_json::from_slice(&record.body.collect().await?.into_bytes())?;
     assert_eq!(record["replay"], summary(&report)?["run"]);
 
-    // Bad input is named.
+    // Bad input is named: a file that is not what its manifest says, a missing manifest.
+    let out = archiver_command()?
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "replay",
+            "--dry-run",
+            "--inventory",
+            "s3://inventory/inv/clips/daily/2024-02-19T01-00Z/bad-manifest.json",
+        ])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(data_key) && stderr.contains("the manifest says"),
+        "{stderr}"
+    );
     let out = archiver_command()?
         .arg("--config")
         .arg(&cfg)
