@@ -28,36 +28,12 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339()
 }
 
-/// Runs the archiver under GNU time; its wall time, standard output and peak RSS (MiB).
+/// The archiver under GNU time, which must have stored a clip: wall time, standard output
+/// and peak RSS (MiB).
 fn archiver(config: &std::path::Path, args: &[&str]) -> Result<(Duration, String, f64)> {
-    let started = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "maxrss_kib=%M"])
-        .arg(archiver_binary()?)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn")
-        .output()?;
-    let took = started.elapsed();
-    let stdout = String::from_utf8(out.stdout)?;
-    ensure!(
-        out.status.success(),
-        "archiver failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (took, rss, stdout) = run_archiver_timed(config, args)?;
     ensure!(stdout.contains("\"stored\""), "not stored: {stdout}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let rss_kib: f64 = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("maxrss_kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN);
-    Ok((took, stdout, rss_kib / 1024.0))
+    Ok((took, stdout, rss))
 }
 
 #[tokio::main]

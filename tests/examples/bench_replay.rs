@@ -11,38 +11,9 @@
 //!     cargo build --release -p kvs-edge-archiver
 //!     cargo run --release -p kvs-edge-tests --example bench_replay
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
 use anyhow::{Result, ensure};
 use aws_sdk_s3::primitives::ByteStream;
 use kvs_edge_tests::*;
-
-/// Runs the archiver under GNU time: wall time, peak RSS (MiB), standard output.
-fn archiver(config: &std::path::Path, args: &[&str]) -> Result<(Duration, f64, String)> {
-    let started = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "maxrss_kib=%M"])
-        .arg(archiver_binary()?)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn")
-        .output()?;
-    let took = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "archiver failed: {stderr}");
-    let rss_kib: f64 = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("maxrss_kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN);
-    Ok((took, rss_kib / 1024.0, String::from_utf8(out.stdout)?))
-}
 
 async fn seed(s3: &aws_sdk_s3::Client, prefix: &str, n: usize) -> Result<()> {
     let mut puts = tokio::task::JoinSet::new();
@@ -119,7 +90,8 @@ async fn main() -> Result<()> {
     for (stream, n) in [("cam-1k", 1_000), ("cam-10k", 10_000)] {
         seed(&s3, stream, n).await?;
         let prefix = format!("clips/{stream}/");
-        let (took, rss, out) = archiver(&config, &["replay", "--dry-run", "--prefix", &prefix])?;
+        let (took, rss, out) =
+            run_archiver_timed(&config, &["replay", "--dry-run", "--prefix", &prefix])?;
         ensure!(
             out.lines().count() == n,
             "dry run listed {}",
@@ -131,7 +103,7 @@ async fn main() -> Result<()> {
             n as f64 / took.as_secs_f64()
         );
         let report = local.dir.path().join(format!("report-{stream}"));
-        let (took, rss, out) = archiver(
+        let (took, rss, out) = run_archiver_timed(
             &config,
             &[
                 "replay",

@@ -65,6 +65,40 @@ impl LambdaApi {
         })
     }
 
+    /// Runs `function` (the archiver binary, or an unpacked `bootstrap`) against this API
+    /// with the environment Lambda gives a function, takes `n` answers, then stops it.
+    pub async fn run_function(
+        &mut self,
+        mut function: std::process::Command,
+        n: usize,
+    ) -> Result<Vec<Answer>> {
+        let mut child = function
+            .env("AWS_LAMBDA_RUNTIME_API", self.addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", "kvs-edge-archiver")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/kvs-edge-archiver")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the function")?;
+        let mut answers = Vec::new();
+        let mut taken = Ok(());
+        while answers.len() < n {
+            match self.answer(std::time::Duration::from_secs(60)).await {
+                Ok(a) => answers.push(a),
+                Err(e) => {
+                    taken = Err(e);
+                    break;
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        taken.map(|()| answers)
+    }
+
     /// The next answer, within `within`.
     pub async fn answer(&mut self, within: std::time::Duration) -> Result<Answer> {
         tokio::time::timeout(within, self.answers.recv())

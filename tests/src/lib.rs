@@ -435,6 +435,16 @@ pub fn sqs_client(url: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(conf)
 }
 
+/// Creates an SQS queue (on moto); its URL.
+pub async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
+    sqs.create_queue()
+        .queue_name(name)
+        .send()
+        .await?
+        .queue_url
+        .context("CreateQueue answered no URL")
+}
+
 /// Starts a server process and waits (bounded) until its stderr shows `ready`; stderr keeps
 /// being drained afterwards so the server never blocks on a full pipe.
 pub fn start_until_ready(
@@ -840,11 +850,7 @@ pub fn alarm_event(name: &str, stream: &str, at_ms: i64) -> serde_json::Value {
 /// and nothing else from the environment's AWS settings: its JSON lines and whether it
 /// succeeded.
 pub fn run_archiver(config: &Path, args: &[&str]) -> Result<(Vec<serde_json::Value>, bool)> {
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()?;
+    let out = archiver_configured(config)?.args(args).output()?;
     let lines = String::from_utf8(out.stdout)?
         .lines()
         .map(serde_json::from_str)
@@ -867,6 +873,41 @@ pub fn archiver_command() -> Result<Command> {
     Ok(cmd)
 }
 
+/// For benchmarks: the archiver under GNU time (`/usr/bin/time`), logging only warnings; its
+/// wall time, peak RSS in MiB and standard output. A failed run is an error with its output.
+pub fn run_archiver_timed(config: &Path, args: &[&str]) -> Result<(Duration, f64, String)> {
+    let started = std::time::Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kib=%M"])
+        .arg(archiver_binary()?)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8(out.stdout)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "archiver failed: {stdout}{stderr}");
+    let rss_kib: f64 = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((took, rss_kib / 1024.0, stdout))
+}
+
+/// `archiver_command()` with `--config config`.
+pub fn archiver_configured(config: &Path) -> Result<Command> {
+    let mut cmd = archiver_command()?;
+    cmd.arg("--config").arg(config);
+    Ok(cmd)
+}
+
 /// A long-running archiver (the SQS consumer): its standard output line by line.
 pub struct ArchiverProcess {
     child: std::process::Child,
@@ -876,9 +917,7 @@ pub struct ArchiverProcess {
 impl ArchiverProcess {
     pub fn spawn(config: &Path, args: &[&str]) -> Result<ArchiverProcess> {
         use std::io::BufRead;
-        let mut child = archiver_command()?
-            .arg("--config")
-            .arg(config)
+        let mut child = archiver_configured(config)?
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

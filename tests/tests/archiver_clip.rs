@@ -272,20 +272,8 @@ async fn the_sqs_consumer_clips_once_and_dead_letters_what_can_never_work() -> a
     let s3 = s3_client(&moto.url);
     s3.create_bucket().bucket("clips").send().await?;
     let sqs = sqs_client(&moto.url);
-    let queue = sqs
-        .create_queue()
-        .queue_name("alarms")
-        .send()
-        .await?
-        .queue_url
-        .unwrap();
-    let dlq = sqs
-        .create_queue()
-        .queue_name("alarms-dlq")
-        .send()
-        .await?
-        .queue_url
-        .unwrap();
+    let queue = create_queue(&sqs, "alarms").await?;
+    let dlq = create_queue(&sqs, "alarms-dlq").await?;
     let cfg = config(local.dir.path(), &local.url(), &moto.url);
     let mut text = std::fs::read_to_string(&cfg)?;
     text.push_str(&format!(
@@ -414,23 +402,9 @@ async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<
         alarm_event("Porch motion", "no-such-cam", start + 8_000),
     ])
     .await?;
-    let mut function = archiver_command()?
-        .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "kvs-edge-archiver")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/kvs-edge-archiver")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
-        .env("KVS_EDGE_ARCHIVER_CONFIG", &cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut answers = Vec::new();
-    for _ in 0..5 {
-        answers.push(api.answer(Duration::from_secs(60)).await?);
-    }
-    function.kill()?;
-    function.wait()?;
+    let mut function = archiver_command()?;
+    function.env("KVS_EDGE_ARCHIVER_CONFIG", &cfg);
+    let answers = api.run_function(function, 5).await?;
 
     // An EventBridge rule's event: the clip is stored.
     let (id, kind, body) = &answers[0];
@@ -575,13 +549,7 @@ async fn the_sqs_consumer_keeps_a_long_job_hidden() -> anyhow::Result<()> {
     ingest(&local, "slow-cam", 250, (160, 120), start).await?;
     let moto = tokio::task::spawn_blocking(Moto::start).await??;
     let sqs = sqs_client(&moto.url);
-    let queue = sqs
-        .create_queue()
-        .queue_name("slow")
-        .send()
-        .await?
-        .queue_url
-        .unwrap();
+    let queue = create_queue(&sqs, "slow").await?;
     let cfg = config(local.dir.path(), &local.url(), &local.url());
     // The window ends 12 s from now and the post-roll never comes: the job takes about
     // 12 s + ingest_wait_s (2 s), more than the 10 s visibility timeout.

@@ -151,12 +151,7 @@ fn summary(dir: &Path) -> anyhow::Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_clips_replay_and_a_killed_run_resumes_without_duplicate_jobs()
 -> anyhow::Result<()> {
-    let local = Local::start_with(|c| {
-        c.buckets = vec!["clips".into()];
-        c.paused_queues = vec!["Default".into()];
-    })
-    .await?;
-    let s3 = local_s3(&local);
+    let (local, s3, cfg) = paused_local().await?;
     let clips: Vec<_> = (0..1000).map(|i| clip(i, "2024-02-17T00:00:00Z")).collect();
     // What the live hand-off left: job records for some clips, and outputs, which a replay
     // must neither take for clips nor be stopped by.
@@ -175,7 +170,6 @@ async fn a_thousand_clips_replay_and_a_killed_run_resumes_without_duplicate_jobs
         })
         .collect();
     seed(&s3, "clips", &clips, &extra).await?;
-    let cfg = config(local.dir.path(), &local.url(), &local.url())?;
     let report = local.dir.path().join("report");
     let args = [
         "replay",
@@ -190,9 +184,7 @@ async fn a_thousand_clips_replay_and_a_killed_run_resumes_without_duplicate_jobs
     ];
 
     // Killed (SIGKILL: no chance to tidy up) once a third of the report is written.
-    let mut first = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
+    let mut first = archiver_configured(&cfg)?
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -221,11 +213,7 @@ async fn a_thousand_clips_replay_and_a_killed_run_resumes_without_duplicate_jobs
     assert!(rows_before < 1000);
 
     // The rerun with the same report.
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
-        .args(args)
-        .output()?;
+    let out = archiver_configured(&cfg)?.args(args).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -274,15 +262,24 @@ async fn a_thousand_clips_replay_and_a_killed_run_resumes_without_duplicate_jobs
     assert_eq!(record["previous"], "live-1", "the live job is remembered");
 
     // A third run has nothing left to do.
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
-        .args(args)
-        .output()?;
+    let out = archiver_configured(&cfg)?.args(args).output()?;
     assert!(out.status.success());
     assert_eq!(summary(&report)?["tasks"]["submitted"], 0);
     assert_eq!(jobs_by_clip(&local.url())?.len(), 1000);
     Ok(())
+}
+
+/// kvs-local with a `clips` bucket and its MediaConvert Default queue paused (jobs are
+/// counted, not transcoded); an S3 client and an archiver configuration for it.
+async fn paused_local() -> anyhow::Result<(Local, aws_sdk_s3::Client, PathBuf)> {
+    let local = Local::start_with(|c| {
+        c.buckets = vec!["clips".into()];
+        c.paused_queues = vec!["Default".into()];
+    })
+    .await?;
+    let s3 = local_s3(&local);
+    let cfg = config(local.dir.path(), &local.url(), &local.url())?;
+    Ok((local, s3, cfg))
 }
 
 fn local_s3(local: &Local) -> aws_sdk_s3::Client {
@@ -304,25 +301,17 @@ fn local_s3(local: &Local) -> aws_sdk_s3::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_server_errors_are_absorbed_by_retries() -> anyhow::Result<()> {
-    let local = Local::start_with(|c| {
-        c.buckets = vec!["clips".into()];
-        c.paused_queues = vec!["Default".into()];
-    })
-    .await?;
+    let (local, s3, cfg) = paused_local().await?;
     // CreateJob: five 503s, then at most 10 per second (429 TooManyRequestsException).
     local.server.set_faults(serde_json::from_value(json!({
         "http_error": {"status": 503, "error_type": "ServiceUnavailableException",
                        "operations": ["CreateJob"], "count": 5},
         "throttle": {"operations": ["CreateJob"], "max_per_second": 10},
     }))?);
-    let s3 = local_s3(&local);
     let clips: Vec<_> = (0..100).map(|i| clip(i, "2024-03-01T00:00:00Z")).collect();
     seed(&s3, "clips", &clips, &[]).await?;
-    let cfg = config(local.dir.path(), &local.url(), &local.url())?;
     let report = local.dir.path().join("report");
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
+    let out = archiver_configured(&cfg)?
         .args(["replay", "--report", report.to_str().unwrap()])
         .args(["--concurrency", "16", "--rate", "100", "--attempts", "10"])
         .output()?;
@@ -357,11 +346,7 @@ async fn throttling_and_server_errors_are_absorbed_by_retries() -> anyhow::Resul
         "--attempts",
         "2",
     ];
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
-        .args(args)
-        .output()?;
+    let out = archiver_configured(&cfg)?.args(args).output()?;
     assert_eq!(out.status.code(), Some(1));
     let failed: Vec<_> = report_rows(&report)?
         .into_iter()
@@ -370,11 +355,7 @@ async fn throttling_and_server_errors_are_absorbed_by_retries() -> anyhow::Resul
     assert_eq!(failed.len(), 10, "{failed:?}");
     assert_eq!(summary(&report)?["tasks"]["temporary_failure"], 10);
     local.server.set_faults(Default::default());
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
-        .args(args)
-        .output()?;
+    let out = archiver_configured(&cfg)?.args(args).output()?;
     assert!(out.status.success());
     let s = summary(&report)?;
     assert_eq!(
@@ -390,9 +371,7 @@ async fn throttling_and_server_errors_are_absorbed_by_retries() -> anyhow::Resul
 
 /// A dry run's task keys.
 fn dry_run(cfg: &Path, args: &[&str]) -> anyhow::Result<BTreeSet<String>> {
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(cfg)
+    let out = archiver_configured(cfg)?
         .args(["replay", "--dry-run"])
         .args(args)
         .output()?;
@@ -539,9 +518,7 @@ async fn listing_filters_inventories_and_lists_select_the_clips_on_moto() -> any
     text.push_str("clips,clips/cam-9/2024/02/17/gone.mp4\n");
     std::fs::write(&list, text)?;
     let report = local.dir.path().join("report");
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
+    let out = archiver_configured(&cfg)?
         .args(["replay", "--list", list.to_str().unwrap()])
         .args(["--report", report.to_str().unwrap()])
         .output()?;
@@ -567,9 +544,7 @@ async fn listing_filters_inventories_and_lists_select_the_clips_on_moto() -> any
     assert_eq!(record["replay"], summary(&report)?["run"]);
 
     // Bad input is named: a file that is not what its manifest says, a missing manifest.
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
+    let out = archiver_configured(&cfg)?
         .args([
             "replay",
             "--dry-run",
@@ -583,9 +558,7 @@ async fn listing_filters_inventories_and_lists_select_the_clips_on_moto() -> any
         stderr.contains(data_key) && stderr.contains("the manifest says"),
         "{stderr}"
     );
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
+    let out = archiver_configured(&cfg)?
         .args([
             "replay",
             "--dry-run",
@@ -601,15 +574,9 @@ async fn listing_filters_inventories_and_lists_select_the_clips_on_moto() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_batch_operations_handler_answers_the_published_invocations() -> anyhow::Result<()> {
     use kvs_edge_tests::lambda_api::LambdaApi;
-    let local = Local::start_with(|c| {
-        c.buckets = vec!["clips".into()];
-        c.paused_queues = vec!["Default".into()];
-    })
-    .await?;
-    let s3 = local_s3(&local);
+    let (local, s3, cfg) = paused_local().await?;
     let clips: Vec<_> = (0..1).map(|i| clip(i, "2024-02-17T00:00:00Z")).collect();
     seed(&s3, "clips", &clips, &[]).await?;
-    let cfg = config(local.dir.path(), &local.url(), &local.url())?;
     std::fs::write(
         &cfg,
         std::fs::read_to_string(&cfg)?.replace("mode = \"off\"", "mode = \"mediaconvert\""),
@@ -633,23 +600,9 @@ async fn the_s3_batch_operations_handler_answers_the_published_invocations() -> 
         json!({"invocationSchemaVersion": "2.0", "invocationId": "x", "tasks": [{"s3Key": "k"}]}),
     ])
     .await?;
-    let mut function = archiver_command()?
-        .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "kvs-edge-archiver")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/kvs-edge-archiver")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
-        .env("KVS_EDGE_ARCHIVER_CONFIG", &cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut answers = Vec::new();
-    for _ in 0..4 {
-        answers.push(api.answer(Duration::from_secs(60)).await?);
-    }
-    function.kill()?;
-    function.wait()?;
+    let mut function = archiver_command()?;
+    function.env("KVS_EDGE_ARCHIVER_CONFIG", &cfg);
+    let answers = api.run_function(function, 4).await?;
 
     let (_, kind, body) = &answers[0];
     assert_eq!(kind, "response");
@@ -702,20 +655,12 @@ async fn the_s3_batch_operations_handler_answers_the_published_invocations() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_tasks_in_flight_and_says_interrupted() -> anyhow::Result<()> {
-    let local = Local::start_with(|c| {
-        c.buckets = vec!["clips".into()];
-        c.paused_queues = vec!["Default".into()];
-    })
-    .await?;
-    let s3 = local_s3(&local);
+    let (local, s3, cfg) = paused_local().await?;
     let clips: Vec<_> = (0..200).map(|i| clip(i, "2024-04-01T00:00:00Z")).collect();
     seed(&s3, "clips", &clips, &[]).await?;
-    let cfg = config(local.dir.path(), &local.url(), &local.url())?;
     let report = local.dir.path().join("report");
     let args = ["replay", "--report", report.to_str().unwrap()];
-    let run = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
+    let run = archiver_configured(&cfg)?
         .args(args)
         .args(["--rate", "40"])
         .stdout(std::process::Stdio::piped())
@@ -742,9 +687,7 @@ async fn sigterm_finishes_the_tasks_in_flight_and_says_interrupted() -> anyhow::
     assert_eq!(s["tasks"]["submitted"], rows.len() as u64);
     assert_eq!(jobs_by_clip(&local.url())?.len(), rows.len());
 
-    let out = archiver_command()?
-        .arg("--config")
-        .arg(&cfg)
+    let out = archiver_configured(&cfg)?
         .args(args)
         .args(["--rate", "0"])
         .output()?;

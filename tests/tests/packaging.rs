@@ -162,13 +162,8 @@ print(json.dumps({"names": z.namelist(), "mode": oct(info.external_attr >> 16)})
         "../shared/fixtures/aws-events/s3-batch-ops-lambda-invocation-schema-1.0.awsdocs.json",
     ))?)?;
     let mut api = LambdaApi::start(vec![invocation]).await?;
-    let mut function = Command::new(&bootstrap)
-        .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "kvs-edge-archiver")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/kvs-edge-archiver")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+    let mut function = Command::new(&bootstrap);
+    function
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
         .env("AWS_SECRET_ACCESS_KEY", "secret")
@@ -176,14 +171,8 @@ print(json.dumps({"names": z.namelist(), "mode": oct(info.external_attr >> 16)})
         .env(
             "KVS_EDGE_ARCHIVER_CONFIG_TOML",
             "bucket = \"clips\"\n[transcode]\nmode = \"mediaconvert\"\nrole_arn = \"arn:aws:iam::123456789012:role/mc\"\nendpoint_url = \"http://127.0.0.1:9\"\n",
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let answer = api.answer(std::time::Duration::from_secs(60)).await;
-    function.kill()?;
-    function.wait()?;
-    let (_, kind, body) = answer?;
+        );
+    let (_, kind, body) = api.run_function(function, 1).await?.remove(0);
     assert_eq!(kind, "response", "{body}");
     assert_eq!(
         body["results"][0]["resultCode"], "PermanentFailure",

@@ -155,20 +155,8 @@ async fn the_sqs_consumer_is_ready_once_the_queue_answers_and_reports_its_counts
     let local = Local::start().await?;
     let moto = tokio::task::spawn_blocking(Moto::start).await??;
     let sqs = sqs_client(&moto.url);
-    let queue = sqs
-        .create_queue()
-        .queue_name("alarms")
-        .send()
-        .await?
-        .queue_url
-        .unwrap();
-    let dlq = sqs
-        .create_queue()
-        .queue_name("alarms-dlq")
-        .send()
-        .await?
-        .queue_url
-        .unwrap();
+    let queue = create_queue(&sqs, "alarms").await?;
+    let dlq = create_queue(&sqs, "alarms-dlq").await?;
     let dir = local.dir.path();
     let config = dir.join("archiver.toml");
     std::fs::write(
@@ -189,9 +177,7 @@ async fn the_sqs_consumer_is_ready_once_the_queue_answers_and_reports_its_counts
     )?;
     let socket_path = dir.join("notify.sock");
     let messages = listen(UnixDatagram::bind(&socket_path)?);
-    let mut consumer = archiver_command()?
-        .arg("--config")
-        .arg(&config)
+    let mut consumer = archiver_configured(&config)?
         .arg("sqs")
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")
