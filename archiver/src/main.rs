@@ -171,28 +171,15 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Lambda => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            runtime.block_on(async {
-                let archiver = match Archiver::new(cfg).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("kvs-edge-archiver: {e}");
-                        return ExitCode::from(2);
-                    }
-                };
-                match kvs_edge_archiver::lambda::run(archiver).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("kvs-edge-archiver: Lambda runtime: {e}");
-                        ExitCode::FAILURE
-                    }
+        Command::Lambda => with_archiver(cfg, |archiver| async move {
+            match kvs_edge_archiver::lambda::run(archiver).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kvs-edge-archiver: Lambda runtime: {e}");
+                    ExitCode::FAILURE
                 }
-            })
-        }
+            }
+        }),
         Command::HandleEvent { input, dry_run } => {
             let bytes = match read_input(&input) {
                 Ok(b) => b,
@@ -248,6 +235,28 @@ fn main() -> ExitCode {
             run(cfg, vec![Decision::manual(&name, &stream, start, end)])
         }
     }
+}
+
+/// Builds the runtime and the archiver's clients (exit status 2 when they cannot be made),
+/// then runs `work` with them.
+fn with_archiver<F, Fut>(cfg: ArchiverConfig, work: F) -> ExitCode
+where
+    F: FnOnce(Archiver) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        match Archiver::new(cfg).await {
+            Ok(archiver) => work(archiver).await,
+            Err(e) => {
+                eprintln!("kvs-edge-archiver: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
 }
 
 /// Turns true on SIGTERM or SIGINT.
@@ -336,23 +345,12 @@ fn replay(mut cfg: ArchiverConfig, r: ReplayArgs) -> ExitCode {
         progress_every: std::time::Duration::from_secs(r.progress_every.max(1)),
         template: template_name,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
+    with_archiver(cfg, |mut archiver| async move {
         let stop = match stop_on_signals() {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("kvs-edge-archiver: {e}");
                 return ExitCode::FAILURE;
-            }
-        };
-        let mut archiver = match Archiver::new(cfg).await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("kvs-edge-archiver: {e}");
-                return ExitCode::from(2);
             }
         };
         if let Some(t) = template {
@@ -435,23 +433,12 @@ async fn notify_systemd(
 }
 
 fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
+    with_archiver(cfg, |archiver| async move {
         let shutdown = match stop_on_signals() {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("kvs-edge-archiver: {e}");
                 return ExitCode::FAILURE;
-            }
-        };
-        let archiver = match Archiver::new(cfg).await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("kvs-edge-archiver: {e}");
-                return ExitCode::from(2);
             }
         };
         let consumer = std::sync::Arc::new(Consumer {
@@ -469,18 +456,7 @@ fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
 
 /// Carries out the decisions; exit status 1 when a clip or a job submission failed.
 fn run(cfg: ArchiverConfig, decisions: Vec<Decision>) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
-        let archiver = match Archiver::new(cfg).await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("kvs-edge-archiver: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    with_archiver(cfg, |archiver| async move {
         let mut failed = false;
         for d in decisions {
             let (outcomes, f) = archiver.carry_out(d).await;
