@@ -435,6 +435,41 @@ pub fn sqs_client(url: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(conf)
 }
 
+/// An agent configuration for the MQTT tests: device `garage-pi` with static keys for
+/// kvs-local at `url`, one 160×120 test camera `cam` (x264 at 500 kbit/s) streaming to
+/// `stream` in 1 s fragments, and `mqtt` (the `[mqtt]` tables) appended.
+pub fn mqtt_agent_toml(url: &str, state: &Path, stream: &str, mqtt: &str) -> String {
+    format!(
+        r#"
+        device_id = "garage-pi"
+        state_dir = "{}"
+        [aws]
+        region = "us-east-1"
+        endpoint_url = "{url}"
+        [credentials]
+        kind = "static"
+        access_key_id = "{DEFAULT_ACCESS_KEY}"
+        secret_access_key = "{DEFAULT_SECRET_KEY}"
+        [[cameras]]
+        name = "cam"
+        stream_name = "{stream}"
+        fragment_duration_ms = 1000
+        encoder = {{ bitrate_kbps = 500 }}
+        source = {{ type = "test", width = 160, height = 120, fps = 20 }}
+        create_stream = {{ retention_period_hours = 1 }}
+        {mqtt}
+        "#,
+        state.display()
+    )
+}
+
+/// The `[mqtt]` table for a plain broker on loopback `port`, stats every second.
+pub fn plain_mqtt(port: u16) -> String {
+    format!(
+        "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive_secs = 5\nstats_interval_secs = 1\n"
+    )
+}
+
 /// Creates an SQS queue (on moto); its URL.
 pub async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
     sqs.create_queue()

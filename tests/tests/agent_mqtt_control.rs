@@ -19,32 +19,7 @@ const BOUND: Duration = Duration::from_secs(60);
 const BASE: &str = "kvs-edge/garage-pi";
 
 fn toml(url: &str, state: &Path, broker_port: u16) -> String {
-    format!(
-        r#"
-        device_id = "garage-pi"
-        state_dir = "{}"
-        [aws]
-        region = "us-east-1"
-        endpoint_url = "{url}"
-        [credentials]
-        kind = "static"
-        access_key_id = "{DEFAULT_ACCESS_KEY}"
-        secret_access_key = "{DEFAULT_SECRET_KEY}"
-        [mqtt]
-        host = "127.0.0.1"
-        port = {broker_port}
-        keep_alive_secs = 5
-        stats_interval_secs = 1
-        [[cameras]]
-        name = "cam"
-        stream_name = "ctl-cam"
-        fragment_duration_ms = 1000
-        encoder = {{ bitrate_kbps = 500 }}
-        source = {{ type = "test", width = 160, height = 120, fps = 20 }}
-        create_stream = {{ retention_period_hours = 1 }}
-        "#,
-        state.display()
-    )
+    mqtt_agent_toml(url, state, "ctl-cam", &plain_mqtt(broker_port))
 }
 
 struct Agent {

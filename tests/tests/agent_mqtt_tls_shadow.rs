@@ -16,28 +16,7 @@ const BASE: &str = "kvs-edge/garage-pi";
 const SHADOW: &str = "$aws/things/garage-pi/shadow/name/kvs-edge";
 
 fn toml(url: &str, state: &std::path::Path, mqtt: &str) -> String {
-    format!(
-        r#"
-        device_id = "garage-pi"
-        state_dir = "{}"
-        [aws]
-        region = "us-east-1"
-        endpoint_url = "{url}"
-        [credentials]
-        kind = "static"
-        access_key_id = "{DEFAULT_ACCESS_KEY}"
-        secret_access_key = "{DEFAULT_SECRET_KEY}"
-        [[cameras]]
-        name = "cam"
-        stream_name = "shadow-cam"
-        fragment_duration_ms = 1000
-        encoder = {{ bitrate_kbps = 500 }}
-        source = {{ type = "test", width = 160, height = 120, fps = 20 }}
-        create_stream = {{ retention_period_hours = 1 }}
-        {mqtt}
-        "#,
-        state.display()
-    )
+    mqtt_agent_toml(url, state, "shadow-cam", mqtt)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
