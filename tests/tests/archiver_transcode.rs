@@ -10,15 +10,22 @@ use std::time::Duration;
 use kvs_edge_tests::*;
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::Result<()> {
+/// kvs-local with a `clips` bucket, writing MediaConvert job events into the returned
+/// directory (what an EventBridge rule would deliver).
+async fn local_with_events() -> anyhow::Result<(tempfile::TempDir, Local)> {
     let events = tempfile::tempdir()?;
-    let events_dir = events.path().to_path_buf();
+    let dir = events.path().to_path_buf();
     let local = Local::start_with(|c| {
         c.buckets = vec!["clips".into()];
-        c.events_dir = Some(events_dir.clone());
+        c.events_dir = Some(dir);
     })
     .await?;
+    Ok((events, local))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::Result<()> {
+    let (events, local) = local_with_events().await?;
     let start = now_ms() - 30_000;
     ingest(&local, "door-cam", 250, (640, 360), start).await?;
     let cfg = local.dir.path().join("archiver.toml");
@@ -136,13 +143,7 @@ print(json.dumps({"count": len(jobs), "status": job["Status"],
 /// (here a template kvs-local cannot run), and a job that could not even be submitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_jobs_are_recorded_with_the_reason() -> anyhow::Result<()> {
-    let events = tempfile::tempdir()?;
-    let events_dir = events.path().to_path_buf();
-    let local = Local::start_with(|c| {
-        c.buckets = vec!["clips".into()];
-        c.events_dir = Some(events_dir.clone());
-    })
-    .await?;
+    let (events, local) = local_with_events().await?;
     let start = now_ms() - 30_000;
     ingest(&local, "gate-cam", 250, (320, 240), start).await?;
     let template = local.dir.path().join("dash.json");
