@@ -71,15 +71,12 @@ async fn main() -> Result<()> {
     }
     eprintln!("30 min of stream ingested in {:.0?}", started.elapsed());
 
-    let config = local.dir.path().join("archiver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "bucket = \"clips\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\n\
-             [s3]\nendpoint_url = \"{url}\"\nforce_path_style = true\n\
-             [clip]\npre_roll_s = 60\npost_roll_s = 120\ningest_wait_s = 5\n",
-            url = local.url()
-        ),
+    let config = write_archiver_config(
+        local.dir.path(),
+        "archiver.toml",
+        &local.url(),
+        &local.url(),
+        "[clip]\npre_roll_s = 60\npost_roll_s = 120\ningest_wait_s = 5",
     )?;
     let (long, out, rss_long) = archiver(
         &config,
@@ -125,13 +122,14 @@ async fn main() -> Result<()> {
         .to_string();
 
     // 3. Transcoding: the same alarm again with the hand-off on submits the job.
-    let transcode_cfg = local.dir.path().join("transcode.toml");
-    std::fs::write(
-        &transcode_cfg,
-        format!(
-            "{}\n[transcode]\nmode = \"mediaconvert\"\nrole_arn = \"arn:aws:iam::000000000000:role/MC\"\nendpoint_url = \"{}\"\n",
-            std::fs::read_to_string(&config)?,
-            local.url()
+    let transcode_cfg = write_archiver_config(
+        local.dir.path(),
+        "transcode.toml",
+        &local.url(),
+        &local.url(),
+        &format!(
+            "[clip]\npre_roll_s = 60\npost_roll_s = 120\ningest_wait_s = 5\n{}",
+            mediaconvert_at(&local.url())
         ),
     )?;
     let started = Instant::now();

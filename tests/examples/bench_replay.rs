@@ -66,24 +66,12 @@ async fn main() -> Result<()> {
         .force_path_style(true)
         .build();
     let s3 = aws_sdk_s3::Client::from_conf(conf);
-    let config = local.dir.path().join("archiver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            bucket = "clips"
-            [aws]
-            region = "us-east-1"
-            endpoint_url = "{url}"
-            [s3]
-            endpoint_url = "{url}"
-            force_path_style = true
-            [transcode]
-            role_arn = "arn:aws:iam::000000000000:role/MediaConvert"
-            endpoint_url = "{url}"
-            "#,
-            url = local.url()
-        ),
+    let config = write_archiver_config(
+        local.dir.path(),
+        "archiver.toml",
+        &local.url(),
+        &local.url(),
+        &mediaconvert_at(&local.url()),
     )?;
     println!("| objects | run | wall | tasks/s | peak RSS |");
     println!("|---|---|---|---|---|");

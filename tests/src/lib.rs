@@ -936,6 +936,33 @@ pub fn run_archiver_timed(config: &Path, args: &[&str]) -> Result<(Duration, f64
     Ok((took, rss_kib / 1024.0, stdout))
 }
 
+/// Writes `<dir>/<name>`, an archiver configuration: the `clips` bucket, KVS (and whatever
+/// uses the default endpoint) at `kvs`, S3 at `s3` (path-style), then the `extra` tables.
+pub fn write_archiver_config(
+    dir: &Path,
+    name: &str,
+    kvs: &str,
+    s3: &str,
+    extra: &str,
+) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "bucket = \"clips\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{kvs}\"\n\
+             [s3]\nendpoint_url = \"{s3}\"\nforce_path_style = true\n{extra}\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// The `[transcode]` table handing clips to the MediaConvert at `url`.
+pub fn mediaconvert_at(url: &str) -> String {
+    format!(
+        "[transcode]\nmode = \"mediaconvert\"\nrole_arn = \"arn:aws:iam::000000000000:role/MediaConvert\"\nendpoint_url = \"{url}\"\n"
+    )
+}
+
 /// `archiver_command()` with `--config config`.
 pub fn archiver_configured(config: &Path) -> Result<Command> {
     let mut cmd = archiver_command()?;

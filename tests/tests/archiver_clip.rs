@@ -12,27 +12,14 @@ use kvs_edge_tests::*;
 use serde_json::{Value, json};
 
 fn config(dir: &Path, kvs: &str, s3: &str) -> std::path::PathBuf {
-    let path = dir.join("archiver.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            bucket = "clips"
-            [aws]
-            region = "us-east-1"
-            endpoint_url = "{kvs}"
-            [s3]
-            endpoint_url = "{s3}"
-            force_path_style = true
-            [clip]
-            pre_roll_s = 4
-            post_roll_s = 6
-            ingest_wait_s = 2
-            "#
-        ),
+    write_archiver_config(
+        dir,
+        "archiver.toml",
+        kvs,
+        s3,
+        "[clip]\npre_roll_s = 4\npost_roll_s = 6\ningest_wait_s = 2",
     )
-    .unwrap();
-    path
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,27 +76,10 @@ async fn seed(
     Ok(())
 }
 
+/// Transcoding stays off for live clips; `replay` hands clips to the MediaConvert at `mc_url`.
 fn config(dir: &Path, s3_url: &str, mc_url: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join("archiver.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            bucket = "clips"
-            [aws]
-            region = "us-east-1"
-            endpoint_url = "{mc_url}"
-            [s3]
-            endpoint_url = "{s3_url}"
-            force_path_style = true
-            [transcode]
-            mode = "off"
-            role_arn = "arn:aws:iam::000000000000:role/MediaConvert"
-            endpoint_url = "{mc_url}"
-            "#
-        ),
-    )?;
-    Ok(path)
+    let transcode = mediaconvert_at(mc_url).replace("mode = \"mediaconvert\"", "mode = \"off\"");
+    write_archiver_config(dir, "archiver.toml", mc_url, s3_url, &transcode)
 }
 
 /// The report's rows: (key, result code, job id).

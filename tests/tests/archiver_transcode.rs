@@ -28,27 +28,14 @@ async fn a_stored_clip_is_transcoded_once_and_its_outcome_recorded() -> anyhow::
     let (events, local) = local_with_events().await?;
     let start = now_ms() - 30_000;
     ingest(&local, "door-cam", 250, (640, 360), start).await?;
-    let cfg = local.dir.path().join("archiver.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-            bucket = "clips"
-            [aws]
-            region = "us-east-1"
-            endpoint_url = "{url}"
-            [s3]
-            endpoint_url = "{url}"
-            force_path_style = true
-            [clip]
-            pre_roll_s = 3
-            post_roll_s = 4
-            [transcode]
-            mode = "mediaconvert"
-            role_arn = "arn:aws:iam::000000000000:role/MediaConvert"
-            endpoint_url = "{url}"
-            "#,
-            url = local.url()
+    let cfg = write_archiver_config(
+        local.dir.path(),
+        "archiver.toml",
+        &local.url(),
+        &local.url(),
+        &format!(
+            "[clip]\npre_roll_s = 3\npost_roll_s = 4\n{}",
+            mediaconvert_at(&local.url())
         ),
     )?;
     let event = local.dir.path().join("alarm.json");
@@ -155,21 +142,18 @@ async fn failed_jobs_are_recorded_with_the_reason() -> anyhow::Result<()> {
             "Outputs": [{"VideoDescription": {"Height": 240}}]}]})
         .to_string(),
     )?;
-    let write_cfg = |name: &str, mediaconvert: &str| -> anyhow::Result<std::path::PathBuf> {
-        let cfg = local.dir.path().join(name);
-        std::fs::write(
-            &cfg,
-            format!(
-                "bucket = \"clips\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\n\
-                 [s3]\nendpoint_url = \"{url}\"\nforce_path_style = true\n\
-                 [clip]\npre_roll_s = 2\npost_roll_s = 2\n\
-                 [transcode]\nmode = \"mediaconvert\"\nrole_arn = \"arn:aws:iam::000000000000:role/MC\"\n\
-                 endpoint_url = \"{mediaconvert}\"\ntemplate = \"{}\"\n",
-                template.display(),
-                url = local.url()
+    let write_cfg = |name: &str, mediaconvert: &str| {
+        write_archiver_config(
+            local.dir.path(),
+            name,
+            &local.url(),
+            &local.url(),
+            &format!(
+                "[clip]\npre_roll_s = 2\npost_roll_s = 2\n{}template = \"{}\"\n",
+                mediaconvert_at(mediaconvert),
+                template.display()
             ),
-        )?;
-        Ok(cfg)
+        )
     };
     let s3 = local.dir.path().join("s3/clips");
 
