@@ -476,11 +476,24 @@ fn each_row(
     Ok(())
 }
 
-fn split_s3(url: &str) -> Result<(&str, &str), String> {
-    url.strip_prefix("s3://")
+/// The body of the object at `s3://bucket/key`, as a stream.
+async fn get(
+    s3: &aws_sdk_s3::Client,
+    url: &str,
+) -> Result<aws_sdk_s3::primitives::ByteStream, String> {
+    let (bucket, key) = url
+        .strip_prefix("s3://")
         .and_then(|r| r.split_once('/'))
         .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| format!("{url}: expected s3://bucket/key"))
+        .ok_or_else(|| format!("{url}: expected s3://bucket/key"))?;
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("S3 GetObject {url}: {}", error_chain(&e)))?;
+    Ok(out.body)
 }
 
 /// An S3 object (or a file) read whole: for small things like a manifest.
@@ -488,16 +501,8 @@ async fn read_all(s3: &aws_sdk_s3::Client, location: &str) -> Result<Vec<u8>, St
     if !location.starts_with("s3://") {
         return std::fs::read(location).map_err(|e| format!("{location}: {e}"));
     }
-    let (bucket, key) = split_s3(location)?;
-    let out = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("S3 GetObject {location}: {}", error_chain(&e)))?;
-    let body = out
-        .body
+    let body = get(s3, location)
+        .await?
         .collect()
         .await
         .map_err(|e| format!("S3 GetObject {location}: {e}"))?;
@@ -513,18 +518,10 @@ async fn download(
 ) -> Result<tempfile::NamedTempFile, String> {
     use md5::Digest;
     let mut hash = md5::Md5::new();
-    let (bucket, key) = split_s3(url)?;
-    let out = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("S3 GetObject {url}: {}", error_chain(&e)))?;
+    let mut body = get(s3, url).await?;
     let tmp = tempfile::NamedTempFile::new().map_err(|e| format!("a temporary file: {e}"))?;
     let mut file =
         std::io::BufWriter::new(tmp.reopen().map_err(|e| format!("a temporary file: {e}"))?);
-    let mut body = out.body;
     while let Some(chunk) = body
         .try_next()
         .await
