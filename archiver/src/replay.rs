@@ -72,12 +72,16 @@ pub struct Options {
     pub template: String,
 }
 
-/// Counts of a run (including what a resumed report already held).
+/// Counts of a run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
+    /// Tasks the input gave (after the filters).
     pub listed: u64,
+    /// Skipped: the report already has them succeeded (an earlier run of the same report).
     pub resumed: u64,
+    /// Skipped with `only_untranscoded`: their job completed.
     pub transcoded: u64,
+    /// Submitted now, or found submitted by this run before.
     pub succeeded: u64,
     pub temporary_failure: u64,
     pub permanent_failure: u64,
