@@ -849,6 +849,18 @@ impl MqttWatch {
         .context("no matching MQTT message in time")?
     }
 
+    /// Publishes `payload` (not retained) on `topic` and waits for the JSON answer on `answer`.
+    pub async fn ask(
+        &mut self,
+        topic: &str,
+        payload: &serde_json::Value,
+        answer: &str,
+        within: Duration,
+    ) -> Result<serde_json::Value> {
+        self.publish(topic, payload.to_string(), false).await?;
+        self.json_on(within, answer).await
+    }
+
     /// The first message on `topic`, parsed as JSON.
     pub async fn json_on(&mut self, within: Duration, topic: &str) -> Result<serde_json::Value> {
         let (_, p, _) = self.wait_for(within, |t, _| t == topic).await?;

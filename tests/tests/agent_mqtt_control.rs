@@ -106,15 +106,8 @@ async fn config_set_accepts_rejects_and_survives_a_restart() -> anyhow::Result<(
     // A partial document: the bitrate goes to the running encoder; the source keeps running.
     let before = restarts(&cam);
     let set = format!("{BASE}/config/set");
-    mq.publish(
-        &set,
-        json!({"version": 1, "token": "t1", "cameras": {"cam": {"encoder": {"bitrate_kbps": 800}}}})
-            .to_string(),
-        false,
-    )
-    .await?;
     let accepted = mq
-        .json_on(BOUND, &format!("{BASE}/config/accepted"))
+        .ask(&set, &json!({"version": 1, "token": "t1", "cameras": {"cam": {"encoder": {"bitrate_kbps": 800}}}}), &format!("{BASE}/config/accepted"), BOUND)
         .await?;
     assert_eq!(
         (accepted["token"].as_str(), accepted["version"].as_u64()),
@@ -137,15 +130,8 @@ async fn config_set_accepts_rejects_and_survives_a_restart() -> anyhow::Result<(
     );
 
     // Invalid: rejected, naming the field, with the token; nothing changes.
-    mq.publish(
-        &set,
-        json!({"version": 2, "token": "t2", "cameras": {"cam": {"encoder": {"bitrate_kbps": "fast"}}}})
-            .to_string(),
-        false,
-    )
-    .await?;
     let rejected = mq
-        .json_on(BOUND, &format!("{BASE}/config/rejected"))
+        .ask(&set, &json!({"version": 2, "token": "t2", "cameras": {"cam": {"encoder": {"bitrate_kbps": "fast"}}}}), &format!("{BASE}/config/rejected"), BOUND)
         .await?;
     assert_eq!(rejected["token"], "t2");
     assert_eq!(rejected["path"], "cameras.cam.encoder.bitrate_kbps");

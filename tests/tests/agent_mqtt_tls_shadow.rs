@@ -50,15 +50,8 @@ async fn mutual_tls_to_the_broker() -> anyhow::Result<()> {
     })
     .await?;
     // Configuration works over TLS like anywhere else.
-    mq.publish(
-        &format!("{BASE}/config/set"),
-        json!({"version": 1, "token": "tls", "cameras": {"cam": {"encoder": {"bitrate_kbps": 700}}}})
-            .to_string(),
-        false,
-    )
-    .await?;
     let accepted = mq
-        .json_on(BOUND, &format!("{BASE}/config/accepted"))
+        .ask(&format!("{BASE}/config/set"), &json!({"version": 1, "token": "tls", "cameras": {"cam": {"encoder": {"bitrate_kbps": 700}}}}), &format!("{BASE}/config/accepted"), BOUND)
         .await?;
     assert_eq!(accepted["token"], "tls");
     mq.wait_for(BOUND, |t, _| t == format!("{BASE}/stats"))

@@ -10,30 +10,36 @@ use std::process::Command;
 
 use kvs_edge_tests::*;
 
-#[test]
-fn the_deb_has_binaries_units_examples_and_a_postinst_that_starts_nothing() -> anyhow::Result<()> {
-    let out_dir = tempfile::tempdir()?;
-    let out = Command::new(repo_root().join("scripts/package-deb"))
-        .args([
-            "--profile",
-            "dev",
-            "--no-build",
-            "--compress",
-            "gzip",
-            "--out",
-        ])
-        .arg(out_dir.path())
+/// Runs `scripts/<script>` on the binaries this build made (dev profile, no build) into
+/// `out`; the path of what it made (the first word it prints).
+fn package(script: &str, args: &[&str], out: &std::path::Path) -> anyhow::Result<String> {
+    let run = Command::new(repo_root().join("scripts").join(script))
+        .args(["--profile", "dev", "--no-build"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
         .env(
             "CARGO_TARGET_DIR",
             agent_binary()?.parent().unwrap().parent().unwrap(),
         )
         .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    anyhow::ensure!(
+        run.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&run.stderr)
     );
-    let deb = String::from_utf8(out.stdout)?.trim().to_string();
+    let stdout = String::from_utf8(run.stdout)?;
+    Ok(stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[test]
+fn the_deb_has_binaries_units_examples_and_a_postinst_that_starts_nothing() -> anyhow::Result<()> {
+    let out_dir = tempfile::tempdir()?;
+    let deb = package("package-deb", &["--compress", "gzip"], out_dir.path())?;
     assert!(deb.ends_with(".deb"), "{deb}");
 
     let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
@@ -120,21 +126,7 @@ fn the_deb_has_binaries_units_examples_and_a_postinst_that_starts_nothing() -> a
 async fn the_lambda_zip_holds_a_bootstrap_that_serves_invocations() -> anyhow::Result<()> {
     use kvs_edge_tests::lambda_api::LambdaApi;
     let out_dir = tempfile::tempdir()?;
-    let out = Command::new(repo_root().join("scripts/package-lambda"))
-        .args(["--profile", "dev", "--no-build", "--out"])
-        .arg(out_dir.path())
-        .env(
-            "CARGO_TARGET_DIR",
-            agent_binary()?.parent().unwrap().parent().unwrap(),
-        )
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout)?;
-    let zip = stdout.split_whitespace().next().unwrap().to_string();
+    let zip = package("package-lambda", &[], out_dir.path())?;
     // Unpacked as Lambda does; the mode bits survive.
     let unpacked = out_dir.path().join("task");
     let listing = python(
