@@ -560,7 +560,7 @@ impl Archiver {
             .clone();
         let outcome = {
             let _making = lock.lock().await;
-            self.store_and_hand_off(req, stream).await
+            self.store_and_hand_off(req, stream, &key).await
         };
         let mut making = self.making.lock().unwrap_or_else(|p| p.into_inner());
         // Forget the lock once nobody else waits for it.
@@ -570,8 +570,8 @@ impl Archiver {
         outcome
     }
 
-    async fn store_and_hand_off(&self, req: &ClipRequest, stream: &str) -> Outcome {
-        let mut outcome = self.store_clip(req, stream).await;
+    async fn store_and_hand_off(&self, req: &ClipRequest, stream: &str, key: &str) -> Outcome {
+        let mut outcome = self.store_clip(req, stream, key).await;
         if matches!(
             outcome.result,
             ClipResult::Stored { .. } | ClipResult::Duplicate
@@ -581,22 +581,16 @@ impl Archiver {
         outcome
     }
 
-    async fn store_clip(&self, req: &ClipRequest, stream: &str) -> Outcome {
-        let key = clip_key(
-            &self.cfg.key_template,
-            stream,
-            &req.alarm.name,
-            req.start,
-            req.end,
-        );
+    /// Stores the clip under `key` (the one `clip_key` gives for this stream and window).
+    async fn store_clip(&self, req: &ClipRequest, stream: &str, key: &str) -> Outcome {
         let outcome = |result| Outcome {
             stream: stream.to_string(),
             bucket: self.cfg.bucket.clone(),
-            key: key.clone(),
+            key: key.to_string(),
             result,
             transcode: None,
         };
-        match store::exists(&self.s3, &self.cfg.bucket, &key).await {
+        match store::exists(&self.s3, &self.cfg.bucket, key).await {
             Ok(true) => {
                 info!(
                     stream,
@@ -609,7 +603,7 @@ impl Archiver {
             Ok(false) => {}
             Err(e) => return outcome(ClipResult::Failed(e.to_string())),
         }
-        match self.fetch_and_store(req, stream, &key).await {
+        match self.fetch_and_store(req, stream, key).await {
             Ok(Some(result)) => outcome(result),
             Ok(None) => outcome(ClipResult::Duplicate),
             Err(reason) => {
