@@ -15,8 +15,9 @@ demo: deps
 test: deps lint
 	$(CARGO) test --workspace
 
-## lint: rustfmt and clippy (warnings are errors)
+## lint: the repository stands alone, rustfmt and clippy (warnings are errors)
 lint:
+	scripts/check-standalone
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

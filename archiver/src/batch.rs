@@ -208,7 +208,7 @@ mod tests {
 
     fn fixture(name: &str) -> Value {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/aws-events")
+            .join("../tests/fixtures/aws-events")
             .join(name);
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
@@ -331,7 +331,7 @@ mod tests {
     fn the_published_completion_report_rows_decode() {
         // S3 Batch Operations' own report (bucket, key, version, status, ...) keys decode.
         let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
-            "../../shared/fixtures/aws-events/s3-batch-ops-completion-report-failed-tasks.csv",
+            "../tests/fixtures/aws-events/s3-batch-ops-completion-report-failed-tasks.csv",
         ))
         .unwrap();
         let mut r = csv::ReaderBuilder::new()

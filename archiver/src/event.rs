@@ -1,7 +1,7 @@
 //! Alarm events in every shape a deployment delivers, reduced to what the archiver needs:
 //! which alarm entered ALARM, when, and the metric dimensions it carried. Pure.
 //!
-//! Shapes (samples in ../shared/fixtures/aws-events/):
+//! Shapes (samples in tests/fixtures/aws-events/):
 //! - EventBridge "CloudWatch Alarm State Change" (`detail`); configuration-change and
 //!   contributor events are ignored;
 //! - the same event as an SQS message: a Lambda SQS event (`Records[].body`) or the

@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn the_published_inventory_manifest_reads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/aws-events/s3-inventory-manifest-csv.json");
+            .join("../tests/fixtures/aws-events/s3-inventory-manifest-csv.json");
         let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let inv = Inventory::parse(&v).unwrap();
         assert_eq!(inv.files_bucket, "example-inventory-destination-bucket");
@@ -451,7 +451,7 @@ mod tests {
             ("s3-inventory-manifest-parquet.json", "fileFormat"),
         ] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/fixtures/aws-events")
+                .join("../tests/fixtures/aws-events")
                 .join(name);
             let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
             assert!(

@@ -1,4 +1,4 @@
-//! Every published event shape in ../shared/fixtures/aws-events/ through the archiver's
+//! Every published event shape in tests/fixtures/aws-events/ through the archiver's
 //! decision, and `handle-event --dry-run` as a user runs it: one JSON object per record,
 //! exit 0 for clip and ignore, non-zero with a message for malformed input.
 
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/aws-events")
+        .join("../tests/fixtures/aws-events")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -292,7 +292,7 @@ fn dry_run_prints_one_json_object_and_fails_on_malformed_input() {
             .unwrap()
     };
     let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/aws-events");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/aws-events");
     let out = run(fixtures
         .join("eventbridge-cw-alarm-state-change-single-metric.json")
         .to_str()

@@ -878,7 +878,7 @@ impl Drop for MqttWatch {
 /// StreamName dimension) entering ALARM at `at_ms`.
 pub fn alarm_event(name: &str, stream: &str, at_ms: i64) -> serde_json::Value {
     let path = repo_root()
-        .join("../shared/fixtures/aws-events/eventbridge-cw-alarm-state-change-single-metric.json");
+        .join("tests/fixtures/aws-events/eventbridge-cw-alarm-state-change-single-metric.json");
     let mut e: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path).expect("the fixture")).expect("JSON");
     let at = chrono::DateTime::from_timestamp_millis(at_ms).expect("a valid time");

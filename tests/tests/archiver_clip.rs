@@ -379,7 +379,7 @@ async fn the_lambda_function_answers_every_invocation_shape() -> anyhow::Result<
         {"messageId": "m-1", "eventSource": "aws:sqs", "body": event.to_string()},
         {"messageId": "m-2", "eventSource": "aws:sqs", "body": "{\"detail-type\": "}]});
     let config_change: Value = serde_json::from_slice(&std::fs::read(repo_root().join(
-        "../shared/fixtures/aws-events/eventbridge-cw-alarm-config-change-update-metric.json",
+        "tests/fixtures/aws-events/eventbridge-cw-alarm-config-change-update-metric.json",
     ))?)?;
     let mut api = LambdaApi::start(vec![
         event.clone(),

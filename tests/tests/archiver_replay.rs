@@ -566,7 +566,7 @@ async fn the_s3_batch_operations_handler_answers_the_published_invocations() -> 
     )?;
     let fixture = |name: &str| -> anyhow::Result<Value> {
         Ok(serde_json::from_slice(&std::fs::read(
-            repo_root().join("../shared/fixtures/aws-events").join(name),
+            repo_root().join("tests/fixtures/aws-events").join(name),
         )?)?)
     };
     // As published: objects that are not clips are permanent failures.

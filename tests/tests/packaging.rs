@@ -151,7 +151,7 @@ print(json.dumps({"names": z.namelist(), "mode": oct(info.external_attr >> 16)})
     // Configured through the environment, as the template does; an S3 Batch Operations
     // invocation of a non-clip is answered without touching any service.
     let invocation: serde_json::Value = serde_json::from_slice(&std::fs::read(repo_root().join(
-        "../shared/fixtures/aws-events/s3-batch-ops-lambda-invocation-schema-1.0.awsdocs.json",
+        "tests/fixtures/aws-events/s3-batch-ops-lambda-invocation-schema-1.0.awsdocs.json",
     ))?)?;
     let mut api = LambdaApi::start(vec![invocation]).await?;
     let mut function = Command::new(&bootstrap);

@@ -141,7 +141,7 @@ fn the_example_configurations_pass_the_binaries_own_checks() -> anyhow::Result<(
             "handle-event",
             "--dry-run",
             repo_root()
-                .join("../shared/fixtures/aws-events/eventbridge-cw-alarm-state-change-single-metric.json")
+                .join("tests/fixtures/aws-events/eventbridge-cw-alarm-state-change-single-metric.json")
                 .to_str()
                 .unwrap(),
         ],
