@@ -37,6 +37,8 @@ pub struct CameraStats {
     pub frames_discarded: AtomicU64,
     /// Fragments the journal refused (full under `deny_new`, disk full, I/O errors).
     pub fragments_denied: AtomicU64,
+    /// Alarms (or other metadata) left out of fragment tags to stay within KVS's limits.
+    pub tags_omitted: AtomicU64,
     /// The encoder element in use ("passthrough" when none).
     pub encoder: Mutex<String>,
 }
@@ -68,21 +70,57 @@ struct Marks {
     keyframe: Option<(Arc<CodecConfig>, Vec<u8>)>,
 }
 
+/// Alarms described one by one in a fragment's metadata (two tags each); later ones are
+/// merged into one tag of ids. With the fragment's other tags this stays within KVS's ten.
+const ALARMS_IN_FULL: usize = 4;
+
 impl Marks {
-    /// The tags of a fragment spanning `[start_ms, end_ms]`; forgets alarms that ended before it.
-    fn tags(&mut self, start_ms: i64, end_ms: i64) -> Vec<(String, String)> {
+    /// The tags of a fragment spanning `[start_ms, end_ms]`, and how many of its alarms did
+    /// not fit; forgets alarms that ended before it.
+    fn tags(&mut self, start_ms: i64, end_ms: i64) -> (Vec<(String, String)>, usize) {
         self.alarms.retain(|a| a.end_ms >= start_ms);
-        self.alarms
+        let overlapping: Vec<&Alarm> = self
+            .alarms
             .iter()
             .filter(|a| a.start_ms <= end_ms)
-            .flat_map(|a| {
-                [
-                    ("ALARM_ID".to_string(), a.id.clone()),
-                    ("ALARM_LABEL".to_string(), a.label.clone()),
-                ]
-            })
-            .collect()
+            .collect();
+        alarm_tags(&overlapping)
     }
+}
+
+/// Fragment metadata for the alarms overlapping a fragment, oldest first: the first
+/// `ALARMS_IN_FULL` as `ALARM_ID`/`ALARM_LABEL`, `ALARM_ID_2`/`ALARM_LABEL_2` …, the rest
+/// merged into `ALARM_MORE_IDS` (comma-separated ids, as many as fit KVS's 256-byte value).
+/// Returns the tags and how many alarms appear in none of them. Overlapping alarms once
+/// made more than KVS's ten tags, and the service dropped the video (ERROR 4009).
+pub fn alarm_tags(alarms: &[&Alarm]) -> (Vec<(String, String)>, usize) {
+    let mut tags = Vec::new();
+    for (i, a) in alarms.iter().take(ALARMS_IN_FULL).enumerate() {
+        let suffix = if i == 0 {
+            String::new()
+        } else {
+            format!("_{}", i + 1)
+        };
+        tags.push((format!("ALARM_ID{suffix}"), a.id.clone()));
+        tags.push((format!("ALARM_LABEL{suffix}"), a.label.clone()));
+    }
+    let mut more = String::new();
+    let mut omitted = 0;
+    for a in alarms.iter().skip(ALARMS_IN_FULL) {
+        let sep = usize::from(!more.is_empty());
+        if more.len() + sep + a.id.len() <= crate::mkv::MAX_TAG_VALUE_BYTES {
+            if sep == 1 {
+                more.push(',');
+            }
+            more.push_str(&a.id);
+        } else {
+            omitted += 1;
+        }
+    }
+    if !more.is_empty() {
+        tags.push(("ALARM_MORE_IDS".to_string(), more));
+    }
+    (tags, omitted)
 }
 
 impl Camera {
@@ -145,7 +183,8 @@ impl Camera {
                             if au.keyframe {
                                 // This keyframe may close the fragment: give it its alarm tags.
                                 let start = fragmenter.pending_start_ms().unwrap_or(au.pts_ms);
-                                fragmenter.set_tags(marks.tags(start, au.pts_ms));
+                                let (tags, omitted) = marks.tags(start, au.pts_ms);
+                                fragmenter.set_tags(tags, omitted);
                                 marks.keyframe = Some((unit.codec.clone(), au.data.clone()));
                             }
                             match fragmenter.push(au) {
@@ -255,7 +294,8 @@ impl Camera {
         codec: &Option<Arc<CodecConfig>>,
     ) {
         if let Some(start) = fragmenter.pending_start_ms() {
-            fragmenter.set_tags(marks.tags(start, WallMs::now().0));
+            let (tags, omitted) = marks.tags(start, WallMs::now().0);
+            fragmenter.set_tags(tags, omitted);
         }
         self.emit(out, fragmenter.flush(), codec).await;
     }
@@ -297,6 +337,12 @@ impl Camera {
             return;
         };
         self.stats.fragments.fetch_add(1, Ordering::Relaxed);
+        if f.tags_omitted > 0 {
+            self.stats
+                .tags_omitted
+                .fetch_add(f.tags_omitted as u64, Ordering::Relaxed);
+            warn!(camera = %self.cfg.name, timecode = f.timecode_ms, omitted = f.tags_omitted, "fragment metadata over KVS's limits (10 tags of 256 bytes): left some alarms out of this fragment's tags, the video is kept");
+        }
         let record = Record {
             timecode_ms: f.timecode_ms,
             duration_ms: f.duration_ms,
@@ -355,5 +401,76 @@ impl Camera {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mkv::{MAX_TAG_VALUE_BYTES, MAX_TAGS, fit_tags};
+
+    fn alarm(i: usize) -> Alarm {
+        Alarm {
+            id: format!("door-{i:02}-{}", "x".repeat(40)),
+            label: "person".into(),
+            pre_s: 10,
+            post_s: 30,
+            start_ms: i as i64,
+            end_ms: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn overlapping_alarms_never_exceed_the_kvs_tag_limit() {
+        for n in [0, 1, 4, 5, 6, 12, 40] {
+            let alarms: Vec<Alarm> = (0..n).map(alarm).collect();
+            let refs: Vec<&Alarm> = alarms.iter().collect();
+            let (tags, omitted) = alarm_tags(&refs);
+            assert!(
+                tags.len() < MAX_TAGS,
+                "{n} alarms: {} tags",
+                tags.len()
+            );
+            let (fitted, cut) = fit_tags(tags.clone());
+            assert_eq!(
+                (fitted, cut),
+                (tags.clone(), 0),
+                "{n} alarms fit as they are"
+            );
+            let named = tags
+                .iter()
+                .filter(|(k, _)| k.starts_with("ALARM_ID"))
+                .count();
+            let merged = tags
+                .iter()
+                .find(|(k, _)| k == "ALARM_MORE_IDS")
+                .map_or(0, |(_, v)| v.split(',').count());
+            assert_eq!(
+                named + merged + omitted,
+                n,
+                "every alarm is tagged or counted"
+            );
+            assert!(tags.iter().all(|(_, v)| v.len() <= MAX_TAG_VALUE_BYTES));
+        }
+        let alarms: Vec<Alarm> = (0..6).map(alarm).collect();
+        let refs: Vec<&Alarm> = alarms.iter().collect();
+        let (tags, omitted) = alarm_tags(&refs);
+        assert_eq!(tags[0], ("ALARM_ID".into(), alarms[0].id.clone()));
+        assert_eq!(tags[3].0, "ALARM_LABEL_2");
+        assert_eq!(
+            tags.last().unwrap(),
+            &(
+                "ALARM_MORE_IDS".to_string(),
+                format!("{},{}", alarms[4].id, alarms[5].id)
+            )
+        );
+        assert_eq!(omitted, 0);
+        let many: Vec<Alarm> = (0..40).map(alarm).collect();
+        let refs: Vec<&Alarm> = many.iter().collect();
+        assert_eq!(
+            alarm_tags(&refs).1,
+            40 - 4 - 5,
+            "five 48-byte ids fit in 256 bytes"
+        );
     }
 }

@@ -11,7 +11,8 @@
 //! A record's payload carries everything replay needs: sequence number, producer timecode,
 //! duration, the codec configuration (for the session header) and the Matroska bytes. The
 //! in-memory index is rebuilt from the segments alone; `released.log` only saves resending
-//! (a lost release mark means a resend, which KVS answers with 4004: already stored).
+//! (a lost release mark means a resend, which KVS stores a second time; its reads
+//! deduplicate producer timestamps). Marks are fsynced like the fragments.
 //!
 //! On open, each segment is scanned: a torn last record (power loss mid-write) is cut off;
 //! a bad record followed by more data marks the segment corrupt: its readable records are
@@ -190,6 +191,8 @@ pub struct Journal {
     released_count: usize,
     next_seq: u64,
     last_sync: Instant,
+    /// When `released.log` was last fsynced.
+    release_sync: Instant,
     stats: JournalStats,
 }
 
@@ -468,6 +471,7 @@ impl Journal {
             released_count: released_set.len(),
             next_seq: max_seq.map_or(0, |m| m + 1),
             last_sync: Instant::now(),
+            release_sync: Instant::now(),
             stats: JournalStats::default(),
         };
         // Records saved from quarantined segments go into a fresh segment, same sequence.
@@ -655,9 +659,9 @@ impl Journal {
     /// Drops unsent fragments by policy (counted as dropped, not released).
     fn drop_entries(&mut self, seqs: &[u64]) -> Result<u64, JournalError> {
         for seq in seqs {
-            self.release(*seq)?;
-            self.stats.released -= 1;
-            self.stats.dropped_oldest += 1;
+            if self.mark(*seq)? {
+                self.stats.dropped_oldest += 1;
+            }
         }
         Ok(seqs.len() as u64)
     }
@@ -738,18 +742,39 @@ impl Journal {
         Ok(())
     }
 
-    /// Marks a fragment PERSISTED: it will not be sent again; its segment goes when empty.
+    /// Marks a fragment delivered: it will not be sent again; its segment goes when empty.
+    /// The mark is fsynced by the same policy as the fragments, so that power loss does not
+    /// make the agent send again what KVS already holds (it would store it twice).
     pub fn release(&mut self, seq: u64) -> Result<(), JournalError> {
-        if self.entries.remove(&seq).is_none() {
+        if !self.mark(seq)? {
             return Ok(());
+        }
+        self.stats.released += 1;
+        let sync = match self.cfg.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Every(d) => self.release_sync.elapsed() >= d,
+            FsyncPolicy::Never => false,
+        };
+        if sync {
+            let path = self.cfg.dir.join("released.log");
+            self.released.sync_data().map_err(|e| io_err(&path, e))?;
+            self.release_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Forgets a fragment and writes its mark (not fsynced); false when it was not held.
+    fn mark(&mut self, seq: u64) -> Result<bool, JournalError> {
+        if self.entries.remove(&seq).is_none() {
+            return Ok(false);
         }
         let path = self.cfg.dir.join("released.log");
         self.released
             .write_all(&release_mark(seq))
             .map_err(|e| io_err(&path, e))?;
         self.released_count += 1;
-        self.stats.released += 1;
-        self.collect_garbage()
+        self.collect_garbage()?;
+        Ok(true)
     }
 
     /// Drops fragments older than `max_age` (counted as expired).
@@ -765,9 +790,9 @@ impl Journal {
             .map(|e| e.seq)
             .collect();
         for seq in &old {
-            self.release(*seq)?;
-            self.stats.released -= 1;
-            self.stats.expired += 1;
+            if self.mark(*seq)? {
+                self.stats.expired += 1;
+            }
         }
         Ok(old.len() as u64)
     }

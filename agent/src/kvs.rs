@@ -51,14 +51,37 @@ fn api(op: &'static str, stream: &str, e: impl std::error::Error) -> KvsError {
     }
 }
 
+/// What the uploader needs to know of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// 0: the stream archives nothing; fragments are RECEIVED but never PERSISTED.
+    pub retention_hours: u32,
+}
+
+impl StreamInfo {
+    fn described(
+        out: &aws_sdk_kinesisvideo::operation::describe_stream::DescribeStreamOutput,
+    ) -> Self {
+        let hours = out
+            .stream_info
+            .as_ref()
+            .and_then(|i| i.data_retention_in_hours)
+            .unwrap_or(0);
+        StreamInfo {
+            retention_hours: hours.max(0) as u32,
+        }
+    }
+}
+
 /// Makes sure the stream exists: creates it when `create` allows, applies its tags.
 pub async fn ensure_stream(
     kvs: &Client,
     stream: &str,
     create: Option<&CreateStreamConfig>,
-) -> Result<(), KvsError> {
+) -> Result<StreamInfo, KvsError> {
     match kvs.describe_stream().stream_name(stream).send().await {
-        Ok(_) => {
+        Ok(out) => {
+            let info = StreamInfo::described(&out);
             if let Some(c) = create.filter(|c| !c.tags.is_empty()) {
                 let mut req = kvs.tag_stream().stream_name(stream);
                 for (k, v) in &c.tags {
@@ -66,7 +89,7 @@ pub async fn ensure_stream(
                 }
                 req.send().await.map_err(|e| api("TagStream", stream, e))?;
             }
-            Ok(())
+            Ok(info)
         }
         Err(e)
             if e.as_service_error()
@@ -93,14 +116,22 @@ pub async fn ensure_stream(
                         retention_hours = c.retention_period_hours,
                         "created the stream"
                     );
-                    Ok(())
+                    Ok(StreamInfo {
+                        retention_hours: c.retention_period_hours,
+                    })
                 }
-                // Another producer created it meanwhile.
+                // Another producer created it meanwhile: ask what it made.
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|s| s.is_resource_in_use_exception()) =>
                 {
-                    Ok(())
+                    let out = kvs
+                        .describe_stream()
+                        .stream_name(stream)
+                        .send()
+                        .await
+                        .map_err(|e| api("DescribeStream", stream, e))?;
+                    Ok(StreamInfo::described(&out))
                 }
                 Err(e) => Err(api("CreateStream", stream, e)),
             }

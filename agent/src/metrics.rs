@@ -123,6 +123,18 @@ const METRICS: &[Metric] = &[
         |s| s.c.upload_stats.fragments_persisted.load(R),
     ),
     (
+        "fragment_tags_omitted_total",
+        "counter",
+        "Alarms or other metadata left out of fragment tags to stay within KVS's limit of 10 (the video is kept).",
+        |s| s.c.camera_stats.tags_omitted.load(R),
+    ),
+    (
+        "fragments_received_total",
+        "counter",
+        "Fragments released on RECEIVED: the stream's retention is 0, KVS keeps nothing and never answers PERSISTED.",
+        |s| s.c.upload_stats.fragments_received.load(R),
+    ),
+    (
         "fragments_dropped_total",
         "counter",
         "Fragments dropped by the journal policy (oldest deleted, new denied, expired).",
@@ -243,6 +255,22 @@ pub fn render(cameras: &[CameraMetrics], credentials_expire_in: Option<i64>) -> 
             "kvs_edge_encoder_info{{camera=\"{}\",encoder=\"{encoder}\"}} 1",
             c.camera
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kvs_edge_stream_retention_hours The stream's data retention as DescribeStream reports it \
+         (0: KVS archives nothing, fragments are released on RECEIVED).\n\
+         # TYPE kvs_edge_stream_retention_hours gauge"
+    );
+    for c in cameras {
+        let hours = c.upload_stats.retention_hours.load(R);
+        if hours >= 0 {
+            let _ = writeln!(
+                out,
+                "kvs_edge_stream_retention_hours{{camera=\"{}\",stream=\"{}\"}} {hours}",
+                c.camera, c.stream
+            );
+        }
     }
     out
 }

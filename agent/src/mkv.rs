@@ -25,6 +25,38 @@ pub const MAX_BLOCK_OFFSET_MS: i64 = i16::MAX as i64;
 /// The KVS fragment size limit.
 pub const MAX_FRAGMENT_BYTES: usize = 50 * 1024 * 1024;
 pub const CODEC_H264: &str = "V_MPEG4/ISO/AVC";
+/// KVS's fragment metadata limits: beyond them the service answers ERROR 4009
+/// (FRAGMENT_METADATA_LIMIT_REACHED) and the fragment's video is lost.
+pub const MAX_TAGS: usize = 10;
+pub const MAX_TAG_NAME_BYTES: usize = 128;
+pub const MAX_TAG_VALUE_BYTES: usize = 256;
+
+/// Fragment metadata as KVS takes it: at most `MAX_TAGS` tags, names of at most
+/// `MAX_TAG_NAME_BYTES` that do not start with `AWS` (reserved for the service), values cut
+/// to `MAX_TAG_VALUE_BYTES` on a character boundary. Our own tags never cost video: what
+/// does not fit is left out. Returns the tags kept and how many were left out.
+pub fn fit_tags(tags: Vec<(String, String)>) -> (Vec<(String, String)>, usize) {
+    let total = tags.len();
+    let kept: Vec<(String, String)> = tags
+        .into_iter()
+        .filter(|(name, _)| {
+            !name.is_empty() && name.len() <= MAX_TAG_NAME_BYTES && !name.starts_with("AWS")
+        })
+        .take(MAX_TAGS)
+        .map(|(name, mut value)| {
+            if value.len() > MAX_TAG_VALUE_BYTES {
+                let mut cut = MAX_TAG_VALUE_BYTES;
+                while !value.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                value.truncate(cut);
+            }
+            (name, value)
+        })
+        .collect();
+    let omitted = total - kept.len();
+    (kept, omitted)
+}
 
 fn put_id(out: &mut Vec<u8>, id: u32) {
     let bytes = id.to_be_bytes();
@@ -146,6 +178,8 @@ pub struct Fragment {
     pub duration_ms: i64,
     pub frames: usize,
     pub bytes: Vec<u8>,
+    /// Metadata tags left out to stay within KVS's limits (see `fit_tags`).
+    pub tags_omitted: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -189,6 +223,8 @@ pub struct Fragmenter {
     pts_range: (i64, i64),
     last_dts: Option<i64>,
     tags: Vec<(String, String)>,
+    /// Tags asked for but left out (KVS limits), plus those the caller already left out.
+    tags_omitted: usize,
 }
 
 impl Fragmenter {
@@ -201,13 +237,17 @@ impl Fragmenter {
             pts_range: (0, 0),
             last_dts: None,
             tags: Vec::new(),
+            tags_omitted: 0,
         }
     }
 
     /// Sets the fragment metadata (KVS MKV tags) of the fragment being built, replacing
-    /// what was set before; it is written when the fragment is emitted.
-    pub fn set_tags(&mut self, tags: Vec<(String, String)>) {
+    /// what was set before; it is written when the fragment is emitted, within KVS's limits
+    /// (`fit_tags`). `already_omitted` counts what the caller had to leave out itself.
+    pub fn set_tags(&mut self, tags: Vec<(String, String)>, already_omitted: usize) {
+        let (tags, omitted) = fit_tags(tags);
         self.tags = tags;
+        self.tags_omitted = omitted + already_omitted;
     }
 
     /// The presentation time of the fragment being built (its first keyframe), if any.
@@ -289,6 +329,7 @@ impl Fragmenter {
         };
         let mut bytes = Vec::new();
         let tags = std::mem::take(&mut self.tags);
+        let tags_omitted = std::mem::take(&mut self.tags_omitted);
         if !tags.is_empty() {
             master(&mut bytes, TAGS, |t| {
                 master(t, TAG, |tag| {
@@ -319,6 +360,7 @@ impl Fragmenter {
             duration_ms: high - low + interval,
             frames: frames.len(),
             bytes,
+            tags_omitted,
         })
     }
 }
@@ -394,10 +436,34 @@ mod tests {
     #[test]
     fn tags_precede_the_cluster() {
         let mut f = Fragmenter::new(FragmenterConfig::default());
-        f.set_tags(vec![("alarm".into(), "door".into())]);
+        f.set_tags(vec![("alarm".into(), "door".into())], 0);
         f.push(au(0, true)).unwrap();
         let frag = f.flush().unwrap();
         assert_eq!(&frag.bytes[..4], &[0x12, 0x54, 0xC3, 0x67]);
+        assert_eq!(frag.tags_omitted, 0);
+    }
+
+    #[test]
+    fn tags_stay_within_the_kvs_limits() {
+        let long = "é".repeat(200); // 400 bytes
+        let mut tags: Vec<(String, String)> =
+            (0..12).map(|i| (format!("T{i}"), long.clone())).collect();
+        tags.insert(0, ("AWS_KINESISVIDEO_X".into(), "reserved".into()));
+        tags.insert(1, ("N".repeat(129), "too long a name".into()));
+        let (kept, omitted) = fit_tags(tags);
+        assert_eq!(kept.len(), MAX_TAGS);
+        assert_eq!(
+            omitted, 4,
+            "the reserved name, the long name and two over the count"
+        );
+        assert_eq!(kept[0].0, "T0");
+        assert!(kept.iter().all(|(_, v)| v.len() <= MAX_TAG_VALUE_BYTES));
+        assert_eq!(kept[0].1.len(), 256, "cut on a character boundary");
+
+        let mut f = Fragmenter::new(FragmenterConfig::default());
+        f.set_tags((0..11).map(|i| (format!("T{i}"), "v".into())).collect(), 3);
+        f.push(au(0, true)).unwrap();
+        assert_eq!(f.flush().unwrap().tags_omitted, 4);
     }
 
     #[test]

@@ -734,7 +734,7 @@ impl Agent {
                 None => json!({ "state": "offline", "reason": "not running" }),
                 Some(m) => {
                     let snap = Snapshot::of(m);
-                    let persisted = m.upload_stats.fragments_persisted.load(Ordering::Relaxed);
+                    let persisted = m.upload_stats.delivered();
                     // Online: fragments reached KVS lately (within two stats intervals).
                     let window = Duration::from_secs(self.cfg.stats_interval_secs * 2)
                         .max(Duration::from_secs(10));

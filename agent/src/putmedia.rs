@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::net::{self, Target};
 
@@ -29,14 +29,47 @@ pub enum AckEvent {
 }
 
 /// One acknowledgement. `FragmentNumber` stays a string: it is ~47 decimal digits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+///
+/// The real service has been seen to send error acks with `"FragmentTimecode": -1` and an
+/// empty `FragmentNumber`: both become `None` here, so nothing downstream mistakes them for
+/// a fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     pub event_type: AckEvent,
     pub fragment_timecode: Option<i64>,
     pub fragment_number: Option<String>,
     pub error_id: Option<u32>,
     pub error_code: Option<String>,
+}
+
+/// An ack as it arrives: the number may be a string (as the service sends it) or a JSON
+/// number (as the API reference's example shows it).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireAck {
+    event_type: AckEvent,
+    fragment_timecode: Option<i64>,
+    fragment_number: Option<serde_json::Value>,
+    error_id: Option<u32>,
+    error_code: Option<String>,
+}
+
+impl From<WireAck> for Ack {
+    fn from(w: WireAck) -> Ack {
+        let fragment_number = match w.fragment_number {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+        .filter(|n| !n.is_empty());
+        Ack {
+            event_type: w.event_type,
+            fragment_timecode: w.fragment_timecode.filter(|t| *t >= 0),
+            fragment_number,
+            error_id: w.error_id,
+            error_code: w.error_code.filter(|c| !c.is_empty()),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -94,10 +127,12 @@ fn parse_line(line: &[u8]) -> Option<Result<Ack, PutMediaError>> {
         return None;
     }
     Some(
-        serde_json::from_str(text).map_err(|e| PutMediaError::BadAck {
-            line: text.chars().take(200).collect(),
-            reason: e.to_string(),
-        }),
+        serde_json::from_str::<WireAck>(text)
+            .map(Ack::from)
+            .map_err(|e| PutMediaError::BadAck {
+                line: text.chars().take(200).collect(),
+                reason: e.to_string(),
+            }),
     )
 }
 
@@ -125,15 +160,18 @@ fn epoch_seconds(t: SystemTime) -> String {
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
 
+const PATH: &str = "/putMedia";
+
 /// Builds the signed PutMedia request head. The body is not hashed: like the production C
-/// producer, it is signed with the SHA-256 of the empty payload.
+/// producer, it is signed with the SHA-256 of the empty payload. The request line is in
+/// origin form (`POST /putMedia HTTP/1.1`), as the official producer sends it.
 pub fn signed_request(
     params: &SessionParams,
     now: SystemTime,
 ) -> Result<http::Request<()>, PutMediaError> {
     let ep = parse_endpoint(&params.endpoint)?;
     let host = ep.authority();
-    let uri = format!("{}://{host}/putMedia", ep.scheme());
+    let uri = format!("{}://{host}{PATH}", ep.scheme());
     let headers = [
         ("host", host.clone()),
         ("x-amzn-stream-name", params.stream_name.clone()),
@@ -165,7 +203,7 @@ pub fn signed_request(
     let (instructions, _) = sign(signable, &signing)
         .map_err(|e| PutMediaError::Signing(e.to_string()))?
         .into_parts();
-    let mut builder = http::Request::builder().method("POST").uri(&uri);
+    let mut builder = http::Request::builder().method("POST").uri(PATH);
     for (k, v) in &headers {
         builder = builder.header(*k, v);
     }
@@ -202,62 +240,60 @@ pub struct Upload {
     body: Option<mpsc::Sender<Bytes>>,
 }
 
+/// The response side: first the response head (200, or an HTTP error with the service's
+/// error type), then the acks.
 pub struct Acks {
+    head: Option<oneshot::Receiver<Result<(), PutMediaError>>>,
     rx: mpsc::Receiver<Result<Ack, PutMediaError>>,
 }
 
 impl Session {
-    /// Connects, sends the signed request head and waits for the response head. An HTTP
-    /// error (403, 404, throttling …) is returned here with the service's error type.
+    /// Connects and sends the signed request head; the body can be sent at once. Like the
+    /// official producer (curl), nothing waits for the response head: the service "starts
+    /// reading the payload and first sends" its 200, and may do so only once a fragment has
+    /// arrived. The head is read concurrently; an HTTP error (403, 404, throttling …) comes
+    /// out of `Acks::next` (or `Acks::accepted`) with the service's error type.
     pub async fn open(
         params: &SessionParams,
         connect_timeout: Duration,
     ) -> Result<Session, PutMediaError> {
         let ep = parse_endpoint(&params.endpoint)?;
-        let connect_err = |reason: String| PutMediaError::Connect {
-            endpoint: params.endpoint.clone(),
-            reason,
-        };
         let mut sender = net::connect(&ep, params.tls.clone(), connect_timeout)
             .await
-            .map_err(connect_err)?;
+            .map_err(|reason| PutMediaError::Connect {
+                endpoint: params.endpoint.clone(),
+                reason,
+            })?;
         let (body_tx, body_rx) = mpsc::channel(16);
         let (parts, ()) = signed_request(params, SystemTime::now())?.into_parts();
         let req = http::Request::from_parts(parts, ChannelBody(body_rx));
-        let resp = tokio::time::timeout(connect_timeout, sender.send_request(req))
-            .await
-            .map_err(|_| connect_err(format!("no response head within {connect_timeout:?}")))?
-            .map_err(|e| PutMediaError::Closed(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let error_type = resp
-                .headers()
-                .get("x-amzn-errortype")
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.split(':').next().unwrap_or(s).to_string())
-                .unwrap_or_default();
-            let body = tokio::time::timeout(connect_timeout, resp.into_body().collect()).await;
-            let message = match body {
-                Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes())
-                    .chars()
-                    .take(500)
-                    .collect(),
-                _ => String::new(),
-            };
-            return Err(PutMediaError::Http {
-                stream: params.stream_name.clone(),
-                status: status.as_u16(),
-                error_type,
-                message,
-            });
-        }
+        let (head_tx, head_rx) = oneshot::channel();
         let (acks_tx, acks_rx) = mpsc::channel(256);
-        tokio::spawn(read_acks(resp.into_body(), acks_tx));
+        let stream = params.stream_name.clone();
+        tokio::spawn(async move {
+            // Polling the response future does not hold the body back: the connection task
+            // writes the head and streams the body meanwhile.
+            match sender.send_request(req).await {
+                Err(e) => {
+                    let _ = head_tx.send(Err(PutMediaError::Closed(e.to_string())));
+                }
+                Ok(resp) if !resp.status().is_success() => {
+                    let _ = head_tx.send(Err(http_error(&stream, resp, connect_timeout).await));
+                }
+                Ok(resp) => {
+                    let _ = head_tx.send(Ok(()));
+                    read_acks(resp.into_body(), acks_tx).await;
+                }
+            }
+        });
         Ok(Session {
             upload: Upload {
                 body: Some(body_tx),
             },
-            acks: Acks { rx: acks_rx },
+            acks: Acks {
+                head: Some(head_rx),
+                rx: acks_rx,
+            },
         })
     }
 
@@ -271,6 +307,31 @@ impl Session {
 
     pub async fn next_ack(&mut self) -> Option<Result<Ack, PutMediaError>> {
         self.acks.next().await
+    }
+}
+
+/// An error answer: status, the `x-amzn-ErrorType` (without its `:…` suffix) and the body.
+async fn http_error(stream: &str, resp: http::Response<Incoming>, wait: Duration) -> PutMediaError {
+    let status = resp.status();
+    let error_type = resp
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(':').next().unwrap_or(s).to_string())
+        .unwrap_or_default();
+    let body = tokio::time::timeout(wait, resp.into_body().collect()).await;
+    let message = match body {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes())
+            .chars()
+            .take(500)
+            .collect(),
+        _ => String::new(),
+    };
+    PutMediaError::Http {
+        stream: stream.to_string(),
+        status: status.as_u16(),
+        error_type,
+        message,
     }
 }
 
@@ -294,8 +355,26 @@ impl Upload {
 }
 
 impl Acks {
-    /// The next ack; `None` once the service has closed the response.
+    /// Waits for the response head: `Ok` once the service answered 200, its HTTP error
+    /// otherwise. Never wait for this before sending the first fragment: a service may
+    /// hold its answer back until then.
+    pub async fn accepted(&mut self) -> Result<(), PutMediaError> {
+        match self.head.take() {
+            None => Ok(()),
+            Some(head) => head.await.unwrap_or_else(|_| {
+                Err(PutMediaError::Closed(
+                    "the connection closed before the response head".into(),
+                ))
+            }),
+        }
+    }
+
+    /// The next ack; `None` once the service has closed the response. An HTTP error
+    /// answer is the first (and last) item.
     pub async fn next(&mut self) -> Option<Result<Ack, PutMediaError>> {
+        if let Err(e) = self.accepted().await {
+            return Some(Err(e));
+        }
         self.rx.recv().await
     }
 }
@@ -391,5 +470,30 @@ mod tests {
             "1595833960.258"
         );
         assert!(req.headers().get("x-amz-content-sha256").is_none());
+        assert_eq!(
+            req.uri(),
+            "/putMedia",
+            "origin form, as the official producer sends it"
+        );
+        assert_eq!(req.headers()["host"], "127.0.0.1:4567");
+    }
+
+    #[test]
+    fn error_acks_without_a_fragment_name_none() {
+        // As the real service sends them: no usable timecode, an empty number.
+        let mut p = AckParser::default();
+        let out = p.push(
+            b"{\"EventType\":\"ERROR\",\"FragmentTimecode\":-1,\"FragmentNumber\":\"\",\"ErrorId\":5000,\"ErrorCode\":\"INTERNAL_ERROR\"}\n\
+              {\"EventType\":\"PERSISTED\",\"FragmentTimecode\":12,\"FragmentNumber\":913438523331814571}\n",
+        );
+        let acks: Vec<Ack> = out.into_iter().map(Result::unwrap).collect();
+        assert_eq!(acks[0].fragment_timecode, None);
+        assert_eq!(acks[0].fragment_number, None);
+        assert_eq!(acks[0].error_id, Some(5000));
+        assert_eq!(
+            acks[1].fragment_number.as_deref(),
+            Some("913438523331814571"),
+            "a number as the API reference's example writes it"
+        );
     }
 }

@@ -51,7 +51,7 @@ fn progress(c: &CameraMetrics) -> Progress {
         fragments: cs.fragments.load(r),
         journaled: journaled + cs.fragments_denied.load(r),
         uploads: us.fragments_sent.load(r)
-            + us.fragments_persisted.load(r)
+            + us.delivered()
             + us.sessions.load(r)
             + us.session_failures.load(r)
             + us.error_acks.load(r)

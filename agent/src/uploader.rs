@@ -1,9 +1,12 @@
 //! The uploader drives PutMedia sessions for one stream from the camera's journal: it sends
 //! unreleased fragments oldest first (so after an outage or a restart the backlog goes out
-//! before live video, keeping the stream's timecodes monotonic), releases each on its
-//! PERSISTED ack, rotates sessions before KVS's 45-minute limit, starts a new session when the
-//! codec configuration changes, caps its rate, and retries with jittered backoff. ERROR acks
-//! are classified: retryable ones keep the fragment, fatal ones are reported and release it.
+//! before live video), releases each once the service has it (PERSISTED; RECEIVED on a
+//! stream that archives nothing, whose fragments are never PERSISTED), rotates sessions
+//! before KVS's 45-minute limit, starts a new session when the codec configuration changes
+//! or a fragment would not follow the previous one in time (KVS checks that within a
+//! session), caps its rate, and retries with jittered backoff. ERROR acks are classified:
+//! retryable ones keep the fragment, fatal ones are reported and release it; an ERROR that
+//! names no fragment is laid on the one the service was reading, so it cannot loop.
 //!
 //! RAM stays bounded whatever the backlog: the uploader holds metadata for a window of
 //! fragments and reads media bytes from the journal only to send them.
@@ -28,10 +31,13 @@ use crate::mkv::{self, TrackSpec};
 use crate::putmedia::{Ack, AckEvent, PutMediaError, Session, SessionParams};
 
 /// Counters for health and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UploadStats {
     pub fragments_sent: AtomicU64,
     pub fragments_persisted: AtomicU64,
+    /// Fragments released on RECEIVED: the stream's retention is 0, so the service keeps
+    /// nothing and never answers PERSISTED.
+    pub fragments_received: AtomicU64,
     pub fragments_rejected: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub sessions: AtomicU64,
@@ -40,8 +46,29 @@ pub struct UploadStats {
     /// Sessions ended to stay under KVS's connection-age limit.
     pub rotations: AtomicU64,
     pub last_ack_latency_ms: AtomicU64,
-    /// Woken whenever a fragment is PERSISTED, a session fails or rotates (health, tests).
+    /// The stream's data retention as DescribeStream reported it; -1 until known.
+    pub retention_hours: std::sync::atomic::AtomicI64,
+    /// Woken whenever a fragment is released, a session fails or rotates (health, tests).
     pub changed: tokio::sync::Notify,
+}
+
+impl Default for UploadStats {
+    fn default() -> Self {
+        UploadStats {
+            fragments_sent: AtomicU64::new(0),
+            fragments_persisted: AtomicU64::new(0),
+            fragments_received: AtomicU64::new(0),
+            fragments_rejected: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            session_failures: AtomicU64::new(0),
+            error_acks: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
+            last_ack_latency_ms: AtomicU64::new(0),
+            retention_hours: std::sync::atomic::AtomicI64::new(-1),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl UploadStats {
@@ -54,6 +81,12 @@ impl UploadStats {
             }
             notified.await;
         }
+    }
+
+    /// Fragments the service has taken: PERSISTED, or RECEIVED on a stream without archive.
+    pub fn delivered(&self) -> u64 {
+        self.fragments_persisted.load(Ordering::Relaxed)
+            + self.fragments_received.load(Ordering::Relaxed)
     }
 
     fn bump(&self, counter: &AtomicU64) {
@@ -69,21 +102,24 @@ pub enum ErrorAction {
     Retry,
     /// Start a new session right away (4003: the connection is too old).
     Rotate,
-    /// KVS already has this fragment (4004 after a lost ack): release it, go on.
-    AlreadyStored,
+    /// 4004: the fragment does not follow the previous one *of this session* and was not
+    /// stored. A new session starting with it is accepted (the service deduplicates
+    /// producer timestamps on read); if it was already first in its session, it is dropped.
+    NotAfterPrevious,
     /// The fragment can never be accepted: release it (counted) and go on.
     DropFragment,
     /// A stream or account problem an operator must fix; retried at the longest backoff.
     Operator,
 }
 
-/// Classifies a PutMedia ErrorId.
+/// Classifies a PutMedia ErrorId, as the official producer does (it retries 4000, 4003,
+/// 5000 and 5001 and skips the fragment otherwise).
 pub fn classify(error_id: u32) -> ErrorAction {
     match error_id {
         4003 => ErrorAction::Rotate,
-        4004 => ErrorAction::AlreadyStored,
+        4004 => ErrorAction::NotAfterPrevious,
         4001 | 4002 | 4005 | 4006 | 4007 | 4009 | 4010 | 4011 | 4012 => ErrorAction::DropFragment,
-        4008 | 4500..=4506 => ErrorAction::Operator,
+        4008 | 4500..=4507 => ErrorAction::Operator,
         _ => ErrorAction::Retry,
     }
 }
@@ -102,12 +138,23 @@ pub struct Uploader {
     pub create_stream: Option<kvs_edge_config::agent::CreateStreamConfig>,
 }
 
-/// A fragment of the window: the journal's metadata, and when it went out in this session.
+/// A fragment of the window: the journal's metadata, and how far it got in this session.
 struct Slot {
     seq: u64,
     timecode_ms: i64,
+    duration_ms: i64,
     codec: Arc<CodecConfig>,
     sent_at: Option<Instant>,
+    /// RECEIVED in this session: the service has all of it.
+    received: bool,
+    /// Sent first in its session: a 4004 then cannot be cured by a new session.
+    opened_session: bool,
+}
+
+impl Slot {
+    fn end_ms(&self) -> i64 {
+        self.timecode_ms + self.duration_ms
+    }
 }
 
 /// How a session ended.
@@ -185,6 +232,23 @@ impl RateCap {
     }
 }
 
+/// Where an ERROR ack applies: the fragment it names, else the one the service was reading
+/// (the oldest sent and not yet RECEIVED), else the oldest in flight, else the next to go
+/// (whose codec made the session header).
+fn blamed(window: &VecDeque<Slot>, timecode_ms: Option<i64>) -> Option<usize> {
+    if let Some(tc) = timecode_ms
+        && let Some(i) = window.iter().position(|s| s.timecode_ms == tc)
+    {
+        return Some(i);
+    }
+    let sent = |s: &&Slot| s.sent_at.is_some();
+    window
+        .iter()
+        .position(|s| s.sent_at.is_some() && !s.received)
+        .or_else(|| window.iter().position(|s| sent(&s)))
+        .or_else(|| (!window.is_empty()).then_some(0))
+}
+
 impl Uploader {
     /// Runs until `appended` is closed (the camera stopped) and the journal holds nothing
     /// unreleased. Starts with whatever the journal already holds (replay).
@@ -194,47 +258,81 @@ impl Uploader {
         info!(
             stream = %self.stream,
             persisted = self.stats.fragments_persisted.load(r),
+            received = self.stats.fragments_received.load(r),
             rejected = self.stats.fragments_rejected.load(r),
             sessions = self.stats.sessions.load(r),
             "uploader finished"
         );
     }
 
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.cfg.backoff_min_ms),
+            Duration::from_millis(self.cfg.backoff_max_ms),
+        )
+    }
+
     /// Stream set-up (DescribeStream, CreateStream when allowed, TagStream), retried with
-    /// backoff while the camera keeps journaling. False when the camera stopped meanwhile.
-    async fn set_up(&self, appended: &mut mpsc::Receiver<u64>) -> bool {
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    /// the `[upload]` backoff while the camera keeps journaling. Returns the stream's
+    /// retention in hours; `None` once the camera has stopped and nothing waits to be sent
+    /// (the runner's shutdown grace bounds the rest).
+    async fn set_up(&self, appended: &mut mpsc::Receiver<u64>) -> Option<u32> {
+        let mut backoff = self.backoff();
+        let mut input_open = true;
         loop {
+            if !input_open
+                && with_journal(&self.journal, |j| Ok(j.pending_len()))
+                    .await
+                    .unwrap_or(0)
+                    == 0
+            {
+                return None;
+            }
             match crate::kvs::ensure_stream(&self.kvs, &self.stream, self.create_stream.as_ref())
                 .await
             {
-                Ok(()) => return true,
+                Ok(info) => {
+                    self.stats
+                        .retention_hours
+                        .store(i64::from(info.retention_hours), Ordering::Relaxed);
+                    if info.retention_hours == 0 {
+                        warn!(
+                            stream = %self.stream,
+                            "the stream's data retention is 0: KVS keeps nothing (no clips, no \
+                             playback) and never answers PERSISTED; fragments are released on RECEIVED"
+                        );
+                    }
+                    return Some(info.retention_hours);
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    error!(stream = %self.stream, "{e}; retrying in {delay:?}");
+                    warn!(stream = %self.stream, failures = backoff.failures(), "stream set-up: {e}; retrying in {delay:?}");
                     let until = Instant::now() + delay;
-                    loop {
+                    while input_open {
                         tokio::select! {
                             _ = sleep_until(until) => break,
-                            n = appended.recv() => if n.is_none() { return false },
+                            n = appended.recv() => if n.is_none() { input_open = false },
                         }
                     }
+                    sleep_until(until).await;
                 }
             }
         }
     }
 
     async fn upload(&self, mut appended: mpsc::Receiver<u64>) {
-        if !self.set_up(&mut appended).await {
+        let Some(retention_hours) = self.set_up(&mut appended).await else {
             return;
-        }
+        };
+        let release_on = if retention_hours == 0 {
+            AckEvent::Received
+        } else {
+            AckEvent::Persisted
+        };
         let mut window: VecDeque<Slot> = VecDeque::new();
         let mut pulled: Option<u64> = None;
         let mut endpoint = DataEndpoint::new(&self.stream);
-        let mut backoff = Backoff::new(
-            Duration::from_millis(self.cfg.backoff_min_ms),
-            Duration::from_millis(self.cfg.backoff_max_ms),
-        );
+        let mut backoff = self.backoff();
         let mut rate = RateCap {
             fragments: Vec::new(),
             bytes: VecDeque::new(),
@@ -255,16 +353,16 @@ impl Uploader {
             }
             let end = match endpoint.get(&self.kvs).await {
                 Ok(url) => {
-                    self.session(
-                        &url,
-                        &mut window,
-                        &mut pulled,
-                        &mut appended,
-                        &mut input_open,
-                        &mut backoff,
-                        &mut rate,
-                    )
-                    .await
+                    let mut session = SessionState {
+                        window: &mut window,
+                        pulled: &mut pulled,
+                        appended: &mut appended,
+                        input_open: &mut input_open,
+                        backoff: &mut backoff,
+                        rate: &mut rate,
+                        release_on,
+                    };
+                    self.session(&url, &mut session).await
                 }
                 Err(e) => End::Failed(e.to_string()),
             };
@@ -308,10 +406,10 @@ impl Uploader {
         let known: Vec<u64> = window.iter().map(|s| s.seq).collect();
         let result = with_journal(&self.journal, move |j| {
             let alive: Vec<bool> = known.iter().map(|s| j.get(*s).is_some()).collect();
-            let new: Vec<(u64, i64, Arc<CodecConfig>)> = j
+            let new: Vec<(u64, i64, i64, Arc<CodecConfig>)> = j
                 .pending_after(after)
                 .take(want)
-                .map(|e| (e.seq, e.timecode_ms, e.codec.clone()))
+                .map(|e| (e.seq, e.timecode_ms, e.duration_ms, e.codec.clone()))
                 .collect();
             Ok((alive, new))
         })
@@ -323,29 +421,38 @@ impl Uploader {
             i += 1;
             keep
         });
-        for (seq, timecode_ms, codec) in new {
+        for (seq, timecode_ms, duration_ms, codec) in new {
             *pulled = Some(seq);
             window.push_back(Slot {
                 seq,
                 timecode_ms,
+                duration_ms,
                 codec,
                 sent_at: None,
+                received: false,
+                opened_session: false,
             });
         }
     }
 
+    /// How a failure to open or keep a session ends it: a missing stream needs an operator,
+    /// refused credentials are fetched again.
+    async fn failed(&self, e: PutMediaError) -> End {
+        match e {
+            PutMediaError::Http { status: 404, .. } => End::Operator(e.to_string()),
+            PutMediaError::Http {
+                status: 401 | 403, ..
+            } => {
+                // Expired or revoked credentials: ask the provider again next time.
+                self.credentials.invalidate().await;
+                End::Failed(e.to_string())
+            }
+            e => End::Failed(e.to_string()),
+        }
+    }
+
     /// One PutMedia session, from open to end.
-    #[allow(clippy::too_many_arguments)]
-    async fn session(
-        &self,
-        url: &str,
-        window: &mut VecDeque<Slot>,
-        pulled: &mut Option<u64>,
-        appended: &mut mpsc::Receiver<u64>,
-        input_open: &mut bool,
-        backoff: &mut Backoff,
-        rate: &mut RateCap,
-    ) -> End {
+    async fn session(&self, url: &str, st: &mut SessionState<'_>) -> End {
         let credentials = match self.credentials.get().await {
             Ok(c) => c,
             Err(e) => return End::Failed(e.to_string()),
@@ -359,27 +466,17 @@ impl Uploader {
             user_agent: concat!("kvs-edge-agent/", env!("CARGO_PKG_VERSION")).to_string(),
             tls: self.tls.clone(),
         };
-        let session = match Session::open(&params, Duration::from_secs(10)).await {
-            Ok(s) => s,
-            Err(e @ PutMediaError::Http { status: 404, .. }) => {
-                return End::Operator(e.to_string());
-            }
-            Err(
-                e @ PutMediaError::Http {
-                    status: 401 | 403, ..
-                },
-            ) => {
-                // Expired or revoked credentials: ask the provider again next time.
-                self.credentials.invalidate().await;
-                return End::Failed(e.to_string());
-            }
-            Err(e) => return End::Failed(e.to_string()),
-        };
+        // The body streams at once; the response head is read meanwhile (an HTTP error
+        // comes out of the acks).
         let Session {
             mut upload,
             mut acks,
-        } = session;
+        } = match Session::open(&params, Duration::from_secs(10)).await {
+            Ok(s) => s,
+            Err(e) => return self.failed(e).await,
+        };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let window = &mut *st.window;
         let codec = window.front().expect("non-empty").codec.clone();
         let mut uid = [0u8; 16];
         uid[..8].copy_from_slice(&random_u64().to_be_bytes());
@@ -394,19 +491,25 @@ impl Uploader {
             concat!("kvs-edge-agent ", env!("CARGO_PKG_VERSION")),
         );
         if let Err(e) = upload.send(Bytes::from(header)).await {
-            return End::Failed(e.to_string());
+            return self
+                .send_failed(e, &mut acks, window, st.backoff, st.release_on)
+                .await;
         }
         for s in window.iter_mut() {
             s.sent_at = None;
+            s.received = false;
+            s.opened_session = false;
         }
         debug!(stream = %self.stream, url, "PutMedia session open ({}x{})", codec.width, codec.height);
         let rotate_at = Instant::now() + Duration::from_secs(self.cfg.session_rotate_secs);
         let ack_timeout = Duration::from_secs(self.cfg.ack_timeout_secs);
         let mut draining: Option<End> = None;
+        // Where the last fragment sent in this session ends: the next must start after it.
+        let mut sent_until: Option<i64> = None;
         // The next fragment's bytes, read from the journal ahead of its turn.
         let mut ready: Option<(u64, Bytes)> = None;
         loop {
-            self.refill(window, pulled).await;
+            self.refill(window, st.pulled).await;
             let next = window.iter().position(|s| s.sent_at.is_none());
             let in_flight = window.iter().filter(|s| s.sent_at.is_some()).count();
             if draining.is_none() {
@@ -414,11 +517,18 @@ impl Uploader {
                     && window[i].codec != codec
                 {
                     draining = Some(End::Next);
+                } else if let Some(i) = next
+                    && sent_until.is_some_and(|until| window[i].timecode_ms < until)
+                {
+                    // KVS refuses (4004) a fragment that does not follow the previous one
+                    // within a session; a new session takes it.
+                    info!(stream = %self.stream, timecode = window[i].timecode_ms, "a fragment starts before the previous one ends (the clock stepped back?): sending it in a new session");
+                    draining = Some(End::Next);
                 } else if Instant::now() >= rotate_at {
                     debug!(stream = %self.stream, "rotating the PutMedia session");
                     self.stats.bump(&self.stats.rotations);
                     draining = Some(End::Next);
-                } else if !*input_open && next.is_none() {
+                } else if !*st.input_open && next.is_none() {
                     draining = Some(End::Done);
                 }
                 if draining.is_some() {
@@ -463,21 +573,21 @@ impl Uploader {
             let payload = sendable
                 .and_then(|i| ready.as_ref().filter(|(seq, _)| *seq == window[i].seq))
                 .map(|(_, b)| b.clone());
-            let send_at = payload.as_ref().map(|b| rate.next_slot(b.len() as u64));
+            let send_at = payload.as_ref().map(|b| st.rate.next_slot(b.len() as u64));
             let oldest = window.iter().filter_map(|s| s.sent_at).min();
             let deadline = oldest.map(|t| t + ack_timeout).unwrap_or(rotate_at);
             tokio::select! {
                 biased;
                 ack = acks.next() => match ack {
                     None => return End::Failed("the service closed the session".into()),
-                    Some(Err(e)) => return End::Failed(e.to_string()),
+                    Some(Err(e)) => return self.failed(e).await,
                     Some(Ok(ack)) => {
-                        if let Some(end) = self.on_ack(&ack, window, backoff).await {
+                        if let Some(end) = self.on_ack(&ack, window, st.backoff, st.release_on).await {
                             return end;
                         }
                     }
                 },
-                n = appended.recv(), if *input_open => if n.is_none() { *input_open = false },
+                n = st.appended.recv(), if *st.input_open => if n.is_none() { *st.input_open = false },
                 sent = async {
                     sleep_until(send_at.expect("guarded")).await;
                     upload.send(payload.clone().expect("guarded")).await
@@ -485,13 +595,19 @@ impl Uploader {
                     Ok(()) => {
                         let i = sendable.expect("payload implies a slot");
                         let len = payload.as_ref().map_or(0, |b| b.len() as u64);
+                        window[i].opened_session = sent_until.is_none();
                         window[i].sent_at = Some(Instant::now());
-                        rate.record(len);
+                        sent_until = Some(sent_until.unwrap_or(i64::MIN).max(window[i].end_ms()));
+                        st.rate.record(len);
                         ready = None;
                         self.stats.fragments_sent.fetch_add(1, Ordering::Relaxed);
                         self.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
                     }
-                    Err(e) => return End::Failed(e.to_string()),
+                    Err(e) => {
+                        return self
+                            .send_failed(e, &mut acks, window, st.backoff, st.release_on)
+                            .await;
+                    }
                 },
                 _ = sleep_until(deadline) => {
                     if oldest.is_some() {
@@ -502,13 +618,40 @@ impl Uploader {
         }
     }
 
-    /// Releases a fragment from the journal and the window.
-    async fn release(&self, window: &mut VecDeque<Slot>, timecode_ms: i64) -> Option<Slot> {
-        let i = window.iter().position(|s| s.timecode_ms == timecode_ms)?;
+    /// The request body was refused: the service's answer says why better than the dropped
+    /// body does (a 403 arriving early, or ERROR acks it sent before closing). Acks already
+    /// sent are applied, so a fragment the service stored or refused is not sent again.
+    async fn send_failed(
+        &self,
+        e: PutMediaError,
+        acks: &mut crate::putmedia::Acks,
+        window: &mut VecDeque<Slot>,
+        backoff: &mut Backoff,
+        release_on: AckEvent,
+    ) -> End {
+        let linger = Duration::from_secs(2);
+        loop {
+            match tokio::time::timeout(linger, acks.next()).await {
+                Ok(Some(Ok(ack))) => {
+                    if let Some(end) = self.on_ack(&ack, window, backoff, release_on).await {
+                        return end;
+                    }
+                }
+                Ok(Some(Err(answer @ PutMediaError::Http { .. }))) => {
+                    return self.failed(answer).await;
+                }
+                _ => return End::Failed(e.to_string()),
+            }
+        }
+    }
+
+    /// Releases the fragment at `i` from the journal and the window.
+    async fn release(&self, window: &mut VecDeque<Slot>, i: usize) -> Option<Slot> {
         let slot = window.remove(i)?;
         let seq = slot.seq;
         if let Err(e) = with_journal(&self.journal, move |j| j.release(seq)).await {
-            // Not fatal: the fragment may be resent, and KVS answers that with 4004.
+            // Not fatal: the fragment may be sent again, and KVS stores it again (reads
+            // deduplicate producer timestamps).
             warn!(stream = %self.stream, "{e}");
         }
         Some(slot)
@@ -520,45 +663,60 @@ impl Uploader {
         ack: &Ack,
         window: &mut VecDeque<Slot>,
         backoff: &mut Backoff,
+        release_on: AckEvent,
     ) -> Option<End> {
+        let named = || {
+            let tc = ack.fragment_timecode?;
+            window.iter().position(|s| s.timecode_ms == tc)
+        };
         match ack.event_type {
-            AckEvent::Persisted => {
-                let tc = ack.fragment_timecode?;
-                if let Some(slot) = self.release(window, tc).await {
-                    let latency = slot
-                        .sent_at
-                        .map_or(0, |sent| sent.elapsed().as_millis() as u64);
-                    self.stats
-                        .last_ack_latency_ms
-                        .store(latency, Ordering::Relaxed);
-                    debug!(stream = %self.stream, timecode = tc, latency_ms = latency, "PERSISTED");
-                    self.stats.bump(&self.stats.fragments_persisted);
-                    backoff.reset();
+            AckEvent::Received | AckEvent::Persisted => {
+                let i = named()?;
+                window[i].received = true;
+                if ack.event_type != release_on {
+                    return None;
                 }
+                let slot = self.release(window, i).await?;
+                let latency = slot
+                    .sent_at
+                    .map_or(0, |sent| sent.elapsed().as_millis() as u64);
+                self.stats
+                    .last_ack_latency_ms
+                    .store(latency, Ordering::Relaxed);
+                debug!(stream = %self.stream, timecode = slot.timecode_ms, latency_ms = latency, "{:?}: released", ack.event_type);
+                let counter = match ack.event_type {
+                    AckEvent::Persisted => &self.stats.fragments_persisted,
+                    _ => &self.stats.fragments_received,
+                };
+                self.stats.bump(counter);
+                backoff.reset();
                 None
             }
             AckEvent::Error => {
                 self.stats.error_acks.fetch_add(1, Ordering::Relaxed);
                 let id = ack.error_id.unwrap_or(0);
                 let code = ack.error_code.clone().unwrap_or_default();
-                let what = format!("ERROR {id} {code} for fragment {:?}", ack.fragment_timecode);
+                let blame = blamed(window, ack.fragment_timecode);
+                let what = format!(
+                    "ERROR {id} {code} for fragment {}",
+                    blame.map_or("(none in flight)".to_string(), |i| window[i]
+                        .timecode_ms
+                        .to_string())
+                );
                 match classify(id) {
                     ErrorAction::Retry => Some(End::Failed(what)),
                     ErrorAction::Rotate => Some(End::Next),
                     ErrorAction::Operator => Some(End::Operator(what)),
-                    ErrorAction::AlreadyStored => {
-                        if let Some(tc) = ack.fragment_timecode
-                            && self.release(window, tc).await.is_some()
-                        {
-                            info!(stream = %self.stream, "{what}: KVS already has it (an ack was lost); skipping it");
-                            self.stats.bump(&self.stats.fragments_persisted);
-                        }
+                    ErrorAction::NotAfterPrevious
+                        if blame.is_some_and(|i| !window[i].opened_session) =>
+                    {
+                        // Not stored; it opens the next session, where it follows nothing.
+                        warn!(stream = %self.stream, "{what}: not stored; sending it again in a new session");
                         Some(End::Next)
                     }
-                    ErrorAction::DropFragment => {
-                        if let Some(tc) = ack.fragment_timecode
-                            && self.release(window, tc).await.is_some()
-                        {
+                    ErrorAction::NotAfterPrevious | ErrorAction::DropFragment => {
+                        if let Some(i) = blame {
+                            self.release(window, i).await;
                             self.stats
                                 .fragments_rejected
                                 .fetch_add(1, Ordering::Relaxed);
@@ -568,9 +726,21 @@ impl Uploader {
                     }
                 }
             }
-            AckEvent::Buffering | AckEvent::Received | AckEvent::Idle => None,
+            AckEvent::Buffering | AckEvent::Idle => None,
         }
     }
+}
+
+/// What one session works on, borrowed from the upload loop.
+struct SessionState<'a> {
+    window: &'a mut VecDeque<Slot>,
+    pulled: &'a mut Option<u64>,
+    appended: &'a mut mpsc::Receiver<u64>,
+    input_open: &'a mut bool,
+    backoff: &'a mut Backoff,
+    rate: &'a mut RateCap,
+    /// PERSISTED normally; RECEIVED on a stream whose retention is 0.
+    release_on: AckEvent,
 }
 
 #[cfg(test)]
@@ -580,7 +750,7 @@ mod tests {
     #[test]
     fn error_ids_are_classified() {
         assert_eq!(classify(4003), ErrorAction::Rotate);
-        assert_eq!(classify(4004), ErrorAction::AlreadyStored);
+        assert_eq!(classify(4004), ErrorAction::NotAfterPrevious);
         assert_eq!(classify(4011), ErrorAction::DropFragment);
         assert_eq!(classify(4008), ErrorAction::Operator);
         assert_eq!(classify(4502), ErrorAction::Operator);

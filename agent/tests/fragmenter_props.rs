@@ -53,7 +53,7 @@ proptest! {
             stream.extend_from_slice(&frag.bytes);
         }
         let limits = Limits { max_fragment_duration_ms: max, ..Limits::default() };
-        let mut ingest = Ingest::new(TimecodeType::Absolute, limits, None);
+        let mut ingest = Ingest::new(TimecodeType::Absolute, limits);
         let mut events = Vec::new();
         ingest.push(&stream, &mut events).map_err(|e| TestCaseError::fail(e.to_string()))?;
         ingest.finish(&mut events).map_err(|e| TestCaseError::fail(e.to_string()))?;

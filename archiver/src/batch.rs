@@ -330,10 +330,11 @@ mod tests {
     #[test]
     fn the_published_completion_report_rows_decode() {
         // S3 Batch Operations' own report (bucket, key, version, status, ...) keys decode.
-        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
-            "../tests/fixtures/aws-events/s3-batch-ops-completion-report-failed-tasks.csv",
-        ))
-        .unwrap();
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+                "../tests/fixtures/aws-events/s3-batch-ops-completion-report-failed-tasks.csv",
+            ))
+            .unwrap();
         let mut r = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)

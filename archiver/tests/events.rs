@@ -291,8 +291,7 @@ fn dry_run_prints_one_json_object_and_fails_on_malformed_input() {
             .output()
             .unwrap()
     };
-    let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/aws-events");
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/aws-events");
     let out = run(fixtures
         .join("eventbridge-cw-alarm-state-change-single-metric.json")
         .to_str()

@@ -344,6 +344,10 @@ impl Default for UploadConfig {
     }
 }
 
+/// The longest fragment KVS takes (PutMedia API reference: "Fragments that have time codes
+/// spanning longer than 10 seconds … are not allowed"; ERROR 4002 otherwise).
+pub const MAX_FRAGMENT_DURATION_MS: u64 = 10_000;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
@@ -353,7 +357,8 @@ pub struct CameraConfig {
     /// Cut a fragment at the first keyframe after this long (ms).
     #[serde(default = "default_fragment", alias = "fragment_duration")]
     pub fragment_duration_ms: u64,
-    /// Never send a fragment longer than this (ms; KVS allows up to 20 s, 10 s is safe).
+    /// Never send a fragment longer than this (ms; at most 10 s: the PutMedia reference
+    /// refuses longer fragments with ERROR 4002, and their video is lost).
     #[serde(default = "default_max_fragment")]
     pub max_fragment_duration_ms: u64,
     /// Restart the source when it delivers nothing for this long.
@@ -869,16 +874,25 @@ impl AgentConfig {
                     ),
                 ));
             }
-            if !(1_000..=20_000).contains(&cam.max_fragment_duration_ms) {
+            if !(1_000..=MAX_FRAGMENT_DURATION_MS).contains(&cam.max_fragment_duration_ms) {
                 return Err(err(
                     at("max_fragment_duration_ms"),
-                    "must be 1000 to 20000 (KVS fragment limits)".into(),
+                    format!(
+                        "{} is outside 1000 to {MAX_FRAGMENT_DURATION_MS}: KVS refuses fragments \
+                         longer than 10 s (PutMedia ERROR 4002 MAX_FRAGMENT_DURATION_REACHED) \
+                         and their video is lost",
+                        cam.max_fragment_duration_ms
+                    ),
                 ));
             }
             if !(500..=cam.max_fragment_duration_ms).contains(&cam.fragment_duration_ms) {
                 return Err(err(
                     at("fragment_duration_ms"),
-                    "must be 500 ms to max_fragment_duration_ms".into(),
+                    format!(
+                        "{} is outside 500 to max_fragment_duration_ms ({}; KVS takes fragments \
+                         of at most 10 s)",
+                        cam.fragment_duration_ms, cam.max_fragment_duration_ms
+                    ),
                 ));
             }
             if cam.stall_timeout_secs == 0 {
@@ -1070,6 +1084,17 @@ mod tests {
         assert_eq!(
             AgentConfig::from_toml("agent.toml", &bad).unwrap_err().path,
             "cameras[0].fragment_duration_ms"
+        );
+        // The service's limit is checked here, not found out as an error ack.
+        let bad = MINIMAL.replace(
+            "name = \"front\"",
+            "name = \"front\"\nmax_fragment_duration_ms = 15000",
+        );
+        let e = AgentConfig::from_toml("agent.toml", &bad).unwrap_err();
+        assert_eq!(e.path, "cameras[0].max_fragment_duration_ms");
+        assert!(
+            e.message.contains("10 s") && e.message.contains("4002"),
+            "{e}"
         );
         let e = AgentConfig::from_toml("agent.toml", &MINIMAL.replace("[aws]", "[aws]\nbogus = 1"))
             .unwrap_err();

@@ -231,6 +231,17 @@ pub fn session_params(url: &str, stream: &str) -> SessionParams {
     }
 }
 
+/// Opens a PutMedia session and waits for the service's answer, to check refusals at the
+/// HTTP level. (The agent never waits: a service may answer only once a fragment arrived.)
+pub async fn open_answered(
+    params: &SessionParams,
+    timeout: Duration,
+) -> std::result::Result<Session, kvs_edge_agent::putmedia::PutMediaError> {
+    let mut session = Session::open(params, timeout).await?;
+    session.acks.accepted().await?;
+    Ok(session)
+}
+
 /// Streams `chunks` in one PutMedia session, ends the upload and collects every ack until
 /// the service closes the response (bounded by `timeout`).
 pub async fn put_media(

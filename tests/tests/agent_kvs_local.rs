@@ -228,6 +228,7 @@ async fn recovers_from_injected_faults_without_losing_fragments() -> anyhow::Res
         put_media_error: Some(kvs_local::faults::PutMediaErrorFault {
             error_id: 5000,
             after_fragments: 0,
+            ..Default::default()
         }),
         ..Faults::default()
     });

@@ -1,7 +1,8 @@
 //! The agent's uploader on its own, fed real GStreamer-encoded fragments through a journal,
 //! against kvs-local: a codec change starts a new session with new Tracks, sessions rotate on
-//! time, fragments KVS already stored (an ack lost before a restart) are recognised and not
-//! duplicated, and the rate cap holds.
+//! time, a resend after lost release marks is stored again (as the service does) and clips
+//! once, streams without retention release on RECEIVED, error acks never count as stored
+//! and never loop, the body streams before the service answers, and the rate cap holds.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -222,13 +223,11 @@ async fn sessions_rotate_on_time() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn fragments_kvs_already_has_are_not_sent_twice() -> anyhow::Result<()> {
+async fn a_resend_after_lost_release_marks_is_stored_again_and_clips_once() -> anyhow::Result<()> {
     let local = Local::start().await?;
     create_stream(&local.control(), "cam", 1).await?;
-    let fragments = records(
-        &Encoded::gstreamer(75, 25, 25, 160, 120)?,
-        now_ms() - 60_000,
-    )?;
+    let start = now_ms() - 60_000;
+    let fragments = records(&Encoded::gstreamer(75, 25, 25, 160, 120)?, start)?;
     upload_all(
         &local,
         "cam",
@@ -238,7 +237,9 @@ async fn fragments_kvs_already_has_are_not_sent_twice() -> anyhow::Result<()> {
     )
     .await;
 
-    // A restarted agent whose journal never saw the acks of the first two sends all three.
+    // A restarted agent whose journal never saw the acks of the first two sends all three in
+    // a new session. The service takes older producer timestamps in a new session (4004 is
+    // about order within one) and stores them again: persisted means persisted.
     let stats = upload_all(
         &local,
         "cam",
@@ -247,16 +248,188 @@ async fn fragments_kvs_already_has_are_not_sent_twice() -> anyhow::Result<()> {
         fragments,
     )
     .await;
-    assert_eq!(
-        stats.fragments_persisted.load(Ordering::Relaxed),
-        3,
-        "2 recognised as stored, 1 new"
-    );
+    assert_eq!(stats.fragments_persisted.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.error_acks.load(Ordering::Relaxed), 0);
     assert_eq!(
         list_all_fragments(&local.archived(), "cam").await?.len(),
-        3,
-        "no duplicates in KVS"
+        5,
+        "the resent two are stored a second time"
     );
+    // GetClip deduplicates producer timestamps: each frame once.
+    let clip = local.dir.path().join("clip.mp4");
+    let (_, mp4) = get_clip(&local.archived(), "cam", start - 1000, start + 10_000).await?;
+    std::fs::write(&clip, mp4)?;
+    assert_eq!(ffprobe(&clip)?.4, 75);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_without_retention_releases_on_received() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "live", 0).await?;
+    let fragments = records(
+        &Encoded::gstreamer(100, 25, 25, 160, 120)?,
+        now_ms() - 60_000,
+    )?;
+    let n = fragments.len() as u64;
+    let stats = upload_all(
+        &local,
+        "live",
+        &local.dir.path().join("j"),
+        fast(),
+        fragments,
+    )
+    .await;
+    let r = Ordering::Relaxed;
+    assert_eq!(stats.fragments_received.load(r), n, "released on RECEIVED");
+    assert_eq!(
+        stats.fragments_persisted.load(r),
+        0,
+        "KVS never says PERSISTED"
+    );
+    assert_eq!(stats.retention_hours.load(r), 0);
+    assert_eq!(
+        (stats.sessions.load(r), stats.session_failures.load(r)),
+        (1, 0),
+        "no ack timeouts, no resends"
+    );
+    assert_eq!(stats.fragments_sent.load(r), n, "each fragment sent once");
+    Ok(())
+}
+
+/// Uploads `records` to a fresh stream while `fault` is in force; returns the counters and
+/// how many fragments the stream holds.
+async fn upload_with_fault(
+    fault: kvs_local::faults::PutMediaErrorFault,
+    records: Vec<Record>,
+) -> anyhow::Result<(Arc<UploadStats>, usize)> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "cam", 1).await?;
+    local.server.set_faults(kvs_local::Faults {
+        put_media_error: Some(fault),
+        ..kvs_local::Faults::default()
+    });
+    let stats = upload_all(&local, "cam", &local.dir.path().join("j"), fast(), records).await;
+    let stored = list_all_fragments(&local.archived(), "cam").await?.len();
+    Ok((stats, stored))
+}
+
+#[tokio::test]
+async fn error_acks_never_count_as_stored_and_never_loop() -> anyhow::Result<()> {
+    use kvs_local::faults::PutMediaErrorFault;
+    let video = Encoded::gstreamer(150, 25, 25, 160, 120)?;
+    let fragments = records(&video, now_ms() - 60_000)?;
+    let n = fragments.len() as u64;
+    assert_eq!(n, 6);
+    let r = Ordering::Relaxed;
+    let counts = |s: &UploadStats| {
+        (
+            s.fragments_persisted.load(r),
+            s.fragments_rejected.load(r),
+            s.error_acks.load(r),
+        )
+    };
+
+    // 4004 for the second fragment of a session: it was not stored; a new session, where it
+    // comes first, stores it. Everything persisted exactly once.
+    let (stats, stored) = upload_with_fault(
+        PutMediaErrorFault {
+            error_id: 4004,
+            after_fragments: 1,
+            count: Some(1),
+            ..Default::default()
+        },
+        fragments.clone(),
+    )
+    .await?;
+    assert_eq!(counts(&stats), (n, 0, 1));
+    assert_eq!(stored as u64, n, "no duplicates, nothing missing");
+
+    // 4004 for the first fragment of a session cannot be cured by another session: dropped
+    // and counted as rejected, never as persisted.
+    let (stats, stored) = upload_with_fault(
+        PutMediaErrorFault {
+            error_id: 4004,
+            after_fragments: 0,
+            count: Some(2),
+            ..Default::default()
+        },
+        fragments.clone(),
+    )
+    .await?;
+    assert_eq!(counts(&stats), (n - 2, 2, 2));
+    assert_eq!(stored as u64, n - 2);
+
+    // An error ack naming no fragment (FragmentTimecode -1, FragmentNumber ""), as the real
+    // service sends them, for a fragment KVS refuses for good: laid on the fragment the
+    // service was reading, which is dropped; no resend loop.
+    let (stats, stored) = upload_with_fault(
+        PutMediaErrorFault {
+            error_id: 4006,
+            after_fragments: 1,
+            count: None,
+            without_fragment: true,
+        },
+        fragments.clone(),
+    )
+    .await?;
+    let (persisted, rejected, errors) = counts(&stats);
+    assert_eq!(persisted + rejected, n, "every fragment resolved");
+    assert!(rejected >= 1 && errors == rejected, "{:?}", counts(&stats));
+    assert_eq!(stored as u64, persisted);
+    assert!(
+        stats.sessions.load(r) <= 2 * n,
+        "bounded sessions: {}",
+        stats.sessions.load(r)
+    );
+
+    // The same without a fragment for a retryable error: kept, sent again, all persisted.
+    let (stats, stored) = upload_with_fault(
+        PutMediaErrorFault {
+            error_id: 5000,
+            after_fragments: 1,
+            count: Some(2),
+            without_fragment: true,
+        },
+        fragments,
+    )
+    .await?;
+    assert_eq!(counts(&stats), (n, 0, 2));
+    assert_eq!(stored as u64, n);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_body_streams_before_the_service_answers() -> anyhow::Result<()> {
+    // kvs-local's strict modes hold the 200 back until the first body bytes, or the first
+    // whole fragment, have arrived; a client that waits for the answer first never sends.
+    for answer in [
+        kvs_local::AnswerAt::FirstBytes,
+        kvs_local::AnswerAt::FirstFragment,
+    ] {
+        let local = Local::start_with(|c| c.put_media_answer = answer).await?;
+        create_stream(&local.control(), "cam", 1).await?;
+        let fragments = records(
+            &Encoded::gstreamer(100, 25, 25, 160, 120)?,
+            now_ms() - 60_000,
+        )?;
+        let n = fragments.len() as u64;
+        let stats = upload_all(
+            &local,
+            "cam",
+            &local.dir.path().join("j"),
+            fast(),
+            fragments,
+        )
+        .await;
+        let r = Ordering::Relaxed;
+        assert_eq!(stats.fragments_persisted.load(r), n, "{answer:?}");
+        assert_eq!(
+            (stats.sessions.load(r), stats.session_failures.load(r)),
+            (1, 0),
+            "{answer:?}"
+        );
+    }
     Ok(())
 }
 
@@ -288,5 +461,75 @@ async fn the_rate_cap_holds_while_draining_a_backlog() -> anyhow::Result<()> {
         "{:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_request_goes_out_in_origin_form_and_the_body_without_an_answer() -> anyhow::Result<()>
+{
+    use tokio::io::AsyncReadExt;
+    // A peer that never answers: what the agent sends is all there is to see.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let session =
+        kvs_edge_agent::putmedia::Session::open(&session_params(&url, "cam"), BOUND).await?;
+    let (mut peer, _) = listener.accept().await?;
+    session
+        .send(bytes::Bytes::from_static(b"\x1a\x45\xdf\xa3first-bytes"))
+        .await?;
+    let mut seen = Vec::new();
+    tokio::time::timeout(BOUND, async {
+        let mut buf = [0u8; 4096];
+        while !seen.windows(11).any(|w| w == b"first-bytes") {
+            let n = peer.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "the connection closed");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    })
+    .await??;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.starts_with("POST /putMedia HTTP/1.1\r\n"),
+        "request line: {:?}",
+        text.lines().next()
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn stream_set_up_retries_with_the_upload_backoff() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "cam", 1).await?;
+    local.server.set_faults(kvs_local::Faults {
+        http_error: Some(kvs_local::faults::HttpErrorFault {
+            status: 500,
+            error_type: "InternalFailure".into(),
+            message: None,
+            operations: vec!["DescribeStream".into()],
+            count: Some(3),
+        }),
+        ..kvs_local::Faults::default()
+    });
+    let fragments = records(
+        &Encoded::gstreamer(50, 25, 25, 160, 120)?,
+        now_ms() - 60_000,
+    )?;
+    // Refusals of the set-up are retried (the SDK's own attempts, then the uploader's
+    // `[upload]` backoff) while nothing is lost.
+    let stats = upload_all(
+        &local,
+        "cam",
+        &local.dir.path().join("j"),
+        fast(),
+        fragments,
+    )
+    .await;
+    assert_eq!(stats.fragments_persisted.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.retention_hours.load(Ordering::Relaxed), 1);
     Ok(())
 }

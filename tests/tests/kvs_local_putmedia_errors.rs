@@ -27,6 +27,23 @@ fn cluster(timecode_ms: i64, blocks: &[(u8, i16, bool)]) -> Vec<u8> {
     out
 }
 
+/// A Tags element with one Tag of these SimpleTags.
+fn raw_tags(tags: &[(String, String)]) -> Vec<u8> {
+    let mut tag = Vec::new();
+    ebml::write_element(&mut tag, ebml::TARGETS, &[]);
+    for (name, value) in tags {
+        let mut simple = Vec::new();
+        ebml::write_element(&mut simple, ebml::TAG_NAME, name.as_bytes());
+        ebml::write_element(&mut simple, ebml::TAG_STRING, value.as_bytes());
+        ebml::write_element(&mut tag, ebml::SIMPLE_TAG, &simple);
+    }
+    let mut tags_el = Vec::new();
+    ebml::write_element(&mut tags_el, ebml::TAG, &tag);
+    let mut out = Vec::new();
+    ebml::write_element(&mut out, ebml::TAGS, &tags_el);
+    out
+}
+
 fn header(tracks: usize) -> Vec<u8> {
     let video = Encoded::from_annex_b(&annex_b_stub(), 25).expect("stub parses");
     let specs: Vec<TrackSpec> = (1..=tracks as u64)
@@ -120,8 +137,8 @@ async fn rule_violations_get_their_error_ids() -> anyhow::Result<()> {
             4011,
         ),
         (
-            "fragment longer than 20 s",
-            [header(1), cluster(t0, &[(1, 0, true), (1, 21_000, false)])].concat(),
+            "fragment longer than 10 s (the PutMedia reference's limit)",
+            [header(1), cluster(t0, &[(1, 0, true), (1, 10_500, false)])].concat(),
             4002,
         ),
         (
@@ -156,27 +173,27 @@ async fn rule_violations_get_their_error_ids() -> anyhow::Result<()> {
         );
     }
 
-    // Fragment metadata: reserved names and more than 10 tags per fragment.
-    let mut tagged = mkv::Fragmenter::new(mkv::FragmenterConfig::default());
-    tagged.set_tags(vec![("AWS_SOMETHING".into(), "x".into())]);
-    tagged.push(mkv::AccessUnit {
-        pts_ms: t0,
-        dts_ms: t0,
-        keyframe: true,
-        data: vec![0, 0, 0, 1, 0x65],
-    })?;
-    let stream = next_stream();
-    create_stream(&kvs, &stream, 1).await?;
-    let errors = errors_for(
-        &local,
-        &stream,
-        [header(1), tagged.flush().unwrap().bytes].concat(),
-    )
-    .await;
-    assert_eq!(
-        errors,
-        [(4009, "FRAGMENT_METADATA_LIMIT_REACHED".to_string())]
-    );
+    // Fragment metadata: reserved names and more than 10 tags per fragment (written by
+    // hand: the agent's fragmenter keeps within the limits).
+    for tags in [
+        vec![("AWS_SOMETHING".to_string(), "x".to_string())],
+        (0..11)
+            .map(|i| (format!("T{i}"), "x".to_string()))
+            .collect(),
+    ] {
+        let stream = next_stream();
+        create_stream(&kvs, &stream, 1).await?;
+        let errors = errors_for(
+            &local,
+            &stream,
+            [header(1), raw_tags(&tags), cluster(t0, &[(1, 0, true)])].concat(),
+        )
+        .await;
+        assert_eq!(
+            errors,
+            [(4009, "FRAGMENT_METADATA_LIMIT_REACHED".to_string())]
+        );
+    }
 
     // A fragment over the (here lowered) size limit.
     let big: Vec<(u8, i16, bool)> = (0..8000).map(|i| (1, i as i16 / 10, i == 0)).collect();
@@ -205,7 +222,7 @@ async fn http_level_failures_before_streaming() -> anyhow::Result<()> {
     create_stream(&local.control(), "cam", 1).await?;
 
     let mut params = session_params(&local.url(), "missing");
-    match Session::open(&params, T).await {
+    match open_answered(&params, T).await {
         Err(PutMediaError::Http {
             status: 404,
             error_type,
@@ -216,7 +233,7 @@ async fn http_level_failures_before_streaming() -> anyhow::Result<()> {
     params.stream_name = "cam".into();
     params.credentials =
         aws_credential_types::Credentials::new(DEFAULT_ACCESS_KEY, "wrong", None, None, "test");
-    match Session::open(&params, T).await {
+    match open_answered(&params, T).await {
         Err(PutMediaError::Http {
             status: 403,
             error_type,
@@ -226,8 +243,8 @@ async fn http_level_failures_before_streaming() -> anyhow::Result<()> {
     }
 
     // One PutMedia connection per stream: a second one while the first is open is refused.
-    let first = Session::open(&session_params(&local.url(), "cam"), T).await?;
-    match Session::open(&session_params(&local.url(), "cam"), T).await {
+    let first = open_answered(&session_params(&local.url(), "cam"), T).await?;
+    match open_answered(&session_params(&local.url(), "cam"), T).await {
         Err(PutMediaError::Http {
             status: 400,
             error_type,
@@ -300,7 +317,7 @@ async fn injected_putmedia_faults() -> anyhow::Result<()> {
         ..Faults::default()
     });
     assert!(matches!(
-        Session::open(&session_params(&local.url(), "cam"), T).await,
+        open_answered(&session_params(&local.url(), "cam"), T).await,
         Err(PutMediaError::Http { status: 500, .. })
     ));
 
@@ -309,6 +326,7 @@ async fn injected_putmedia_faults() -> anyhow::Result<()> {
         put_media_error: Some(kvs_local::faults::PutMediaErrorFault {
             error_id: 5001,
             after_fragments: 1,
+            ..Default::default()
         }),
         ..Faults::default()
     });

@@ -62,7 +62,7 @@ fn main() {
     let mut best = f64::MAX;
     let mut fragments = Vec::new();
     for _ in 0..5 {
-        let mut ingest = Ingest::new(TimecodeType::Absolute, Limits::default(), None);
+        let mut ingest = Ingest::new(TimecodeType::Absolute, Limits::default());
         let mut events = Vec::new();
         fragments.clear();
         let t = Instant::now();
@@ -84,7 +84,7 @@ fn main() {
     );
 
     let clip_fragments = stream(200);
-    let mut ingest = Ingest::new(TimecodeType::Absolute, Limits::default(), None);
+    let mut ingest = Ingest::new(TimecodeType::Absolute, Limits::default());
     let mut events = Vec::new();
     ingest.push(&clip_fragments, &mut events).expect("valid");
     ingest.finish(&mut events).expect("valid");

@@ -350,9 +350,7 @@ fn get_clip(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError> {
             format!("stream {} has no data retention", info.name),
         ));
     }
-    let mut selected: Vec<&FragmentMeta> =
-        fragments.iter().filter(|f| window.contains(f)).collect();
-    selected.sort_by_key(|f| (f.producer_ms, f.number.clone()));
+    let selected = deduplicated(fragments.iter().filter(|f| window.contains(f)).collect());
     if selected.is_empty() {
         return Err(ApiError::not_found(format!(
             "No fragments found in the requested range of stream {}",
@@ -373,8 +371,30 @@ fn get_clip(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError> {
     Ok(respond(StatusCode::OK, "video/mp4", mp4))
 }
 
-/// Concatenates the selected fragments' video frames into one MP4. The clip stops where the
-/// codec settings change (a new session header), as one MP4 has one sample description.
+/// The fragments GetClip plays, in producer-time order. Producer timestamps are
+/// deduplicated as the service documents it (ClipFragmentSelector): where fragments ingested
+/// at different times cover the same producer time (a resend after a lost ack, a later
+/// upload of recorded video), only the earliest ingested is used.
+fn deduplicated(mut fragments: Vec<&FragmentMeta>) -> Vec<&FragmentMeta> {
+    // Fragment numbers increase with ingestion: first come, first kept.
+    fragments.sort_by(|a, b| (a.number.len(), &a.number).cmp(&(b.number.len(), &b.number)));
+    let mut kept: std::collections::BTreeMap<i64, (i64, &FragmentMeta)> = Default::default();
+    for f in fragments {
+        let (start, end) = (f.producer_ms, f.last_ms.max(f.producer_ms));
+        let before = kept.range(..=start).next_back();
+        let after = kept.range(start..).next();
+        let overlaps =
+            before.is_some_and(|(_, (e, _))| *e >= start) || after.is_some_and(|(s, _)| *s <= end);
+        if !overlaps {
+            kept.insert(start, (end, f));
+        }
+    }
+    kept.into_values().map(|(_, f)| f).collect()
+}
+
+/// Concatenates the selected fragments' video frames into one MP4. Like the service, it
+/// refuses a range in which the tracks or their codec private data change ("Video playback
+/// track requirements": one clip has one sample description per track).
 fn build_clip(
     state: &State,
     info: &StreamInfo,
@@ -386,8 +406,7 @@ fn build_clip(
         let (body, header) = state.store.read_fragment(info, meta)?;
         match &first_header {
             None => first_header = Some(header.clone()),
-            Some(h) if h.tracks != header.tracks => break,
-            Some(_) => {}
+            Some(h) => consistent(h, &header, meta)?,
         }
         bodies.push((body, header));
     }
@@ -451,9 +470,81 @@ fn build_clip(
     Ok(mp4::write(&video, &samples))
 }
 
+/// GetClip's rule: the tracks, and each track's codec private data, stay the same through
+/// the requested media. Which error the service names is not documented; kvs-local answers
+/// a layout change with UnsupportedStreamMediaTypeException and a codec private data change
+/// with InvalidCodecPrivateDataException.
+fn consistent(
+    first: &SessionHeader,
+    next: &SessionHeader,
+    at: &FragmentMeta,
+) -> Result<(), ApiError> {
+    let layout = |h: &SessionHeader| {
+        h.tracks
+            .iter()
+            .map(|t| (t.number, t.track_type, t.codec_id.clone()))
+            .collect::<Vec<_>>()
+    };
+    if layout(first) != layout(next) {
+        return Err(ApiError::new(
+            400,
+            "UnsupportedStreamMediaTypeException",
+            format!(
+                "the tracks change inside the requested range (at fragment {}): {:?} then {:?}",
+                at.number,
+                layout(first),
+                layout(next)
+            ),
+        ));
+    }
+    if first.tracks != next.tracks {
+        return Err(ApiError::new(
+            400,
+            "InvalidCodecPrivateDataException",
+            format!(
+                "the codec private data changes inside the requested range (at fragment {}); \
+                 it must stay the same through the clip",
+                at.number
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn meta(number: &str, producer_ms: i64, last_ms: i64) -> FragmentMeta {
+        FragmentMeta {
+            number: number.into(),
+            producer_ms,
+            server_ms: 0,
+            duration_ms: last_ms - producer_ms,
+            size: 1,
+            last_ms,
+            header: String::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn duplicate_producer_times_keep_the_first_ingested() {
+        let first = [meta("10", 0, 1900), meta("11", 2000, 3900)];
+        // A resend of both (later numbers), and one of them again shifted a little.
+        let again = [
+            meta("12", 0, 1900),
+            meta("13", 2000, 3900),
+            meta("14", 1000, 2900),
+        ];
+        let newer = [meta("15", 4000, 5900)];
+        let all: Vec<&FragmentMeta> = again.iter().chain(&newer).chain(&first).collect();
+        let kept: Vec<&str> = deduplicated(all)
+            .iter()
+            .map(|f| f.number.as_str())
+            .collect();
+        assert_eq!(kept, ["10", "11", "15"]);
+    }
 
     #[test]
     fn avcc_checks() {

@@ -47,12 +47,19 @@ pub struct HttpErrorFault {
     pub count: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PutMediaErrorFault {
     pub error_id: u32,
     #[serde(default)]
     pub after_fragments: u32,
+    /// How many ERROR acks to send in all (across sessions); absent = until cleared.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Send the ack as the real service has been seen to: `"FragmentTimecode": -1` and an
+    /// empty `"FragmentNumber"`, naming no fragment.
+    #[serde(default)]
+    pub without_fragment: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,6 +79,7 @@ fn applies(operations: &[String], op: &str) -> bool {
 struct Live {
     faults: Faults,
     http_errors_sent: u32,
+    put_media_errors_sent: u32,
     /// Per operation: (second, requests in that second).
     windows: HashMap<String, (i64, u32)>,
 }
@@ -112,6 +120,19 @@ impl FaultState {
         self.refuse.subscribe()
     }
 
+    /// The injected ERROR ack for the fragment after `fragments` of a session, if one is due
+    /// (and counts it).
+    pub fn put_media_error(&self, fragments: u32) -> Option<PutMediaErrorFault> {
+        let mut live = self.lock();
+        let f = live.faults.put_media_error.clone()?;
+        if fragments < f.after_fragments || f.count.is_some_and(|c| live.put_media_errors_sent >= c)
+        {
+            return None;
+        }
+        live.put_media_errors_sent += 1;
+        Some(f)
+    }
+
     /// The error an operation must fail with now, if any (http_error, then throttle).
     pub fn check(&self, op: &str, now_ms: i64) -> Result<(), ApiError> {
         let mut guard = self.lock();
@@ -119,6 +140,7 @@ impl FaultState {
             faults,
             http_errors_sent,
             windows,
+            ..
         } = &mut *guard;
         if let Some(f) = &faults.http_error
             && applies(&f.operations, op)

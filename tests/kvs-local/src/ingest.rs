@@ -141,7 +141,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_fragment_bytes: 50 * 1024 * 1024,
-            max_fragment_duration_ms: 20_000,
+            max_fragment_duration_ms: 10_000,
             max_tracks: 3,
             max_tags_per_fragment: 10,
             max_metadata_bytes: 1024 * 1024,
@@ -263,12 +263,12 @@ pub struct Ingest {
     raw_info: Vec<u8>,
     header: Option<Arc<SessionHeader>>,
     pending_tags: Vec<(String, String)>,
-    /// The latest frame timestamp of the previous fragment of this stream (any session).
+    /// The latest frame timestamp of the previous fragment of this session.
     last_ms: Option<i64>,
 }
 
 impl Ingest {
-    pub fn new(mode: TimecodeType, limits: Limits, last_ms: Option<i64>) -> Self {
+    pub fn new(mode: TimecodeType, limits: Limits) -> Self {
         Ingest {
             mode,
             limits,
@@ -280,7 +280,7 @@ impl Ingest {
             raw_info: Vec::new(),
             header: None,
             pending_tags: Vec::new(),
-            last_ms,
+            last_ms: None,
         }
     }
 
@@ -649,7 +649,7 @@ impl Ingest {
                     return Err(fail(
                         ErrorId::FragmentTimecodeLesserThanPrevious,
                         format!(
-                            "frame timestamp {ts} is not after the previous fragment's last frame {last}"
+                            "frame timestamp {ts} is not after the last frame {last} of the session's previous fragment"
                         ),
                     ));
                 }

@@ -20,4 +20,4 @@ pub mod sigv4;
 pub mod store;
 
 pub use faults::Faults;
-pub use server::{Config, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, Server};
+pub use server::{AnswerAt, Config, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, Server};

@@ -39,8 +39,8 @@ struct Args {
     /// The account id in stream ARNs.
     #[arg(long, default_value = "000000000000")]
     account_id: String,
-    /// Longest fragment accepted before ERROR 4002 (AWS: 20 s).
-    #[arg(long, default_value_t = 20_000)]
+    /// Longest fragment accepted before ERROR 4002 (the PutMedia reference: 10 s).
+    #[arg(long, default_value_t = 10_000)]
     max_fragment_duration_ms: i64,
     /// PutMedia sessions without data for this long are closed (AWS: 30 s).
     #[arg(long, default_value_t = 30)]
@@ -58,6 +58,10 @@ struct Args {
     /// UpdateQueue makes it ACTIVE.
     #[arg(long = "paused-queue")]
     paused_queues: Vec<String>,
+    /// When PutMedia sends its 200: `head` (at once), `first-bytes` or `first-fragment`
+    /// (strict: a client that waits for the answer before streaming hangs, as it may on AWS).
+    #[arg(long, default_value = "head")]
+    put_media_answer: kvs_local::AnswerAt,
 }
 
 #[tokio::main]
@@ -86,6 +90,7 @@ async fn main() -> Result<()> {
     cfg.buckets = args.buckets;
     cfg.events_dir = args.events_dir;
     cfg.paused_queues = args.paused_queues;
+    cfg.put_media_answer = args.put_media_answer;
     let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg).await?;
     // One line on stdout, for scripts waiting for readiness.

@@ -13,13 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
 use crate::error::ApiError;
 use crate::ingest::{ErrorId, Event, Ingest, IngestError, TimecodeType};
-use crate::server::{Body, State, error_response};
+use crate::server::{AnswerAt, Body, State, error_response};
 use crate::sigv4;
 
 /// What the ack writer sends: an ack line, or an abort of the connection (fault injection).
@@ -58,7 +58,7 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     match start(&state, &req) {
-        Ok((name, mode, last_ms, retention, acks_wanted)) => {
+        Ok((name, mode, retention, acks_wanted)) => {
             let (out_tx, out_rx) = mpsc::channel::<Result<Bytes, io::Error>>(64);
             let (ack_tx, ack_rx) = mpsc::channel(256);
             tokio::spawn(write_acks(ack_rx, out_tx));
@@ -66,21 +66,30 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
                 tx: ack_tx,
                 state: state.clone(),
             };
-            let body = req.into_body();
+            let mut body = req.into_body();
+            let (answer_tx, answer_rx) = oneshot::channel();
+            let answer = Answer {
+                at: state.cfg.put_media_answer,
+                tx: Some(answer_tx),
+            };
             tokio::spawn(async move {
                 session(
                     state.clone(),
                     &name,
-                    body,
+                    &mut body,
                     mode,
-                    last_ms,
                     retention,
                     acks_wanted,
                     acks,
+                    answer,
                 )
                 .await;
                 state.store.end_put_media(&name);
+                linger(&mut body).await;
             });
+            // Strict modes hold the 200 back until the body has started (or a whole fragment
+            // has arrived); the session answers earlier if it ends first.
+            let _ = answer_rx.await;
             let mut resp = Response::new(Body::Channel(out_rx));
             *resp.status_mut() = StatusCode::OK;
             resp.headers_mut()
@@ -91,7 +100,28 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
     }
 }
 
-type Start = (String, TimecodeType, Option<i64>, u32, bool);
+type Start = (String, TimecodeType, u32, bool);
+
+/// Releases the response head when the configured point of the upload is reached.
+struct Answer {
+    at: AnswerAt,
+    tx: Option<oneshot::Sender<()>>,
+}
+
+impl Answer {
+    /// The upload reached `point`: answer if that is when this server answers.
+    fn reached(&mut self, point: AnswerAt) {
+        if self.at == AnswerAt::Head || self.at == point {
+            self.now();
+        }
+    }
+
+    fn now(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
 
 /// Everything that can fail before streaming starts, answered as an HTTP error.
 fn start(state: &State, req: &Request<Incoming>) -> Result<Start, ApiError> {
@@ -146,13 +176,17 @@ fn start(state: &State, req: &Request<Incoming>) -> Result<Start, ApiError> {
     };
     let acks_wanted = header(req, "x-amzn-fragment-acknowledgment-required") != Some("0");
     let session = state.store.begin_put_media(name, arn)?;
-    Ok((
-        session.name,
-        mode,
-        session.last_ms,
-        session.retention_hours,
-        acks_wanted,
-    ))
+    Ok((session.name, mode, session.retention_hours, acks_wanted))
+}
+
+/// After a session ends while the client is still sending, read and discard its body for a
+/// moment before the connection closes: closing a socket with unread data resets it, and a
+/// reset can destroy the last acks (an ERROR among them) before the client reads them.
+async fn linger(body: &mut Incoming) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }
 
 async fn write_acks(
@@ -194,15 +228,19 @@ fn error_ack(e: &IngestError, number: Option<&str>) -> Value {
 async fn session(
     state: Arc<State>,
     name: &str,
-    mut body: Incoming,
+    body: &mut Incoming,
     mode: TimecodeType,
-    last_ms: Option<i64>,
     retention_hours: u32,
     acks_wanted: bool,
     acks: Acks,
+    mut answer: Answer,
 ) {
+    answer.reached(AnswerAt::Head);
     let cfg = &state.cfg;
-    let mut ingest = Ingest::new(mode, cfg.limits.clone(), last_ms);
+    // Fragments must follow one another within a session only (PutMedia reference, 4004:
+    // "within a PutMedia call, you cannot send fragments out of order"); a later session may
+    // send older producer timestamps, and reads deduplicate them.
+    let mut ingest = Ingest::new(mode, cfg.limits.clone());
     let started = Instant::now();
     let mut last_data = Instant::now();
     let mut last_idle_ack = last_data;
@@ -248,6 +286,7 @@ async fn session(
                 };
                 last_data = Instant::now();
                 received += data.len() as u64;
+                answer.reached(AnswerAt::FirstBytes);
                 if let Err(e) = ingest.push(&data, &mut events) {
                     break Err(e);
                 }
@@ -281,28 +320,33 @@ async fn session(
                     number = Some(n);
                 }
                 Event::FragmentComplete(fragment) => {
+                    answer.reached(AnswerAt::FirstFragment);
                     let n = number.take().unwrap_or_default();
-                    if let Some(f) = faults
-                        .put_media_error
-                        .as_ref()
-                        .filter(|f| fragments >= f.after_fragments)
-                    {
+                    if let Some(f) = state.faults.put_media_error(fragments) {
                         let id = ErrorId::from_id(f.error_id).unwrap_or(ErrorId::InternalError);
-                        let e = IngestError {
-                            id,
-                            timecode_ms: Some(fragment.timecode_ms),
-                            detail: "injected fault".into(),
+                        let ack = if f.without_fragment {
+                            json!({ "EventType": "ERROR", "FragmentTimecode": -1, "FragmentNumber": "",
+                                    "ErrorId": id as u32, "ErrorCode": id.code() })
+                        } else {
+                            let e = IngestError {
+                                id,
+                                timecode_ms: Some(fragment.timecode_ms),
+                                detail: "injected fault".into(),
+                            };
+                            error_ack(&e, Some(&n))
                         };
-                        acks.send(error_ack(&e, Some(&n))).await;
+                        info!(
+                            stream = name,
+                            "answering a fragment with ERROR {} (fault injection)", id as u32
+                        );
+                        acks.send(ack).await;
                         return;
                     }
                     if acks_wanted {
                         acks.send(ack("RECEIVED", fragment.timecode_ms, &n)).await;
                     }
-                    if retention_hours == 0 {
-                        // No archive: the fragment is accepted but never PERSISTED.
-                        state.store.note_unstored(name, fragment.last_ms);
-                    } else {
+                    // No archive (retention 0): the fragment is RECEIVED, never PERSISTED.
+                    if retention_hours > 0 {
                         let server_ms = state.now_ms();
                         let (st, stream, num, timecode_ms) = (
                             state.clone(),

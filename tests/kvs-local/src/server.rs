@@ -60,6 +60,35 @@ pub struct Config {
     pub events_dir: Option<PathBuf>,
     /// MediaConvert queues paused from the start (their jobs stay SUBMITTED).
     pub paused_queues: Vec<String>,
+    /// When PutMedia sends its response head (strict modes hold it back, as the service
+    /// may: it "starts reading the payload and first sends an HTTP 200").
+    pub put_media_answer: AnswerAt,
+}
+
+/// When PutMedia answers its 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnswerAt {
+    /// As soon as the request head is checked.
+    #[default]
+    Head,
+    /// Once the first body bytes have arrived.
+    FirstBytes,
+    /// Once the first whole fragment has arrived.
+    FirstFragment,
+}
+
+impl std::str::FromStr for AnswerAt {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AnswerAt, String> {
+        match s {
+            "head" => Ok(AnswerAt::Head),
+            "first-bytes" => Ok(AnswerAt::FirstBytes),
+            "first-fragment" => Ok(AnswerAt::FirstFragment),
+            other => Err(format!(
+                "{other:?}: expected head, first-bytes or first-fragment"
+            )),
+        }
+    }
 }
 
 impl Config {
@@ -81,6 +110,7 @@ impl Config {
             buckets: Vec::new(),
             events_dir: None,
             paused_queues: Vec::new(),
+            put_media_answer: AnswerAt::Head,
         }
     }
 }

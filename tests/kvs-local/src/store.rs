@@ -57,7 +57,6 @@ struct Stream {
     dir: PathBuf,
     fragments: Vec<FragmentMeta>,
     next_fragment: u64,
-    last_ms: Option<i64>,
     headers: HashMap<String, Arc<SessionHeader>>,
     putmedia_active: bool,
 }
@@ -105,7 +104,6 @@ pub struct NewStream {
 pub struct SessionStart {
     pub name: String,
     pub retention_hours: u32,
-    pub last_ms: Option<i64>,
 }
 
 impl Store {
@@ -181,7 +179,6 @@ impl Store {
                 dir,
                 fragments: Vec::new(),
                 next_fragment: 0,
-                last_ms: None,
                 headers: HashMap::new(),
                 putmedia_active: false,
             },
@@ -287,7 +284,6 @@ impl Store {
         Ok(SessionStart {
             name: stream.info.name.clone(),
             retention_hours: stream.info.retention_hours,
-            last_ms: stream.last_ms,
         })
     }
 
@@ -371,16 +367,7 @@ impl Store {
             .and_then(|_| f.sync_data())
             .map_err(|e| io_err("appending to", &index, e))?;
         stream.fragments.push(meta.clone());
-        stream.last_ms = Some(stream.last_ms.unwrap_or(i64::MIN).max(fragment.last_ms));
         Ok(meta)
-    }
-
-    /// Records the last frame time of a fragment that was accepted but not stored
-    /// (retention 0), so monotonicity still holds across sessions.
-    pub fn note_unstored(&self, name: &str, last_ms: i64) {
-        if let Some(s) = self.lock().streams.get_mut(name) {
-            s.last_ms = Some(s.last_ms.unwrap_or(i64::MIN).max(last_ms));
-        }
     }
 
     /// The stream's fragments after applying retention at `now_ms` (expired ones are deleted).
@@ -508,13 +495,11 @@ fn load_stream(dir: &Path) -> Result<Option<Stream>, ApiError> {
         .filter_map(|f| f.number.get(24..).and_then(|n| n.parse::<u64>().ok()))
         .max()
         .map_or(0, |n| n + 1);
-    let last_ms = fragments.iter().map(|f| f.last_ms).max();
     Ok(Some(Stream {
         info,
         dir: dir.to_path_buf(),
         fragments,
         next_fragment,
-        last_ms,
         headers,
         putmedia_active: false,
     }))

@@ -63,7 +63,7 @@ enum Seen {
 
 /// Feeds `data` in the given chunk sizes; returns what came out and how it ended.
 fn run(data: &[u8], chunks: &[usize]) -> (Vec<Seen>, Result<(), IngestError>) {
-    let mut ingest = Ingest::new(TimecodeType::Absolute, Limits::default(), None);
+    let mut ingest = Ingest::new(TimecodeType::Absolute, Limits::default());
     let mut events = Vec::new();
     let mut pos = 0;
     let mut sizes = chunks.iter().cycle();
