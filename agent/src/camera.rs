@@ -426,11 +426,7 @@ mod tests {
             let alarms: Vec<Alarm> = (0..n).map(alarm).collect();
             let refs: Vec<&Alarm> = alarms.iter().collect();
             let (tags, omitted) = alarm_tags(&refs);
-            assert!(
-                tags.len() < MAX_TAGS,
-                "{n} alarms: {} tags",
-                tags.len()
-            );
+            assert!(tags.len() < MAX_TAGS, "{n} alarms: {} tags", tags.len());
             let (fitted, cut) = fit_tags(tags.clone());
             assert_eq!(
                 (fitted, cut),

@@ -683,11 +683,11 @@ impl Uploader {
                 self.stats
                     .last_ack_latency_ms
                     .store(latency, Ordering::Relaxed);
-                debug!(stream = %self.stream, timecode = slot.timecode_ms, latency_ms = latency, "{:?}: released", ack.event_type);
-                let counter = match ack.event_type {
-                    AckEvent::Persisted => &self.stats.fragments_persisted,
-                    _ => &self.stats.fragments_received,
+                let (counter, what) = match ack.event_type {
+                    AckEvent::Persisted => (&self.stats.fragments_persisted, "PERSISTED"),
+                    _ => (&self.stats.fragments_received, "RECEIVED (no retention)"),
                 };
+                debug!(stream = %self.stream, timecode = slot.timecode_ms, latency_ms = latency, "{what}");
                 self.stats.bump(counter);
                 backoff.reset();
                 None

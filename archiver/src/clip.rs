@@ -7,31 +7,22 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_kinesisvideo::types::ApiName;
-use aws_sdk_kinesisvideoarchivedmedia as media;
-use aws_smithy_types::DateTime as SdkTime;
 use chrono::{DateTime, SecondsFormat, Utc};
 use kvs_edge_config::archiver::ArchiverConfig;
-use media::types::{
-    ClipFragmentSelector, ClipFragmentSelectorType, ClipTimestampRange, FragmentSelector,
-    FragmentSelectorType, TimestampRange,
-};
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::cloudwatch::CloudWatch;
 use crate::decide::{ClipRequest, Decision, clip_key};
 use crate::event::JobState;
+use crate::fetch::{ClipError, Kvs};
 use crate::mediaconvert::MediaConvert;
 use crate::mp4join::{Joiner, Output};
-use crate::plan::{self, Fragment};
+use crate::plan;
 use crate::store::{self, StoreError, Target, Upload, Written, error_chain};
 use crate::transcode::{JobFor, Template};
 use kvs_edge_config::archiver::{TranscodeMode, TranscodeSettings};
 use sha2::{Digest, Sha256};
-
-/// How often ListFragments is asked while waiting for the post-roll.
-const POLL: Duration = Duration::from_secs(2);
 
 /// What happened to one stream's clip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +35,8 @@ pub enum ClipResult {
         short: bool,
         /// Further files, when the codec configuration changed inside the window.
         more_keys: Vec<String>,
+        /// Fragments GetClip could not play on their own (left out of the clip).
+        unplayable: usize,
     },
     /// An earlier delivery of the same alarm stored it.
     Duplicate,
@@ -75,8 +68,10 @@ impl Outcome {
                 requests,
                 short,
                 more_keys,
+                unplayable,
             } => {
                 v["more_keys"] = json!(more_keys);
+                v["unplayable_fragments"] = json!(unplayable);
                 v["result"] = json!("stored");
                 v["bytes"] = json!(bytes);
                 v["fragments"] = json!(fragments);
@@ -204,7 +199,7 @@ pub struct Archiver {
     making: std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     transcoder: Option<Transcoder>,
     cloudwatch: Option<CloudWatch>,
-    kvs: aws_sdk_kinesisvideo::Client,
+    kvs: Kvs,
     sdk: aws_config::SdkConfig,
     pub s3: aws_sdk_s3::Client,
 }
@@ -215,6 +210,11 @@ fn ms(t: DateTime<Utc>) -> i64 {
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Where a clip's failure record goes.
+fn failure_key(clip_key: &str) -> String {
+    format!("{}.error.json", clip_key.trim_end_matches(".mp4"))
 }
 
 /// S3 user metadata must be US-ASCII.
@@ -257,7 +257,11 @@ impl Archiver {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
-        let kvs = aws_sdk_kinesisvideo::Client::new(&sdk);
+        let kvs = Kvs {
+            control: aws_sdk_kinesisvideo::Client::new(&sdk),
+            sdk: sdk.clone(),
+            throttle_budget: Duration::from_secs(cfg.clip.throttle_retry_s),
+        };
         let mut s3 =
             aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.s3.force_path_style);
         if let Some(url) = &cfg.s3.endpoint_url {
@@ -509,30 +513,6 @@ impl Archiver {
         aws_sdk_sqs::Client::from_conf(conf.build())
     }
 
-    /// An archived-media client for `stream`'s data endpoint for `api`.
-    async fn media(&self, stream: &str, api: ApiName) -> Result<media::Client, String> {
-        let out = self
-            .kvs
-            .get_data_endpoint()
-            .stream_name(stream)
-            .api_name(api.clone())
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "GetDataEndpoint ({api:?}) for {stream}: {}",
-                    error_chain(&e)
-                )
-            })?;
-        let url = out
-            .data_endpoint
-            .ok_or_else(|| format!("GetDataEndpoint for {stream}: no endpoint in the answer"))?;
-        let conf = media::config::Builder::from(&self.sdk)
-            .endpoint_url(url)
-            .build();
-        Ok(media::Client::from_conf(conf))
-    }
-
     /// Every stream of the decision, one after the other.
     pub async fn handle(&self, req: &ClipRequest) -> Vec<Outcome> {
         let mut out = Vec::new();
@@ -582,6 +562,9 @@ impl Archiver {
     }
 
     /// Stores the clip under `key` (the one `clip_key` gives for this stream and window).
+    /// A failure leaves `<key>.error.json`; a clip stored later (by a redelivery, or by
+    /// another process meanwhile) removes it, so that a failure record always means a clip
+    /// is missing.
     async fn store_clip(&self, req: &ClipRequest, stream: &str, key: &str) -> Outcome {
         let outcome = |result| Outcome {
             stream: stream.to_string(),
@@ -590,7 +573,7 @@ impl Archiver {
             result,
             transcode: None,
         };
-        match store::exists(&self.s3, &self.cfg.bucket, key).await {
+        let result = match store::exists(&self.s3, &self.cfg.bucket, key).await {
             Ok(true) => {
                 info!(
                     stream,
@@ -598,56 +581,53 @@ impl Archiver {
                     "already stored: a repeated delivery of {}",
                     req.alarm.transition_id()
                 );
-                return outcome(ClipResult::Duplicate);
+                ClipResult::Duplicate
             }
-            Ok(false) => {}
-            Err(e) => return outcome(ClipResult::Failed(e.to_string())),
-        }
-        match self.fetch_and_store(req, stream, key).await {
-            Ok(Some(result)) => outcome(result),
-            Ok(None) => outcome(ClipResult::Duplicate),
-            Err(reason) => {
-                warn!(stream, key, "clip failed: {reason}");
-                let record = json!({
-                    "stream": stream,
-                    "alarm": req.alarm.name,
-                    "alarm_arn": req.alarm.arn,
-                    "transition": req.alarm.transition_id(),
-                    "start": rfc3339(req.start),
-                    "end": rfc3339(req.end),
-                    "reason": reason,
-                    "time": rfc3339(Utc::now()),
-                });
-                let failure_key = format!("{}.error.json", key.trim_end_matches(".mp4"));
-                if let Err(e) =
-                    store::put_json(&self.s3, &self.cfg.bucket, &failure_key, &record).await
-                {
-                    warn!("could not write the failure record: {e}");
+            Ok(false) => match self.fetch_and_store(req, stream, key).await {
+                Ok(Some(result)) => result,
+                Ok(None) => ClipResult::Duplicate,
+                Err(reason) => {
+                    warn!(stream, key, "clip failed: {reason}");
+                    self.record_failure(req, stream, key, &reason).await;
+                    return outcome(ClipResult::Failed(reason));
                 }
-                outcome(ClipResult::Failed(reason))
-            }
+            },
+            Err(e) => return outcome(ClipResult::Failed(e.to_string())),
+        };
+        let failure_key = failure_key(key);
+        if let Err(e) = store::delete(&self.s3, &self.cfg.bucket, &failure_key).await {
+            warn!(
+                key = failure_key,
+                "could not remove the superseded failure record: {e}"
+            );
         }
+        outcome(result)
     }
 
-    /// Lists the window's fragments, waiting (bounded) for the post-roll.
-    async fn fragments(
-        &self,
-        stream: &str,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> Result<(Vec<Fragment>, bool), String> {
-        let list = self.media(stream, ApiName::ListFragments).await?;
-        let wait = Duration::from_secs(self.cfg.clip.ingest_wait_s);
-        let until_end = (end - Utc::now()).to_std().unwrap_or_default();
-        let deadline = Instant::now() + until_end + wait;
-        loop {
-            let all = list_fragments(&list, stream, start, end).await?;
-            let window = plan::in_window(all, ms(start), ms(end));
-            let ingested = plan::ingested_to(&window, ms(end));
-            if ingested || Instant::now() >= deadline {
-                return Ok((window, !ingested));
-            }
-            tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
+    /// Writes `<key>.error.json`, unless the clip exists (stored by another delivery
+    /// meanwhile); looks again after writing, so a record never outlives a stored clip.
+    async fn record_failure(&self, req: &ClipRequest, stream: &str, key: &str, reason: &str) {
+        let bucket = &self.cfg.bucket;
+        if matches!(store::exists(&self.s3, bucket, key).await, Ok(true)) {
+            return;
+        }
+        let record = json!({
+            "stream": stream,
+            "alarm": req.alarm.name,
+            "alarm_arn": req.alarm.arn,
+            "transition": req.alarm.transition_id(),
+            "start": rfc3339(req.start),
+            "end": rfc3339(req.end),
+            "reason": reason,
+            "time": rfc3339(Utc::now()),
+        });
+        let failure_key = failure_key(key);
+        if let Err(e) = store::put_json(&self.s3, bucket, &failure_key, &record).await {
+            warn!("could not write the failure record: {e}");
+            return;
+        }
+        if matches!(store::exists(&self.s3, bucket, key).await, Ok(true)) {
+            let _ = store::delete(&self.s3, bucket, &failure_key).await;
         }
     }
 
@@ -657,7 +637,8 @@ impl Archiver {
         stream: &str,
         key: &str,
     ) -> Result<Option<ClipResult>, String> {
-        let (fragments, short) = self.fragments(stream, req.start, req.end).await?;
+        let wait = Duration::from_secs(self.cfg.clip.ingest_wait_s);
+        let (fragments, short) = self.kvs.fragments(stream, req.start, req.end, wait).await?;
         if fragments.is_empty() {
             return Err(format!(
                 "no video in {stream} between {} and {}",
@@ -704,7 +685,7 @@ impl Archiver {
             ],
             kms_key_id: self.cfg.sse_kms_key_id.clone(),
         };
-        let clips = self.media(stream, ApiName::GetClip).await?;
+        let clips = self.kvs.media(stream, ApiName::GetClip).await?;
         let mut sink = Sink {
             upload: Upload::start(&self.s3, target.clone())
                 .await
@@ -713,15 +694,53 @@ impl Archiver {
             target,
             more_keys: Vec::new(),
             bytes: 0,
+            written: false,
         };
         // One GetClip result is stored as it is; several are joined into one file (a new,
         // numbered file where the codec configuration changes).
         let mut joiner = (requests.len() > 1).then(Joiner::default);
-        for r in &requests {
-            if let Err(e) = sink.part(&clips, stream, r, joiner.as_mut()).await {
+        let mut todo: std::collections::VecDeque<plan::Request> = requests.into();
+        let (mut calls, mut unplayable) = (0, 0);
+        while let Some(r) = todo.pop_front() {
+            calls += 1;
+            let body = match self.kvs.clip(&clips, stream, &r).await {
+                Ok(body) => body,
+                Err(ClipError::Unplayable { code, message, .. }) => {
+                    if let Some((first, second)) = r.halves(&fragments) {
+                        // GetClip plays a range only while its tracks and codec private
+                        // data stay the same: look for the change in each half.
+                        info!(
+                            stream,
+                            fragments = r.fragments,
+                            "GetClip refused the range ({code}: {message}): fetching it in halves"
+                        );
+                        if joiner.is_none() && !sink.written {
+                            joiner = Some(Joiner::default());
+                        }
+                        todo.push_front(second);
+                        todo.push_front(first);
+                        continue;
+                    }
+                    warn!(stream, fragment = %fragments[r.first].number, "GetClip cannot play this fragment ({code}: {message}): the clip goes on without it");
+                    unplayable += 1;
+                    continue;
+                }
+                Err(ClipError::Failed(e)) => {
+                    sink.upload.abort().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = sink.part(stream, body, joiner.as_mut()).await {
                 sink.upload.abort().await;
                 return Err(e);
             }
+        }
+        if unplayable == fragments.len() {
+            sink.upload.abort().await;
+            return Err(format!(
+                "GetClip could play none of the {} fragments of {stream} in the window",
+                fragments.len()
+            ));
         }
         let more_keys = std::mem::take(&mut sink.more_keys);
         let written = sink.upload.finish().await.map_err(|e| e.to_string())?;
@@ -733,16 +752,18 @@ impl Archiver {
                     key,
                     bytes,
                     fragments = fragments.len(),
-                    get_clip_calls = requests.len(),
+                    get_clip_calls = calls,
+                    unplayable,
                     short,
                     "clip stored"
                 );
                 Ok(Some(ClipResult::Stored {
                     bytes,
                     fragments: fragments.len(),
-                    requests: requests.len(),
+                    requests: calls,
                     short,
                     more_keys,
+                    unplayable,
                 }))
             }
             Written::AlreadyThere => Ok(None),
@@ -758,20 +779,18 @@ struct Sink<'a> {
     more_keys: Vec<String>,
     /// Bytes of the finished files.
     bytes: u64,
+    /// Whether any media went out yet.
+    written: bool,
 }
 
 impl Sink<'_> {
     /// One GetClip call's MP4, through the joiner when there is one.
     async fn part(
         &mut self,
-        clips: &media::Client,
         stream: &str,
-        r: &plan::Request,
+        mut body: aws_smithy_types::byte_stream::ByteStream,
         mut joiner: Option<&mut Joiner>,
     ) -> Result<(), String> {
-        let mut body = get_clip(clips, stream, r)
-            .await
-            .map_err(|e| e.to_string())?;
         if let Some(j) = joiner.as_deref_mut() {
             j.begin_part();
         }
@@ -786,7 +805,10 @@ impl Sink<'_> {
             };
             for o in outputs {
                 match o {
-                    Output::Bytes(b) => self.upload.push(&b).await.map_err(|e| e.to_string())?,
+                    Output::Bytes(b) => {
+                        self.written = true;
+                        self.upload.push(&b).await.map_err(|e| e.to_string())?
+                    }
                     Output::NextFile => self.next_file(stream).await?,
                 }
             }
@@ -824,77 +846,4 @@ impl Sink<'_> {
         self.more_keys.push(key);
         Ok(())
     }
-}
-
-async fn list_fragments(
-    media: &media::Client,
-    stream: &str,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Result<Vec<Fragment>, String> {
-    let selector = FragmentSelector::builder()
-        .fragment_selector_type(FragmentSelectorType::ProducerTimestamp)
-        .timestamp_range(
-            TimestampRange::builder()
-                .start_timestamp(SdkTime::from_millis(ms(start)))
-                .end_timestamp(SdkTime::from_millis(ms(end)))
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = media
-            .list_fragments()
-            .stream_name(stream)
-            .fragment_selector(selector.clone())
-            .max_results(1000)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| format!("ListFragments {stream}: {}", error_chain(&e)))?;
-        for f in page.fragments.unwrap_or_default() {
-            let (Some(number), Some(ts)) = (f.fragment_number, f.producer_timestamp) else {
-                continue;
-            };
-            out.push(Fragment {
-                number,
-                start_ms: ts.to_millis().unwrap_or(0),
-                duration_ms: f.fragment_length_in_milliseconds,
-                size: f.fragment_size_in_bytes,
-            });
-        }
-        token = page.next_token;
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
-}
-
-/// One GetClip call; its MP4 arrives as a stream.
-async fn get_clip(
-    media: &media::Client,
-    stream: &str,
-    r: &plan::Request,
-) -> Result<aws_smithy_types::byte_stream::ByteStream, StoreError> {
-    let range = ClipTimestampRange::builder()
-        .start_timestamp(SdkTime::from_millis(r.start_ms))
-        .end_timestamp(SdkTime::from_millis(r.end_ms))
-        .build()
-        .map_err(|e| StoreError::Source(e.to_string()))?;
-    let selector = ClipFragmentSelector::builder()
-        .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
-        .timestamp_range(range)
-        .build()
-        .map_err(|e| StoreError::Source(e.to_string()))?;
-    let out = media
-        .get_clip()
-        .stream_name(stream)
-        .clip_fragment_selector(selector)
-        .send()
-        .await
-        .map_err(|e| StoreError::Source(format!("GetClip {stream}: {}", error_chain(&e))))?;
-    Ok(out.payload)
 }

@@ -108,8 +108,12 @@ pub async fn handle(archiver: &Archiver, event: Value) -> Result<Value, Failure>
 pub async fn run(archiver: Archiver) -> Result<(), Error> {
     let archiver = &archiver;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        // Retries of throttled calls stop in time to report before the invocation ends.
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let left = std::time::Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        let deadline = tokio::time::Instant::now() + left;
         // Boxed: the clip futures nest deeply enough to strain the compiler's layout queries.
-        Box::pin(handle(archiver, event.payload)).await
+        crate::retry::within(deadline, Box::pin(handle(archiver, event.payload))).await
     }))
     .await
 }

@@ -35,19 +35,6 @@ impl McError {
     }
 }
 
-/// A number in [0, 1) that differs between calls (no RNG crate needed for backoff jitter).
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 pub struct MediaConvert {
     /// Where DescribeEndpoints is asked (the regional endpoint, or a configured one).
     base: String,
@@ -117,16 +104,14 @@ impl MediaConvert {
         url: &str,
         body: &[u8],
     ) -> Result<Value, McError> {
-        let mut delay = self.first_delay;
+        let mut backoff = crate::retry::Backoff::new(self.first_delay, Duration::from_secs(20));
         let mut attempt = 1;
         loop {
             match self.call_once(op, method, url, body).await {
                 Err(e) if e.retryable() && attempt < self.attempts => {
-                    // Jittered (half to all of the delay): callers throttled together spread out.
-                    let wait = delay.mul_f64(0.5 + jitter() * 0.5);
+                    let wait = backoff.next_delay();
                     warn!("{e}; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(Duration::from_secs(20));
                     attempt += 1;
                 }
                 other => return other,

@@ -1,8 +1,11 @@
 //! What to fetch for a window, from the fragments ListFragments reports. Pure.
 //!
 //! GetClip returns at most 200 fragments or 100 MB (the first ones), so a window is split
-//! into consecutive requests that each stay under both limits. The post-roll counts as
-//! ingested once a fragment reaches the window's end.
+//! into consecutive requests that each stay under both limits; a request whose media GetClip
+//! refuses (the codec configuration changes inside it) is split in halves. Both ends of a
+//! GetClip range are inclusive (ClipTimestampRange), so a request ends 1 ms before the next
+//! one's first fragment. The post-roll counts as ingested once a fragment reaches the
+//! window's end.
 
 /// A fragment as ListFragments describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +27,45 @@ impl Fragment {
 pub const MAX_FRAGMENTS: usize = 200;
 pub const MAX_BYTES: i64 = 100 * 1024 * 1024;
 
-/// One GetClip call: a producer-time range and what it holds.
+/// One GetClip call: a producer-time range (both ends inclusive) and what it holds, the
+/// fragments `first..first + fragments` of the window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub start_ms: i64,
     pub end_ms: i64,
+    pub first: usize,
     pub fragments: usize,
     pub bytes: i64,
+}
+
+impl Request {
+    /// The two halves of a request of two or more fragments (of `window`, the fragments it
+    /// was planned from); they meet without sharing a fragment.
+    pub fn halves(&self, window: &[Fragment]) -> Option<(Request, Request)> {
+        if self.fragments < 2 {
+            return None;
+        }
+        let held = window.get(self.first..self.first + self.fragments)?;
+        let mid = self.fragments / 2;
+        let bytes = |fs: &[Fragment]| fs.iter().map(|f| f.size).sum();
+        let split_at = held[mid].start_ms;
+        Some((
+            Request {
+                start_ms: self.start_ms,
+                end_ms: split_at - 1,
+                first: self.first,
+                fragments: mid,
+                bytes: bytes(&held[..mid]),
+            },
+            Request {
+                start_ms: split_at,
+                end_ms: self.end_ms,
+                first: self.first + mid,
+                fragments: self.fragments - mid,
+                bytes: bytes(&held[mid..]),
+            },
+        ))
+    }
 }
 
 /// The fragments of `[start_ms, end_ms)`, sorted and without duplicates.
@@ -53,8 +88,8 @@ pub fn ingested_to(fragments: &[Fragment], end_ms: i64) -> bool {
 }
 
 /// Consecutive GetClip requests covering `fragments` (sorted, from `in_window`), each under
-/// `max_fragments` and `max_bytes`. Ranges meet exactly: a request ends where the next one's
-/// first fragment starts, so no frame is fetched twice.
+/// `max_fragments` and `max_bytes`. A request ends 1 ms before the next one's first fragment
+/// starts (GetClip's end is inclusive), so no frame is fetched twice.
 pub fn requests(
     fragments: &[Fragment],
     start_ms: i64,
@@ -64,18 +99,19 @@ pub fn requests(
 ) -> Vec<Request> {
     let mut out: Vec<Request> = Vec::new();
     let mut current: Option<Request> = None;
-    for f in fragments {
+    for (i, f) in fragments.iter().enumerate() {
         let fits = current
             .as_ref()
             .is_some_and(|r| r.fragments < max_fragments && r.bytes + f.size <= max_bytes);
         if !fits {
             if let Some(mut done) = current.take() {
-                done.end_ms = f.start_ms;
+                done.end_ms = f.start_ms - 1;
                 out.push(done);
             }
             current = Some(Request {
                 start_ms: if out.is_empty() { start_ms } else { f.start_ms },
                 end_ms,
+                first: i,
                 fragments: 0,
                 bytes: 0,
             });
@@ -112,6 +148,7 @@ mod tests {
             [Request {
                 start_ms: 1_000_000,
                 end_ms: 1_180_000,
+                first: 0,
                 fragments: 90,
                 bytes: 90 << 20
             }]
@@ -126,8 +163,13 @@ mod tests {
             r.iter().map(|r| r.fragments).collect::<Vec<_>>(),
             [200, 200, 50]
         );
-        assert_eq!(r[0].end_ms, r[1].start_ms);
+        assert_eq!(
+            r[0].end_ms,
+            r[1].start_ms - 1,
+            "inclusive ends never overlap"
+        );
         assert_eq!(r[1].start_ms, f[200].start_ms);
+        assert_eq!((r[1].first, r[2].first), (200, 400));
         assert_eq!((r[0].start_ms, r[2].end_ms), (1_000_000, 1_900_000));
         let big = frags(10, 30 << 20);
         let r = requests(&big, 1_000_000, 1_020_000, MAX_FRAGMENTS, MAX_BYTES);
@@ -136,6 +178,21 @@ mod tests {
             [3, 3, 3, 1]
         );
         assert!(r.iter().all(|r| r.bytes <= MAX_BYTES));
+    }
+
+    #[test]
+    fn halves_split_the_fragments_and_meet() {
+        let f = frags(7, 10);
+        let r = &requests(&f, 999_000, 1_020_000, MAX_FRAGMENTS, MAX_BYTES)[0];
+        let (a, b) = r.halves(&f).unwrap();
+        assert_eq!((a.first, a.fragments, a.bytes), (0, 3, 30));
+        assert_eq!((b.first, b.fragments, b.bytes), (3, 4, 40));
+        assert_eq!((a.start_ms, a.end_ms), (999_000, f[3].start_ms - 1));
+        assert_eq!((b.start_ms, b.end_ms), (f[3].start_ms, 1_020_000));
+        let (c, d) = b.halves(&f).unwrap();
+        assert_eq!((c.first, c.fragments, d.first, d.fragments), (3, 2, 5, 2));
+        let one = c.halves(&f).unwrap().0;
+        assert!(one.halves(&f).is_none(), "one fragment cannot be split");
     }
 
     #[test]

@@ -358,10 +358,12 @@ pub async fn produce(
                 None => filter.prefixes(),
             };
             for p in prefixes {
+                // URL-encoded keys: any key S3 holds survives the XML listing.
                 let mut pages = s3
                     .list_objects_v2()
                     .bucket(bucket)
                     .prefix(&p)
+                    .encoding_type(aws_sdk_s3::types::EncodingType::Url)
                     .into_paginator()
                     .send();
                 while let Some(page) = pages.next().await {
@@ -370,6 +372,8 @@ pub async fn produce(
                     })?;
                     for o in page.contents.unwrap_or_default() {
                         let Some(key) = o.key else { continue };
+                        let key = crate::batch::decode_key(&key)
+                            .map_err(|e| format!("S3 ListObjectsV2 s3://{bucket}/{p}: {e}"))?;
                         let modified = o.last_modified.and_then(|t| {
                             chrono::DateTime::from_timestamp_millis(t.to_millis().ok()?)
                         });

@@ -287,7 +287,23 @@ impl<'a> Upload<'a> {
     }
 }
 
-/// A small JSON object (a failure record), written only if the key is free.
+/// Deletes an object (nothing happens when it does not exist).
+pub async fn delete(s3: &Client, bucket: &str, key: &str) -> Result<(), StoreError> {
+    s3.delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| StoreError::S3 {
+            op: "DeleteObject",
+            bucket: bucket.into(),
+            key: key.into(),
+            reason: error_chain(&e),
+        })
+}
+
+/// A small JSON object (a record next to a clip).
 pub async fn put_json(
     s3: &Client,
     bucket: &str,

@@ -187,6 +187,10 @@ pub struct ClipSettings {
     /// How long to wait for the post-roll to be ingested before clipping what exists.
     #[serde(default = "default_ingest_wait")]
     pub ingest_wait_s: u64,
+    /// How long one KVS call (GetClip, ListFragments, GetDataEndpoint) is retried while KVS
+    /// throttles it (ClientLimitExceededException); never past a Lambda invocation's end.
+    #[serde(default = "default_throttle_retry")]
+    pub throttle_retry_s: u64,
 }
 
 impl Default for ClipSettings {
@@ -195,6 +199,7 @@ impl Default for ClipSettings {
             pre_roll_s: default_pre_roll(),
             post_roll_s: default_post_roll(),
             ingest_wait_s: default_ingest_wait(),
+            throttle_retry_s: default_throttle_retry(),
         }
     }
 }
@@ -207,6 +212,10 @@ pub struct Mapping {
     pub streams: Vec<String>,
     pub pre_roll_s: Option<u64>,
     pub post_roll_s: Option<u64>,
+}
+
+fn default_throttle_retry() -> u64 {
+    120
 }
 
 fn default_bucket() -> String {

@@ -70,6 +70,11 @@ for s in statements(iot):
         if "${!iot:Connection.Thing.ThingName}" not in str(res):
             problems.append(f"DevicePolicy: {s['Action']} on {res} is not scoped to the thing")
 
+archiver = resources["ArchiverPolicy"]["Properties"]["PolicyDocument"]
+for s in statements(archiver):
+    if "s3:DeleteObject" in as_list(s["Action"]) and "/*.error.json" not in str(s["Resource"]):
+        problems.append(f"ArchiverPolicy: may delete more than failure records: {s['Resource']}")
+
 rule = resources["AlarmRule"]["Properties"]["EventPattern"]
 if rule["detail"]["state"]["value"] != ["ALARM"]:
     problems.append("AlarmRule: must match transitions into ALARM only")

@@ -425,10 +425,19 @@ impl Moto {
 
 /// An S3 client for an S3-compatible server on loopback (moto), path-style.
 pub fn s3_client(url: &str) -> aws_sdk_s3::Client {
+    s3_client_with(url, "testing", "testing")
+}
+
+/// An S3 client for kvs-local's S3 (signed with its keys).
+pub fn local_s3_client(url: &str) -> aws_sdk_s3::Client {
+    s3_client_with(url, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY)
+}
+
+fn s3_client_with(url: &str, key: &str, secret: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
         .endpoint_url(url)
         .force_path_style(true)
         .build();

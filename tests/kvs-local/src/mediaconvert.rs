@@ -161,7 +161,8 @@ impl Jobs {
     }
 
     /// CreateJob: validates, stores and starts the job; the same ClientRequestToken gives
-    /// the same job.
+    /// the same job, also to calls arriving at the same time (the token is held from the
+    /// check until the job is stored).
     pub fn create(
         &self,
         request: Value,
@@ -171,8 +172,9 @@ impl Jobs {
         events: Option<PathBuf>,
     ) -> Result<Value, ApiError> {
         let token = request["clientRequestToken"].as_str().map(str::to_string);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = &token
-            && let Some(id) = self.tokens.lock().unwrap().get(t)
+            && let Some(id) = tokens.get(t)
         {
             return self.get(id);
         }
@@ -211,8 +213,9 @@ impl Jobs {
         });
         self.jobs.lock().unwrap().push(job.clone());
         if let Some(t) = token {
-            self.tokens.lock().unwrap().insert(t, id.clone());
+            tokens.insert(t, id.clone());
         }
+        drop(tokens);
         emit(&events, &job, account, region);
         let jobs = self.clone();
         tokio::spawn(async move {

@@ -1,0 +1,197 @@
+//! The KVS side of a clip: a stream's data endpoints (GetDataEndpoint), the window's
+//! fragments (ListFragments, waiting a bounded time for the post-roll) and their media
+//! (GetClip). Every call is retried in-process while KVS throttles it (see `retry`), and
+//! GetClip's refusals of the media itself are told apart from other failures, so that the
+//! caller can split the range where the codec configuration changes.
+
+use std::time::Duration;
+
+use aws_sdk_kinesisvideo::types::ApiName;
+use aws_sdk_kinesisvideoarchivedmedia as media;
+use aws_smithy_types::DateTime as SdkTime;
+use aws_smithy_types::byte_stream::ByteStream;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use chrono::{DateTime, Utc};
+use media::types::{
+    ClipFragmentSelector, ClipFragmentSelectorType, ClipTimestampRange, FragmentSelector,
+    FragmentSelectorType, TimestampRange,
+};
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::plan::{self, Fragment};
+use crate::retry;
+use crate::store::error_chain;
+
+/// How often ListFragments is asked while waiting for the post-roll.
+const POLL: Duration = Duration::from_secs(2);
+
+/// GetClip's answers about the media of a range rather than the request: the codec private
+/// data or the tracks change inside it ("Video playback track requirements"), or a fragment
+/// cannot be played. Which of them the service names for a change is not documented, so
+/// all are treated alike: a smaller range may play.
+const UNPLAYABLE: [&str; 4] = [
+    "InvalidCodecPrivateDataException",
+    "MissingCodecPrivateDataException",
+    "UnsupportedStreamMediaTypeException",
+    "InvalidMediaFrameException",
+];
+
+#[derive(Debug, Error)]
+pub enum ClipError {
+    /// GetClip cannot make one MP4 of this range's media (see `UNPLAYABLE`).
+    #[error("GetClip {stream}: {code}: {message}")]
+    Unplayable {
+        stream: String,
+        code: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The KVS clients of the archiver.
+pub struct Kvs {
+    pub control: aws_sdk_kinesisvideo::Client,
+    pub sdk: aws_config::SdkConfig,
+    /// How long one call keeps retrying while throttled.
+    pub throttle_budget: Duration,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+impl Kvs {
+    /// An archived-media client for `stream`'s data endpoint for `api`.
+    pub async fn media(&self, stream: &str, api: ApiName) -> Result<media::Client, String> {
+        let what = format!("GetDataEndpoint ({api:?}) for {stream}");
+        let out = retry::kvs(&what, self.throttle_budget, || {
+            self.control
+                .get_data_endpoint()
+                .stream_name(stream)
+                .api_name(api.clone())
+                .send()
+        })
+        .await
+        .map_err(|e| format!("{what}: {}", error_chain(&e)))?;
+        let url = out
+            .data_endpoint
+            .ok_or_else(|| format!("{what}: no endpoint in the answer"))?;
+        let conf = media::config::Builder::from(&self.sdk)
+            .endpoint_url(url)
+            .build();
+        Ok(media::Client::from_conf(conf))
+    }
+
+    /// Lists the window's fragments, waiting until `wait` after the window's end for the
+    /// post-roll; true when it was not all ingested by then.
+    pub async fn fragments(
+        &self,
+        stream: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        wait: Duration,
+    ) -> Result<(Vec<Fragment>, bool), String> {
+        let list = self.media(stream, ApiName::ListFragments).await?;
+        let until_end = (end - Utc::now()).to_std().unwrap_or_default();
+        let deadline = Instant::now() + until_end + wait;
+        loop {
+            let all = self.list_fragments(&list, stream, start, end).await?;
+            let window = plan::in_window(all, ms(start), ms(end));
+            let ingested = plan::ingested_to(&window, ms(end));
+            if ingested || Instant::now() >= deadline {
+                return Ok((window, !ingested));
+            }
+            tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
+        }
+    }
+
+    async fn list_fragments(
+        &self,
+        media: &media::Client,
+        stream: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<Fragment>, String> {
+        let selector = FragmentSelector::builder()
+            .fragment_selector_type(FragmentSelectorType::ProducerTimestamp)
+            .timestamp_range(
+                TimestampRange::builder()
+                    .start_timestamp(SdkTime::from_millis(ms(start)))
+                    .end_timestamp(SdkTime::from_millis(ms(end)))
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+        let what = format!("ListFragments {stream}");
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = retry::kvs(&what, self.throttle_budget, || {
+                media
+                    .list_fragments()
+                    .stream_name(stream)
+                    .fragment_selector(selector.clone())
+                    .max_results(1000)
+                    .set_next_token(token.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| format!("{what}: {}", error_chain(&e)))?;
+            for f in page.fragments.unwrap_or_default() {
+                let (Some(number), Some(ts)) = (f.fragment_number, f.producer_timestamp) else {
+                    continue;
+                };
+                out.push(Fragment {
+                    number,
+                    start_ms: ts.to_millis().unwrap_or(0),
+                    duration_ms: f.fragment_length_in_milliseconds,
+                    size: f.fragment_size_in_bytes,
+                });
+            }
+            token = page.next_token;
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One GetClip call; its MP4 arrives as a stream.
+    pub async fn clip(
+        &self,
+        clips: &media::Client,
+        stream: &str,
+        r: &plan::Request,
+    ) -> Result<ByteStream, ClipError> {
+        let range = ClipTimestampRange::builder()
+            .start_timestamp(SdkTime::from_millis(r.start_ms))
+            .end_timestamp(SdkTime::from_millis(r.end_ms))
+            .build()
+            .map_err(|e| ClipError::Failed(e.to_string()))?;
+        let selector = ClipFragmentSelector::builder()
+            .fragment_selector_type(ClipFragmentSelectorType::ProducerTimestamp)
+            .timestamp_range(range)
+            .build()
+            .map_err(|e| ClipError::Failed(e.to_string()))?;
+        let what = format!("GetClip {stream}");
+        let out = retry::kvs(&what, self.throttle_budget, || {
+            clips
+                .get_clip()
+                .stream_name(stream)
+                .clip_fragment_selector(selector.clone())
+                .send()
+        })
+        .await
+        .map_err(|e| match e.code() {
+            Some(code) if UNPLAYABLE.contains(&code) => ClipError::Unplayable {
+                stream: stream.to_string(),
+                code: code.to_string(),
+                message: e.message().unwrap_or_default().to_string(),
+            },
+            _ => ClipError::Failed(format!("{what}: {}", error_chain(&e))),
+        })?;
+        Ok(out.payload)
+    }
+}
