@@ -136,6 +136,16 @@ fn parse_line(line: &[u8]) -> Option<Result<Ack, PutMediaError>> {
     )
 }
 
+/// How a PutMedia body's Cluster timecodes count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Timecodes {
+    /// Milliseconds since the epoch (the agent's fragments).
+    #[default]
+    Absolute,
+    /// Milliseconds since `producer_start` (recorded files, the official producers' default).
+    Relative,
+}
+
 /// What a session needs to know.
 #[derive(Debug, Clone)]
 pub struct SessionParams {
@@ -146,6 +156,8 @@ pub struct SessionParams {
     pub credentials: Credentials,
     /// `x-amzn-producer-start-timestamp`.
     pub producer_start: SystemTime,
+    /// `x-amzn-fragment-timecode-type`: how the body's Cluster timecodes count.
+    pub timecodes: Timecodes,
     pub user_agent: String,
     /// TLS settings for https endpoints; `None` = the system's trust roots.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -175,7 +187,14 @@ pub fn signed_request(
     let headers = [
         ("host", host.clone()),
         ("x-amzn-stream-name", params.stream_name.clone()),
-        ("x-amzn-fragment-timecode-type", "ABSOLUTE".to_string()),
+        (
+            "x-amzn-fragment-timecode-type",
+            match params.timecodes {
+                Timecodes::Absolute => "ABSOLUTE",
+                Timecodes::Relative => "RELATIVE",
+            }
+            .to_string(),
+        ),
         (
             "x-amzn-producer-start-timestamp",
             epoch_seconds(params.producer_start),
@@ -456,6 +475,7 @@ mod tests {
             region: "us-east-1".into(),
             credentials: Credentials::new("AKID", "SECRET", None, None, "test"),
             producer_start: UNIX_EPOCH + Duration::from_millis(1_595_833_960_258),
+            timecodes: Timecodes::Absolute,
             user_agent: "kvs-edge-test".into(),
             tls: None,
         };

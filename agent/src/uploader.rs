@@ -463,6 +463,7 @@ impl Uploader {
             region: self.region.clone(),
             credentials,
             producer_start: SystemTime::now(),
+            timecodes: Default::default(),
             user_agent: concat!("kvs-edge-agent/", env!("CARGO_PKG_VERSION")).to_string(),
             tls: self.tls.clone(),
         };

@@ -54,6 +54,7 @@ async fn an_untrusted_certificate_is_refused_and_reported() {
             "t",
         ),
         producer_start: std::time::SystemTime::now(),
+        timecodes: Default::default(),
         user_agent: "t".into(),
         tls,
     };

@@ -226,6 +226,7 @@ pub fn session_params(url: &str, stream: &str) -> SessionParams {
             "kvs-edge-tests",
         ),
         producer_start: SystemTime::now(),
+        timecodes: Default::default(),
         user_agent: "kvs-edge-tests".into(),
         tls: None,
     }

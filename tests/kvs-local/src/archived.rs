@@ -158,43 +158,52 @@ fn list_fragments(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError
     Ok(json(&out))
 }
 
-/// The Info + Tracks + Cluster + Tags of one stored fragment as a self-contained MKV segment.
+/// One stored fragment as the service returns it (compare the real GetMedia output in
+/// tests/fixtures/kvs-media): an EBML header, a Segment of unknown size, the session's Info
+/// and Tracks as the producer sent them, the producer's metadata for the fragment (its own
+/// Tags element), the service's Tags (`AWS_KINESISVIDEO_FRAGMENT_NUMBER`, `…_SERVER_TIMESTAMP`,
+/// `…_PRODUCER_TIMESTAMP`, no Targets) and then the Cluster. A missing fragment is a
+/// Segment with only the error Tags.
 fn fragment_segment(
     body: &[u8],
     header: &SessionHeader,
     meta: &FragmentMeta,
     cluster: bool,
 ) -> Vec<u8> {
-    let mut segment = Vec::new();
-    if cluster {
-        segment.extend_from_slice(&header.raw_info);
-        segment.extend_from_slice(&header.raw_tracks);
-        ebml::write_element(&mut segment, ebml::CLUSTER, body);
-    }
-    let mut tags = vec![(
-        "AWS_KINESISVIDEO_FRAGMENT_NUMBER".to_string(),
-        meta.number.clone(),
-    )];
-    if cluster {
-        tags.push((
-            "AWS_KINESISVIDEO_SERVER_TIMESTAMP".into(),
-            format!("{:.3}", epoch_seconds(meta.server_ms)),
-        ));
-        tags.push((
-            "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP".into(),
-            format!("{:.3}", epoch_seconds(meta.producer_ms)),
-        ));
-        tags.extend(meta.tags.iter().cloned());
-    } else {
-        tags.push((
-            "AWS_KINESISVIDEO_ERROR_CODE".into(),
-            "FRAGMENT_NOT_FOUND".into(),
-        ));
-        tags.push(("AWS_KINESISVIDEO_ERROR_ID".into(), "3000".into()));
-    }
-    segment.extend_from_slice(&tags_element(&tags));
     let mut out = ebml_header();
-    ebml::write_element(&mut out, ebml::SEGMENT, &segment);
+    ebml::write_header(&mut out, ebml::SEGMENT, None);
+    let service = |tags: &[(&str, String)]| {
+        let owned: Vec<(String, String)> = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        tags_element(&owned, false)
+    };
+    if !cluster {
+        out.extend(service(&[
+            ("AWS_KINESISVIDEO_FRAGMENT_NUMBER", meta.number.clone()),
+            ("AWS_KINESISVIDEO_ERROR_CODE", "FRAGMENT_NOT_FOUND".into()),
+            ("AWS_KINESISVIDEO_ERROR_ID", "3000".into()),
+        ]));
+        return out;
+    }
+    out.extend_from_slice(&header.raw_info);
+    out.extend_from_slice(&header.raw_tracks);
+    if !meta.tags.is_empty() {
+        out.extend(tags_element(&meta.tags, true));
+    }
+    out.extend(service(&[
+        ("AWS_KINESISVIDEO_FRAGMENT_NUMBER", meta.number.clone()),
+        (
+            "AWS_KINESISVIDEO_SERVER_TIMESTAMP",
+            format!("{:.3}", epoch_seconds(meta.server_ms)),
+        ),
+        (
+            "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP",
+            format!("{:.3}", epoch_seconds(meta.producer_ms)),
+        ),
+    ]));
+    ebml::write_element(&mut out, ebml::CLUSTER, body);
     out
 }
 
@@ -212,9 +221,13 @@ fn ebml_header() -> Vec<u8> {
     out
 }
 
-fn tags_element(tags: &[(String, String)]) -> Vec<u8> {
+/// A Tags element with one Tag of these SimpleTags (`targets`: with an empty Targets, as
+/// producers write it; the service's own tags have none).
+fn tags_element(tags: &[(String, String)], targets: bool) -> Vec<u8> {
     let mut tag = Vec::new();
-    ebml::write_element(&mut tag, ebml::TARGETS, &[]);
+    if targets {
+        ebml::write_element(&mut tag, ebml::TARGETS, &[]);
+    }
     for (name, value) in tags {
         let mut simple = Vec::new();
         ebml::write_element(&mut simple, ebml::TAG_NAME, name.as_bytes());
