@@ -521,3 +521,70 @@ async fn archived_media_errors_through_the_sdk() -> anyhow::Result<()> {
     assert!(e.is_resource_not_found_exception(), "{e:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn twelve_overlapping_alarms_never_cost_the_video() -> anyhow::Result<()> {
+    use kvs_edge_agent::camera::alarm_tags;
+    use kvs_edge_agent::control::Alarm;
+    let local = Local::start().await?;
+    create_stream(&local.control(), "busy", 1).await?;
+    let video = Encoded::gstreamer(50, 25, 25, 160, 120)?;
+    let t0 = now_ms() - 60_000;
+    let alarms: Vec<Alarm> = (0..12)
+        .map(|i| Alarm {
+            id: format!("zone-{i:02}-motion"),
+            label: "person".into(),
+            pre_s: 10,
+            post_s: 30,
+            start_ms: t0 - 1000 + i,
+            end_ms: t0 + 60_000,
+        })
+        .collect();
+    let refs: Vec<&Alarm> = alarms.iter().collect();
+    let (tags, omitted) = alarm_tags(&refs);
+    let mut f = mkv::Fragmenter::new(mkv::FragmenterConfig {
+        target_ms: 1000,
+        max_ms: 10_000,
+    });
+    let mut fragments = Vec::new();
+    for au in video.access_units(t0) {
+        if au.keyframe {
+            f.set_tags(tags.clone(), omitted);
+        }
+        fragments.extend(f.push(au)?);
+    }
+    fragments.extend(f.flush());
+    assert_eq!(fragments[0].tags_omitted, 0, "twelve short ids fit");
+    let body = [
+        mkv::session_header([3; 16], &[video.track()], "kvs-edge-tests"),
+        fragments.iter().flat_map(|f| f.bytes.clone()).collect(),
+    ]
+    .concat();
+    let acks = put_media(&local.url(), "busy", vec![body], T).await?;
+    assert!(
+        acks_of(&acks, AckEvent::Error).is_empty(),
+        "no 4009: {acks:?}"
+    );
+    assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), fragments.len());
+    // Every alarm is in the stored fragment's metadata.
+    let listed = list_all_fragments(&local.archived(), "busy").await?;
+    let media = local
+        .archived()
+        .get_media_for_fragment_list()
+        .stream_name("busy")
+        .fragments(listed[0].fragment_number.clone().unwrap())
+        .send()
+        .await?
+        .payload
+        .collect()
+        .await?
+        .into_bytes();
+    for a in &alarms {
+        assert!(
+            media.windows(a.id.len()).any(|w| w == a.id.as_bytes()),
+            "{} is tagged",
+            a.id
+        );
+    }
+    Ok(())
+}
