@@ -673,6 +673,22 @@ pub async fn get_clip(
     Ok((out.content_type, bytes))
 }
 
+/// GetMediaForFragmentList of `numbers`: the Matroska bytes.
+pub async fn get_media(
+    media: &aws_sdk_kinesisvideoarchivedmedia::Client,
+    stream: &str,
+    numbers: &[String],
+) -> Result<Vec<u8>> {
+    let out = media
+        .get_media_for_fragment_list()
+        .stream_name(stream)
+        .set_fragments(Some(numbers.to_vec()))
+        .send()
+        .await
+        .with_context(|| format!("GetMediaForFragmentList {stream}"))?;
+    Ok(out.payload.collect().await?.into_bytes().to_vec())
+}
+
 /// Every fragment of a stream (ListFragments, all pages), sorted by producer timestamp.
 pub async fn list_all_fragments(
     media: &aws_sdk_kinesisvideoarchivedmedia::Client,

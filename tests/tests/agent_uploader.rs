@@ -266,20 +266,7 @@ async fn a_resend_after_lost_release_marks_is_stored_again_and_clips_once() -> a
 #[tokio::test]
 async fn a_stream_without_retention_releases_on_received() -> anyhow::Result<()> {
     let local = Local::start().await?;
-    create_stream(&local.control(), "live", 0).await?;
-    let fragments = records(
-        &Encoded::gstreamer(100, 25, 25, 160, 120)?,
-        now_ms() - 60_000,
-    )?;
-    let n = fragments.len() as u64;
-    let stats = upload_all(
-        &local,
-        "live",
-        &local.dir.path().join("j"),
-        fast(),
-        fragments,
-    )
-    .await;
+    let (stats, n) = upload_test_video(&local, "live", 0).await?;
     let r = Ordering::Relaxed;
     assert_eq!(stats.fragments_received.load(r), n, "released on RECEIVED");
     assert_eq!(
@@ -295,6 +282,23 @@ async fn a_stream_without_retention_releases_on_received() -> anyhow::Result<()>
     );
     assert_eq!(stats.fragments_sent.load(r), n, "each fragment sent once");
     Ok(())
+}
+
+/// Creates `stream` with this retention, journals four seconds of test video and uploads it;
+/// the counters and how many fragments there were.
+async fn upload_test_video(
+    local: &Local,
+    stream: &str,
+    retention_hours: i32,
+) -> anyhow::Result<(Arc<UploadStats>, u64)> {
+    create_stream(&local.control(), stream, retention_hours).await?;
+    let fragments = records(
+        &Encoded::gstreamer(100, 25, 25, 160, 120)?,
+        now_ms() - 60_000,
+    )?;
+    let n = fragments.len() as u64;
+    let dir = local.dir.path().join(format!("journal-{stream}"));
+    Ok((upload_all(local, stream, &dir, fast(), fragments).await, n))
 }
 
 /// Uploads `records` to a fresh stream while `fault` is in force; returns the counters and
@@ -408,20 +412,7 @@ async fn the_body_streams_before_the_service_answers() -> anyhow::Result<()> {
         kvs_local::AnswerAt::FirstFragment,
     ] {
         let local = Local::start_with(|c| c.put_media_answer = answer).await?;
-        create_stream(&local.control(), "cam", 1).await?;
-        let fragments = records(
-            &Encoded::gstreamer(100, 25, 25, 160, 120)?,
-            now_ms() - 60_000,
-        )?;
-        let n = fragments.len() as u64;
-        let stats = upload_all(
-            &local,
-            "cam",
-            &local.dir.path().join("j"),
-            fast(),
-            fragments,
-        )
-        .await;
+        let (stats, n) = upload_test_video(&local, "cam", 1).await?;
         let r = Ordering::Relaxed;
         assert_eq!(stats.fragments_persisted.load(r), n, "{answer:?}");
         assert_eq!(

@@ -209,14 +209,7 @@ async fn fragments_survive_a_restart_and_a_resend_is_stored_again() -> anyhow::R
     let cfg = Config::new("127.0.0.1:0".parse()?, dir.path());
     let server = Server::start(cfg).await?;
     let archived = archived_client(&server.url());
-    let listed = archived
-        .list_fragments()
-        .stream_name("cam")
-        .send()
-        .await?
-        .fragments
-        .unwrap_or_default();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(list_all_fragments(&archived, "cam").await?.len(), 2);
 
     // A later session may send older producer timestamps (a resend after a lost ack, an
     // upload of recorded video): the service stores them again (4004 is about order within
@@ -224,14 +217,11 @@ async fn fragments_survive_a_restart_and_a_resend_is_stored_again() -> anyhow::R
     let acks = put_media(&server.url(), "cam", vec![body], T).await?;
     assert!(acks_of(&acks, AckEvent::Error).is_empty(), "{acks:?}");
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), 2, "{acks:?}");
-    let listed = archived
-        .list_fragments()
-        .stream_name("cam")
-        .send()
-        .await?
-        .fragments
-        .unwrap_or_default();
-    assert_eq!(listed.len(), 4, "both copies are stored");
+    assert_eq!(
+        list_all_fragments(&archived, "cam").await?.len(),
+        4,
+        "both copies are stored"
+    );
     let (_, clip) = get_clip(&archived, "cam", start - 1000, start + 5000).await?;
     let path = dir.path().join("dedup.mp4");
     std::fs::write(&path, clip)?;

@@ -27,23 +27,6 @@ fn cluster(timecode_ms: i64, blocks: &[(u8, i16, bool)]) -> Vec<u8> {
     out
 }
 
-/// A Tags element with one Tag of these SimpleTags.
-fn raw_tags(tags: &[(String, String)]) -> Vec<u8> {
-    let mut tag = Vec::new();
-    ebml::write_element(&mut tag, ebml::TARGETS, &[]);
-    for (name, value) in tags {
-        let mut simple = Vec::new();
-        ebml::write_element(&mut simple, ebml::TAG_NAME, name.as_bytes());
-        ebml::write_element(&mut simple, ebml::TAG_STRING, value.as_bytes());
-        ebml::write_element(&mut tag, ebml::SIMPLE_TAG, &simple);
-    }
-    let mut tags_el = Vec::new();
-    ebml::write_element(&mut tags_el, ebml::TAG, &tag);
-    let mut out = Vec::new();
-    ebml::write_element(&mut out, ebml::TAGS, &tags_el);
-    out
-}
-
 fn header(tracks: usize) -> Vec<u8> {
     let video = Encoded::from_annex_b(&annex_b_stub(), 25).expect("stub parses");
     let specs: Vec<TrackSpec> = (1..=tracks as u64)
@@ -186,7 +169,12 @@ async fn rule_violations_get_their_error_ids() -> anyhow::Result<()> {
         let errors = errors_for(
             &local,
             &stream,
-            [header(1), raw_tags(&tags), cluster(t0, &[(1, 0, true)])].concat(),
+            [
+                header(1),
+                ebml::tags_element(&tags, true),
+                cluster(t0, &[(1, 0, true)]),
+            ]
+            .concat(),
         )
         .await;
         assert_eq!(
@@ -568,17 +556,8 @@ async fn twelve_overlapping_alarms_never_cost_the_video() -> anyhow::Result<()> 
     assert_eq!(acks_of(&acks, AckEvent::Persisted).len(), fragments.len());
     // Every alarm is in the stored fragment's metadata.
     let listed = list_all_fragments(&local.archived(), "busy").await?;
-    let media = local
-        .archived()
-        .get_media_for_fragment_list()
-        .stream_name("busy")
-        .fragments(listed[0].fragment_number.clone().unwrap())
-        .send()
-        .await?
-        .payload
-        .collect()
-        .await?
-        .into_bytes();
+    let number = listed[0].fragment_number.clone().unwrap();
+    let media = get_media(&local.archived(), "busy", &[number]).await?;
     for a in &alarms {
         assert!(
             media.windows(a.id.len()).any(|w| w == a.id.as_bytes()),

@@ -154,17 +154,8 @@ async fn the_demo_input_and_unknown_size_clusters_are_ingested_and_read_back() -
             ("h264", 640, 480, frames),
             "{stream}"
         );
-        let one = local
-            .archived()
-            .get_media_for_fragment_list()
-            .stream_name(stream)
-            .fragments(listed[2].fragment_number.clone().unwrap())
-            .send()
-            .await?
-            .payload
-            .collect()
-            .await?
-            .into_bytes();
+        let number = listed[2].fragment_number.clone().unwrap();
+        let one = get_media(&local.archived(), stream, &[number]).await?;
         let path = dir.join(format!("{stream}-2.mkv"));
         std::fs::write(&path, &one)?;
         mkvinfo(&path)?;
@@ -185,18 +176,7 @@ async fn get_media_for_fragment_list_answers_like_the_service() -> anyhow::Resul
         .take(2)
         .map(|f| f.fragment_number.clone().unwrap())
         .collect();
-    let ours = local
-        .archived()
-        .get_media_for_fragment_list()
-        .stream_name("demo")
-        .set_fragments(Some(numbers.clone()))
-        .send()
-        .await?
-        .payload
-        .collect()
-        .await?
-        .into_bytes()
-        .to_vec();
+    let ours = get_media(&local.archived(), "demo", &numbers).await?;
 
     // The real service's GetMedia output of the same input, chunk by chunk: EBML, Segment of
     // unknown size, SeekHead and Void (kvs-local keeps no SeekHead), Info, Tracks, the

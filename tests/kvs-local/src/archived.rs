@@ -177,7 +177,7 @@ fn fragment_segment(
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        tags_element(&owned, false)
+        ebml::tags_element(&owned, false)
     };
     if !cluster {
         out.extend(service(&[
@@ -190,7 +190,7 @@ fn fragment_segment(
     out.extend_from_slice(&header.raw_info);
     out.extend_from_slice(&header.raw_tracks);
     if !meta.tags.is_empty() {
-        out.extend(tags_element(&meta.tags, true));
+        out.extend(ebml::tags_element(&meta.tags, true));
     }
     out.extend(service(&[
         ("AWS_KINESISVIDEO_FRAGMENT_NUMBER", meta.number.clone()),
@@ -218,26 +218,6 @@ fn ebml_header() -> Vec<u8> {
     ebml::write_uint(&mut h, ebml::DOC_TYPE_READ_VERSION, 2);
     let mut out = Vec::new();
     ebml::write_element(&mut out, ebml::EBML, &h);
-    out
-}
-
-/// A Tags element with one Tag of these SimpleTags (`targets`: with an empty Targets, as
-/// producers write it; the service's own tags have none).
-fn tags_element(tags: &[(String, String)], targets: bool) -> Vec<u8> {
-    let mut tag = Vec::new();
-    if targets {
-        ebml::write_element(&mut tag, ebml::TARGETS, &[]);
-    }
-    for (name, value) in tags {
-        let mut simple = Vec::new();
-        ebml::write_element(&mut simple, ebml::TAG_NAME, name.as_bytes());
-        ebml::write_element(&mut simple, ebml::TAG_STRING, value.as_bytes());
-        ebml::write_element(&mut tag, ebml::SIMPLE_TAG, &simple);
-    }
-    let mut tags_el = Vec::new();
-    ebml::write_element(&mut tags_el, ebml::TAG, &tag);
-    let mut out = Vec::new();
-    ebml::write_element(&mut out, ebml::TAGS, &tags_el);
     out
 }
 

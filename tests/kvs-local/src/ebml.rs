@@ -233,6 +233,26 @@ pub fn write_uint(out: &mut Vec<u8>, id: u32, value: u64) {
     write_element(out, id, &bytes[skip..]);
 }
 
+/// A Tags element with one Tag of these SimpleTags (name, value). `targets`: with an empty
+/// Targets, as producers write it (the service's own tags have none).
+pub fn tags_element(tags: &[(String, String)], targets: bool) -> Vec<u8> {
+    let mut tag = Vec::new();
+    if targets {
+        write_element(&mut tag, TARGETS, &[]);
+    }
+    for (name, value) in tags {
+        let mut simple = Vec::new();
+        write_element(&mut simple, TAG_NAME, name.as_bytes());
+        write_element(&mut simple, TAG_STRING, value.as_bytes());
+        write_element(&mut tag, SIMPLE_TAG, &simple);
+    }
+    let mut tags_el = Vec::new();
+    write_element(&mut tags_el, TAG, &tag);
+    let mut out = Vec::new();
+    write_element(&mut out, TAGS, &tags_el);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
