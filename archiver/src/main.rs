@@ -448,8 +448,10 @@ fn consume(cfg: ArchiverConfig, queue_url: String) -> ExitCode {
             queue_url,
             stats: Default::default(),
         });
-        tokio::spawn(notify_systemd(consumer.stats.clone(), shutdown.clone()));
+        let notify = tokio::spawn(notify_systemd(consumer.stats.clone(), shutdown.clone()));
         consumer.run(shutdown).await;
+        // STOPPING=1 goes out before the process ends (the runtime would drop the task).
+        let _ = notify.await;
         ExitCode::SUCCESS
     })
 }
