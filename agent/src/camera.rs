@@ -17,7 +17,8 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::capture::{self, Capture, CaptureEvent, CaptureStats, CodecConfig};
+use crate::capture::{self, Capture, CaptureEvent, CaptureStats};
+use crate::codec::CodecConfig;
 use crate::control::Alarm;
 use crate::mkv::{AccessUnit, Fragment, Fragmenter, FragmenterConfig, MkvError};
 use crate::snapshot::{self, SnapshotError};
@@ -39,6 +40,11 @@ pub struct CameraStats {
     pub fragments_denied: AtomicU64,
     /// Alarms (or other metadata) left out of fragment tags to stay within KVS's limits.
     pub tags_omitted: AtomicU64,
+    /// Why the camera cannot stream (an unsupported codec, unusable codec data); cleared
+    /// by the first frame captured. Shown in the status, metrics and under systemd.
+    pub failure: std::sync::Mutex<Option<String>>,
+    /// The video being sent: codec and picture size ("H.265 1920x1080").
+    pub video: std::sync::Mutex<Option<(crate::codec::VideoCodec, u32, u32)>>,
     /// The encoder element in use ("passthrough" when none).
     pub encoder: Mutex<String>,
 }
@@ -129,6 +135,7 @@ impl Camera {
         let mut fragmenter = self.fragmenter();
         let mut codec: Option<Arc<CodecConfig>> = None;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut slow = Backoff::new(Duration::from_secs(60), Duration::from_secs(15 * 60));
         let mut marks = Marks::default();
         'sources: loop {
             let cam = self.cfg.clone();
@@ -162,9 +169,15 @@ impl Camera {
                         Some(CaptureEvent::Unit(unit)) => {
                             last_frame = Instant::now();
                             if codec.as_ref() != Some(&unit.codec) {
+                                let c = &unit.codec;
                                 if codec.is_some() {
-                                    info!(camera = %cam.name, "codec configuration changed: {}x{}", unit.codec.width, unit.codec.height);
+                                    info!(camera = %cam.name, "codec configuration changed: {} {}x{}", c.codec, c.width, c.height);
+                                } else {
+                                    info!(camera = %cam.name, "video: {} {}x{}", c.codec, c.width, c.height);
                                 }
+                                *self.stats.video.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some((c.codec, c.width, c.height));
+                                *self.stats.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                                 // Fragments never mix codec configurations.
                                 self.emit(&out, fragmenter.flush(), &codec).await;
                                 codec = Some(unit.codec.clone());
@@ -208,8 +221,18 @@ impl Camera {
                             break "error";
                         }
                         Some(CaptureEvent::BadCodec(e)) => {
-                            error!(camera = %cam.name, "unusable H.264 from the source (KVS would store it but never play it): {e}");
+                            let why = format!("{e} (KVS would store such video but never play it)");
+                            error!(camera = %cam.name, "{why}");
+                            self.fail(why);
                             break "bad codec data";
+                        }
+                        Some(CaptureEvent::Unsupported(why)) => {
+                            error!(camera = %cam.name, "{why}; retrying slowly");
+                            self.fail(why);
+                            break "unsupported";
+                        }
+                        Some(CaptureEvent::Notice(what)) => {
+                            warn!(camera = %cam.name, "{what}");
                         }
                         None => break "pipeline gone",
                     },
@@ -270,12 +293,23 @@ impl Camera {
                 info!(camera = %cam.name, "the file ended");
                 break 'sources;
             }
-            if self.pause(&mut backoff, &mut shutdown).await {
+            // What the camera sends will not change by itself: ask again, but rarely.
+            let wait = if matches!(ended, "unsupported" | "bad codec data") {
+                &mut slow
+            } else {
+                &mut backoff
+            };
+            if self.pause(wait, &mut shutdown).await {
                 break 'sources;
             }
         }
         self.flush(&out, &mut fragmenter, &mut marks, &codec).await;
         info!(camera = %self.cfg.name, fragments = self.stats.fragments.load(Ordering::Relaxed), "capture stopped");
+    }
+
+    /// Marks the camera failed (status, metrics, systemd) with the reason.
+    fn fail(&self, why: String) {
+        *self.stats.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
     fn fragmenter(&self) -> Fragmenter {

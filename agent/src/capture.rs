@@ -1,6 +1,13 @@
-//! Camera capture with GStreamer: one pipeline per camera (source → [decode/encode] →
-//! h264parse → appsink) delivering H.264 access units in AVCC form with their running time,
-//! keyframe flag and codec configuration. Knows GStreamer; knows nothing of KVS.
+//! Camera capture with GStreamer: one pipeline per camera delivering video access units
+//! (H.264 or H.265, length-prefixed) with their running time, keyframe flag and codec
+//! configuration. Knows GStreamer; knows nothing of KVS.
+//!
+//! Encoded sources (test pattern, V4L2 raw or MJPEG) run `… ! encoder ! h264parse ! appsink`.
+//! Passed-through sources (files, RTSP) are plugged by what they carry: `parsebin` finds the
+//! demuxer, depayloader and parser, and each stream it exposes is looked at before anything
+//! flows: H.264 and H.265 video go to the appsink through their parser; a video codec KVS
+//! cannot play (MJPEG, MPEG-4 part 2 …) is one clear `Unsupported` event naming it; audio is
+//! not sent yet and is said so once.
 //!
 //! The pipeline description is built by a pure function (`pipeline_description`), so what
 //! runs for each source can be unit-tested; `Capture` is the I/O around it. GStreamer's
@@ -16,7 +23,7 @@ use kvs_edge_config::agent::{EncoderConfig, RtspTransport, SourceConfig, V4l2For
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::h264::{self, H264Error};
+use crate::codec::{CodecConfig, CodecError, SUPPORTED_VIDEO, VideoCodec};
 use crate::timeline::MediaTime;
 
 #[derive(Debug, Error)]
@@ -31,16 +38,6 @@ pub enum CaptureError {
     Start(String),
 }
 
-/// The codec configuration of a run of access units: a change means new Tracks, so a new
-/// PutMedia session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodecConfig {
-    /// AVCDecoderConfigurationRecord, validated.
-    pub avcc: Vec<u8>,
-    pub width: u32,
-    pub height: u32,
-}
-
 #[derive(Debug, Clone)]
 pub struct CapturedUnit {
     /// Presentation running time.
@@ -49,7 +46,7 @@ pub struct CapturedUnit {
     /// B-frames). Units arrive in decode order.
     pub decode_delay_ns: u64,
     pub keyframe: bool,
-    /// AVCC (length-prefixed NAL units).
+    /// Length-prefixed NAL units (AVCC / HVCC).
     pub data: Vec<u8>,
     pub codec: Arc<CodecConfig>,
 }
@@ -62,7 +59,11 @@ pub enum CaptureEvent {
     /// The pipeline failed; the message names the element.
     Error(String),
     /// The stream's codec data is unusable: what KVS would store but never play.
-    BadCodec(H264Error),
+    BadCodec(CodecError),
+    /// The source carries video KVS cannot play, or no video at all; the text names it.
+    Unsupported(String),
+    /// Something worth one log line (an audio track left out).
+    Notice(String),
 }
 
 /// Hardware encoders first (by the element names their platforms use), then x264.
@@ -103,7 +104,14 @@ pub fn choose_encoder(cfg: &EncoderConfig) -> Result<String, CaptureError> {
         .ok_or_else(|| CaptureError::NoEncoder(list.join(", ")))
 }
 
+const APPSINK: &str = "appsink name=sink max-buffers=64 drop=false";
+/// Encoded H.264 into the appsink.
 const SINK: &str = "h264parse ! video/x-h264,stream-format=avc,alignment=au ! appsink name=sink max-buffers=64 drop=false";
+
+/// The `parsebin` of a file source, plugged by the Rust side (see `plug_streams`).
+const AUTOPLUG: &str = "autoplug";
+/// The `rtspsrc` of an RTSP source: each stream it announces gets its own `parsebin`.
+const RTSP: &str = "rtsp";
 
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
@@ -124,7 +132,7 @@ pub fn pipeline_description(source: &SourceConfig, encoder: &str) -> String {
              ! {encoder} ! {SINK} sync=false"
         ),
         SourceConfig::File { path, realtime, .. } => format!(
-            "filesrc location={} ! parsebin ! {SINK} sync={realtime}",
+            "filesrc location={} ! parsebin name={AUTOPLUG}  {APPSINK} sync={realtime}",
             quote(&path.display().to_string())
         ),
         SourceConfig::Rtsp {
@@ -135,7 +143,7 @@ pub fn pipeline_description(source: &SourceConfig, encoder: &str) -> String {
             latency_ms,
         } => {
             let mut src = format!(
-                "rtspsrc location={} latency={latency_ms} protocols={}",
+                "rtspsrc name={RTSP} location={} latency={latency_ms} protocols={}",
                 quote(url),
                 match transport {
                     RtspTransport::Tcp => "tcp",
@@ -148,7 +156,7 @@ pub fn pipeline_description(source: &SourceConfig, encoder: &str) -> String {
             if let Some(p) = password {
                 src.push_str(&format!(" user-pw={}", quote(p)));
             }
-            format!("{src} ! rtph264depay ! {SINK} sync=false")
+            format!("{src}  {APPSINK} sync=false")
         }
         SourceConfig::V4l2 {
             device,
@@ -232,6 +240,7 @@ impl Capture {
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| build_err("no appsink named sink".into()))?;
         let (tx, events) = mpsc::channel(256);
+        plug_streams(&pipeline, sink.upcast_ref(), &tx);
 
         let unit_tx = tx.clone();
         let mut codec: Option<Arc<CodecConfig>> = None;
@@ -352,19 +361,196 @@ impl Drop for Capture {
     }
 }
 
-fn codec_from_caps(caps: &gst::CapsRef) -> Result<CodecConfig, H264Error> {
-    let s = caps.structure(0).ok_or(H264Error::MissingSps)?;
+/// The codec configuration the parser announces in its caps (`codec_data`).
+fn codec_from_caps(caps: &gst::CapsRef) -> Result<CodecConfig, CodecError> {
+    let missing = |codec| match codec {
+        VideoCodec::H264 => CodecError::from(crate::h264::H264Error::MissingSps),
+        VideoCodec::H265 => CodecError::from(crate::h265::H265Error::Missing("VPS, SPS and PPS")),
+    };
+    let s = caps.structure(0).ok_or_else(|| missing(VideoCodec::H264))?;
+    let codec = VideoCodec::from_caps_name(s.name()).unwrap_or(VideoCodec::H264);
     let buffer = s
         .get::<gst::Buffer>("codec_data")
-        .map_err(|_| H264Error::MissingSps)?;
-    let map = buffer.map_readable().map_err(|_| H264Error::MissingSps)?;
-    let avcc = map.as_slice().to_vec();
-    let sps = h264::validate_avcc(&avcc)?;
-    Ok(CodecConfig {
-        avcc,
-        width: sps.width,
-        height: sps.height,
-    })
+        .map_err(|_| missing(codec))?;
+    let map = buffer.map_readable().map_err(|_| missing(codec))?;
+    CodecConfig::new(codec, map.as_slice().to_vec())
+}
+
+/// A stream's codec as people name it, from its caps (for errors and notices).
+pub fn describe_caps(caps: &gst::CapsRef) -> String {
+    let Some(s) = caps.structure(0) else {
+        return "an unknown stream".into();
+    };
+    let name = s.name().as_str();
+    let known = match name {
+        "image/jpeg" => Some("MJPEG".to_string()),
+        "video/mpeg" => s.get::<i32>("mpegversion").ok().map(|v| {
+            if v == 4 {
+                "MPEG-4 part 2".to_string()
+            } else {
+                format!("MPEG-{v} video")
+            }
+        }),
+        "video/x-vp8" => Some("VP8".into()),
+        "video/x-vp9" => Some("VP9".into()),
+        "video/x-av1" => Some("AV1".into()),
+        "audio/mpeg" => s.get::<i32>("mpegversion").ok().map(|v| match v {
+            4 | 2 => "AAC".to_string(),
+            _ => "MP3".to_string(),
+        }),
+        "audio/x-mulaw" => Some("G.711 µ-law".into()),
+        "audio/x-alaw" => Some("G.711 A-law".into()),
+        "audio/x-opus" => Some("Opus".into()),
+        _ => None,
+    };
+    match known {
+        Some(k) => format!("{k} ({name})"),
+        None => name.to_string(),
+    }
+}
+
+/// Links a stream `parsebin` exposes: the first H.264 or H.265 video through its parser to
+/// the appsink; any other video is refused with an `Unsupported` event; audio and the rest
+/// go to a fakesink (said once).
+fn plug_stream(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    sink: &gst::Element,
+    events: &mpsc::Sender<CaptureEvent>,
+) {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    let name = caps
+        .structure(0)
+        .map(|s| s.name().to_string())
+        .unwrap_or_default();
+    let codec = VideoCodec::from_caps_name(&name);
+    let linked = sink.static_pad("sink").is_some_and(|p| p.is_linked());
+    let result = match codec {
+        Some(codec) if !linked => link_video(pipeline, pad, sink, codec),
+        _ => {
+            let what = describe_caps(&caps);
+            let event = if name.starts_with("video/") || name.starts_with("image/") {
+                if codec.is_some() {
+                    CaptureEvent::Notice(format!("a second video stream ({what}) is left out"))
+                } else {
+                    CaptureEvent::Unsupported(format!(
+                        "the source sends {what} video, which Kinesis Video Streams cannot play: \
+                         it takes {SUPPORTED_VIDEO} (set the camera's encoder to one of them)"
+                    ))
+                }
+            } else if name.starts_with("audio/") {
+                CaptureEvent::Notice(format!(
+                    "the source's audio ({what}) is not sent: this version streams video only"
+                ))
+            } else {
+                CaptureEvent::Notice(format!("a {what} stream is left out"))
+            };
+            let _ = events.try_send(event);
+            discard(pipeline, pad)
+        }
+    };
+    if let Err(e) = result {
+        let _ = events.try_send(CaptureEvent::Error(format!("linking {name}: {e}")));
+    }
+}
+
+fn link_video(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    sink: &gst::Element,
+    codec: VideoCodec,
+) -> Result<(), String> {
+    let parser = gst::ElementFactory::make(codec.parser())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let caps: gst::Caps = codec
+        .parsed_caps()
+        .parse()
+        .map_err(|_| "bad caps".to_string())?;
+    let filter = gst::ElementFactory::make("capsfilter")
+        .property("caps", caps)
+        .build()
+        .map_err(|e| e.to_string())?;
+    pipeline
+        .add_many([&parser, &filter])
+        .map_err(|e| e.to_string())?;
+    gst::Element::link_many([&parser, &filter, sink]).map_err(|e| e.to_string())?;
+    for e in [&parser, &filter] {
+        e.sync_state_with_parent().map_err(|e| e.to_string())?;
+    }
+    let target = parser
+        .static_pad("sink")
+        .ok_or("the parser has no sink pad")?;
+    pad.link(&target).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A stream nobody wants: into a fakesink, so that it cannot stall or fail the pipeline.
+fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), String> {
+    let fakesink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .map_err(|e| e.to_string())?;
+    pipeline.add(&fakesink).map_err(|e| e.to_string())?;
+    fakesink
+        .sync_state_with_parent()
+        .map_err(|e| e.to_string())?;
+    let target = fakesink.static_pad("sink").ok_or("no fakesink pad")?;
+    pad.link(&target).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Wires a passed-through source's streams: `parsebin`'s pads directly, `rtspsrc`'s through
+/// a `parsebin` each.
+fn plug_streams(
+    pipeline: &gst::Pipeline,
+    sink: &gst::Element,
+    events: &mpsc::Sender<CaptureEvent>,
+) {
+    let watch = |parsebin: &gst::Element| {
+        let (pipeline, sink, events) = (pipeline.downgrade(), sink.clone(), events.clone());
+        parsebin.connect_pad_added(move |_, pad| {
+            if let Some(pipeline) = pipeline.upgrade() {
+                plug_stream(&pipeline, pad, &sink, &events);
+            }
+        });
+    };
+    if let Some(parsebin) = pipeline.by_name(AUTOPLUG) {
+        watch(&parsebin);
+    }
+    if let Some(rtsp) = pipeline.by_name(RTSP) {
+        let (weak, events) = (pipeline.downgrade(), events.clone());
+        let sink = sink.clone();
+        rtsp.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let parsebin = match gst::ElementFactory::make("parsebin").build() {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = events.try_send(CaptureEvent::Error(format!("parsebin: {e}")));
+                    return;
+                }
+            };
+            let (p2, sink2, events2) = (pipeline.downgrade(), sink.clone(), events.clone());
+            parsebin.connect_pad_added(move |_, pad| {
+                if let Some(pipeline) = p2.upgrade() {
+                    plug_stream(&pipeline, pad, &sink2, &events2);
+                }
+            });
+            let linked = pipeline.add(&parsebin).is_ok()
+                && parsebin.sync_state_with_parent().is_ok()
+                && parsebin
+                    .static_pad("sink")
+                    .is_some_and(|target| pad.link(&target).is_ok());
+            if !linked {
+                let _ = events.try_send(CaptureEvent::Error(
+                    "could not plug a stream of the RTSP source".into(),
+                ));
+            }
+        });
+    }
 }
 
 /// A pipeline description with RTSP passwords masked, for logs and errors.
@@ -408,8 +594,11 @@ mod tests {
             latency_ms: 100,
         };
         let d = pipeline_description(&src, "NOT-USED");
+        // Plugged by what the camera sends (parsebin per stream), never re-encoded.
         assert!(
-            d.contains("rtph264depay ! h264parse") && !d.contains("NOT-USED"),
+            d.starts_with("rtspsrc name=rtsp ")
+                && d.contains("appsink name=sink")
+                && !d.contains("NOT-USED"),
             "{d}"
         );
         assert!(d.contains("protocols=tcp") && d.contains("latency=100"));

@@ -7,6 +7,8 @@
 
 use thiserror::Error;
 
+use crate::bits::{Bits, BitsError, rbsp};
+
 pub const NAL_SLICE: u8 = 1;
 pub const NAL_IDR: u8 = 5;
 pub const NAL_SEI: u8 = 6;
@@ -84,59 +86,6 @@ pub fn access_units<'a>(nals: &[&'a [u8]]) -> Vec<Vec<&'a [u8]>> {
     units
 }
 
-/// Removes emulation-prevention bytes (00 00 03 → 00 00).
-fn rbsp(nal: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nal.len());
-    let mut zeros = 0;
-    for &b in nal {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
-}
-
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Bits<'_> {
-    fn bit(&mut self) -> Result<u32, H264Error> {
-        let byte = self
-            .data
-            .get(self.pos / 8)
-            .ok_or_else(|| H264Error::BadSps("truncated".into()))?;
-        let bit = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
-        Ok(u32::from(bit))
-    }
-    fn bits(&mut self, n: u32) -> Result<u32, H264Error> {
-        (0..n).try_fold(0, |acc, _| Ok((acc << 1) | self.bit()?))
-    }
-    fn ue(&mut self) -> Result<u32, H264Error> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return Err(H264Error::BadSps("exp-Golomb code too long".into()));
-            }
-        }
-        Ok((1u32 << zeros) - 1 + self.bits(zeros)?)
-    }
-    fn se(&mut self) -> Result<i32, H264Error> {
-        let v = self.ue()?;
-        Ok(if v % 2 == 1 {
-            v.div_ceil(2) as i32
-        } else {
-            -((v / 2) as i32)
-        })
-    }
-}
-
 /// What we need from a sequence parameter set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpsInfo {
@@ -147,7 +96,7 @@ pub struct SpsInfo {
     pub height: u32,
 }
 
-fn skip_scaling_list(b: &mut Bits<'_>, size: usize) -> Result<(), H264Error> {
+fn skip_scaling_list(b: &mut Bits<'_>, size: usize) -> Result<(), BitsError> {
     let (mut last, mut next) = (8i32, 8i32);
     for _ in 0..size {
         if next != 0 {
@@ -163,10 +112,10 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
         return Err(H264Error::BadSps("not an SPS NAL unit".into()));
     }
     let data = rbsp(&nal[1..]);
-    let mut b = Bits {
-        data: &data,
-        pos: 0,
-    };
+    read_sps(&mut Bits::new(&data)).map_err(|e| H264Error::BadSps(e.into()))?
+}
+
+fn read_sps(b: &mut Bits<'_>) -> Result<Result<SpsInfo, H264Error>, BitsError> {
     let profile_idc = b.bits(8)? as u8;
     let constraint_flags = b.bits(8)? as u8;
     let level_idc = b.bits(8)? as u8;
@@ -187,7 +136,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
         if b.bit()? == 1 {
             for i in 0..if chroma_format_idc == 3 { 12 } else { 8 } {
                 if b.bit()? == 1 {
-                    skip_scaling_list(&mut b, if i < 6 { 16 } else { 64 })?;
+                    skip_scaling_list(b, if i < 6 { 16 } else { 64 })?;
                 }
             }
         }
@@ -236,7 +185,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
     let width = (width_mbs * 16).checked_sub(crop_x * (crop_l + crop_r));
     let height =
         (height_map_units * 16 * (2 - frame_mbs_only)).checked_sub(crop_y * (crop_t + crop_b));
-    match (width, height) {
+    Ok(match (width, height) {
         (Some(width), Some(height)) if width > 0 && height > 0 => Ok(SpsInfo {
             profile_idc,
             constraint_flags,
@@ -245,7 +194,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
             height,
         }),
         _ => Err(H264Error::BadSps("cropping leaves no picture".into())),
-    }
+    })
 }
 
 /// Builds an AVCDecoderConfigurationRecord with 4-byte NAL lengths from one SPS and PPS.

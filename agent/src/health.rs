@@ -22,6 +22,9 @@ pub struct Progress {
     /// Fragments waiting for PERSISTED.
     pub pending: u64,
     pub fps: f64,
+    /// Why the camera cannot stream (an unsupported codec): its capture waits by design,
+    /// which is not a stall (restarting the agent would not change what the camera sends).
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +82,7 @@ impl Health {
             let before = &seen.progress;
             // A stage moved, or had nothing to do because the stage before it did not move.
             let moved = [
-                p.capture != before.capture,
+                p.capture != before.capture || p.failed.is_some(),
                 p.fragments != before.fragments || p.capture == before.capture,
                 p.journaled != before.journaled || p.fragments == before.fragments,
                 p.uploads != before.uploads || p.pending == 0,
@@ -126,7 +129,10 @@ pub fn status(cameras: &[(String, Progress)], stalls: &[Stall]) -> String {
     }
     let parts: Vec<String> = cameras
         .iter()
-        .map(|(name, p)| format!("{name} {:.1} fps, {} pending", p.fps, p.pending))
+        .map(|(name, p)| match &p.failed {
+            Some(why) => format!("{name} FAILED ({why}), {} pending", p.pending),
+            None => format!("{name} {:.1} fps, {} pending", p.fps, p.pending),
+        })
         .collect();
     out.push_str(&parts.join("; "));
     out
@@ -144,7 +150,24 @@ mod tests {
             uploads,
             pending,
             fps: 25.0,
+            failed: None,
         }
+    }
+
+    #[test]
+    fn a_camera_failed_for_its_codec_waits_without_stalling() {
+        let t0 = Instant::now();
+        let mut h = Health::new(Duration::from_secs(10));
+        let failed = Progress {
+            failed: Some("MJPEG video".into()),
+            ..p(3, 0, 0, 0, 0)
+        };
+        for i in 0..60u64 {
+            let cams = [("door".to_string(), failed.clone())];
+            assert!(h.observe(t0 + Duration::from_secs(i), &cams).is_empty());
+        }
+        let line = status(&[("door".into(), failed)], &[]);
+        assert_eq!(line, "door FAILED (MJPEG video), 0 pending");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::capture::CodecConfig;
+use crate::codec::{CodecConfig, VideoCodec};
 
 const RECORD_MAGIC: &[u8; 4] = b"KVJ1";
 const RELEASE_MAGIC: &[u8; 4] = b"KVA1";
@@ -200,50 +200,76 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:020}.log"))
 }
 
+/// Bytes of a record's payload before the codec private data and the media (version 2).
+const FIXED: usize = 38;
+
 /// Frames a record in one buffer (no intermediate payload copy: fragments are ~1 MB).
+/// Payload (version 2): version, seq, timecode, duration, width, height, codec, private
+/// data length and bytes, then the Matroska bytes.
 fn encode(seq: u64, r: &Record) -> Vec<u8> {
-    let payload_len = 37 + r.codec.avcc.len() + r.bytes.len();
+    let payload_len = FIXED + r.codec.private.len() + r.bytes.len();
     let mut out = Vec::with_capacity(HEADER + payload_len);
     out.extend_from_slice(RECORD_MAGIC);
     out.extend_from_slice(&(payload_len as u32).to_be_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.push(1u8);
+    out.push(2u8);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&r.timecode_ms.to_be_bytes());
     out.extend_from_slice(&r.duration_ms.to_be_bytes());
     out.extend_from_slice(&r.codec.width.to_be_bytes());
     out.extend_from_slice(&r.codec.height.to_be_bytes());
-    out.extend_from_slice(&(r.codec.avcc.len() as u32).to_be_bytes());
-    out.extend_from_slice(&r.codec.avcc);
+    out.push(r.codec.codec.tag());
+    out.extend_from_slice(&(r.codec.private.len() as u32).to_be_bytes());
+    out.extend_from_slice(&r.codec.private);
     out.extend_from_slice(&r.bytes);
     let crc = crc32fast::hash(&out[HEADER..]);
     out[8..12].copy_from_slice(&crc.to_be_bytes());
     out
 }
 
-/// Parses a record payload: (seq, record).
+/// Where the codec private data's length is in a payload, by version.
+fn private_at(payload: &[u8]) -> Option<usize> {
+    match payload.first()? {
+        1 => Some(33),
+        2 => Some(34),
+        _ => None,
+    }
+}
+
+/// Where the Matroska bytes start in a payload.
+fn media_offset(payload: &[u8]) -> Option<usize> {
+    let at = private_at(payload)?;
+    let len = payload.get(at..at + 4)?;
+    Some(at + 4 + u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize)
+}
+
+/// Parses a record payload: (seq, record). Version 1 records (before H.265) are H.264.
 fn decode(payload: &[u8]) -> Option<(u64, Record)> {
     let get = |at: usize, n: usize| payload.get(at..at + n);
-    if *payload.first()? != 1 {
-        return None;
-    }
+    let version = *payload.first()?;
     let u64_at = |at| get(at, 8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
     let u32_at = |at| get(at, 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+    let codec = match version {
+        1 => VideoCodec::H264,
+        _ => VideoCodec::from_tag(*payload.get(33)?)?,
+    };
+    let at = private_at(payload)?;
     let seq = u64_at(1)?;
     let timecode_ms = u64_at(9)? as i64;
     let duration_ms = u64_at(17)? as i64;
     let width = u32_at(25)?;
     let height = u32_at(29)?;
-    let avcc_len = u32_at(33)? as usize;
-    let avcc = get(37, avcc_len)?.to_vec();
-    let bytes = payload.get(37 + avcc_len..)?.to_vec();
+    let private_len = u32_at(at)? as usize;
+    let private = get(at + 4, private_len)?.to_vec();
+    let bytes = payload.get(media_offset(payload)?..)?.to_vec();
     Some((
         seq,
         Record {
             timecode_ms,
             duration_ms,
             codec: Arc::new(CodecConfig {
-                avcc,
+                codec,
+                private,
                 width,
                 height,
             }),
@@ -538,14 +564,10 @@ impl Journal {
     /// of the read buffer: what the uploader sends.
     pub fn read_media(&self, entry: &Entry) -> Result<bytes::Bytes, JournalError> {
         let buf = self.read_checked(entry)?;
-        let avcc_len = buf
-            .get(HEADER + 33..HEADER + 37)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+        let start = media_offset(&buf[HEADER..])
+            .map(|at| HEADER + at)
+            .filter(|start| *start <= buf.len())
             .ok_or_else(|| self.damaged(entry, "unreadable payload"))?;
-        let start = HEADER + 37 + avcc_len;
-        if start > buf.len() {
-            return Err(self.damaged(entry, "unreadable payload"));
-        }
         Ok(bytes::Bytes::from(buf).slice(start..))
     }
 
@@ -586,7 +608,7 @@ impl Journal {
     /// `FsyncPolicy::Always`) when this returns `Stored`.
     pub fn append(&mut self, record: &Record, now_ms: i64) -> Result<Appended, JournalError> {
         self.expire(now_ms)?;
-        let need = (HEADER + 37 + record.codec.avcc.len() + record.bytes.len()) as u64;
+        let need = (HEADER + FIXED + record.codec.private.len() + record.bytes.len()) as u64;
         let mut dropped = 0;
         let mut disk_retry = true;
         loop {
@@ -870,7 +892,8 @@ mod tests {
 
     fn record(tc: i64, size: usize) -> Record {
         let codec = Arc::new(CodecConfig {
-            avcc: vec![1, 77, 0, 30],
+            codec: VideoCodec::H264,
+            private: vec![1, 77, 0, 30],
             width: 320,
             height: 240,
         });
@@ -951,11 +974,41 @@ mod tests {
     }
 
     #[test]
+    fn records_of_the_previous_format_read_as_h264() {
+        // Version 1 (before H.265): no codec byte; what an upgraded agent finds on disk.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&7u64.to_be_bytes());
+        v1.extend_from_slice(&1_000i64.to_be_bytes());
+        v1.extend_from_slice(&2_000i64.to_be_bytes());
+        v1.extend_from_slice(&320u32.to_be_bytes());
+        v1.extend_from_slice(&240u32.to_be_bytes());
+        v1.extend_from_slice(&4u32.to_be_bytes());
+        v1.extend_from_slice(&[1, 77, 0, 30]);
+        v1.extend_from_slice(b"mkv");
+        let (seq, r) = decode(&v1).unwrap();
+        assert_eq!((seq, r.timecode_ms, r.duration_ms), (7, 1_000, 2_000));
+        assert_eq!(r.codec.codec, VideoCodec::H264);
+        assert_eq!(r.codec.private, [1, 77, 0, 30]);
+        assert_eq!(r.bytes, b"mkv");
+        assert_eq!(media_offset(&v1), Some(v1.len() - 3));
+        // And the current format round-trips an H.265 record.
+        let h265 = Record {
+            codec: Arc::new(CodecConfig {
+                codec: VideoCodec::H265,
+                ..(*record(0, 1).codec).clone()
+            }),
+            ..record(5, 10)
+        };
+        let framed = encode(3, &h265);
+        assert_eq!(decode(&framed[HEADER..]), Some((3, h265)));
+    }
+
+    #[test]
     fn a_corrupt_segment_is_quarantined_and_its_good_records_kept() {
         let dir = three_records_in_one_segment();
         let seg = segment_path(dir.path(), 0);
         let mut data = fs::read(&seg).unwrap();
-        let second = (HEADER + 37 + 4 + 500) + HEADER + 50; // inside record 1's payload
+        let second = (HEADER + FIXED + 4 + 500) + HEADER + 50; // inside record 1's payload
         data[second] ^= 0xFF;
         fs::write(&seg, &data).unwrap();
         let (j, r) = Journal::open(cfg(dir.path())).unwrap();
@@ -973,7 +1026,7 @@ mod tests {
     #[test]
     fn budgets_apply_the_policy() {
         let dir = tempfile::tempdir().unwrap();
-        let one = (HEADER + 37 + 4 + 1000) as u64;
+        let one = (HEADER + FIXED + 4 + 1000) as u64;
         let (mut j, _) = Journal::open(JournalConfig {
             max_bytes: one * 3,
             ..cfg(dir.path())

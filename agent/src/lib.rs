@@ -8,11 +8,14 @@
 //! the pure `health`).
 
 pub mod backoff;
+mod bits;
 pub mod camera;
 pub mod capture;
+pub mod codec;
 pub mod control;
 pub mod credentials;
 pub mod h264;
+pub mod h265;
 pub mod health;
 pub mod journal;
 pub mod kvs;

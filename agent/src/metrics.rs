@@ -90,6 +90,20 @@ impl<'a> Snapshot<'a> {
                 .map(|e| e.clone())
                 .unwrap_or_default()
         );
+        let stats = &self.c.camera_stats;
+        if let Some((codec, w, h)) = *stats.video.lock().unwrap_or_else(|p| p.into_inner()) {
+            v["tracks"] = serde_json::json!([
+                { "track": "video", "codec": codec.to_string(), "width": w, "height": h }
+            ]);
+        }
+        if let Some(why) = stats
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            v["failed"] = serde_json::json!(why);
+        }
         v
     }
 }
@@ -254,6 +268,47 @@ pub fn render(cameras: &[CameraMetrics], credentials_expire_in: Option<i64>) -> 
             out,
             "kvs_edge_encoder_info{{camera=\"{}\",encoder=\"{encoder}\"}} 1",
             c.camera
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kvs_edge_track_info The codec and picture size of each track being sent.\n\
+         # TYPE kvs_edge_track_info gauge"
+    );
+    for c in cameras {
+        if let Some((codec, w, h)) = *c
+            .camera_stats
+            .video
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            let _ = writeln!(
+                out,
+                "kvs_edge_track_info{{camera=\"{}\",track=\"video\",codec=\"{}\",width=\"{w}\",height=\"{h}\"}} 1",
+                c.camera,
+                codec.short_name()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kvs_edge_camera_failed 1 while the camera cannot stream (an unsupported codec, \
+         unusable codec data; the reason is in the log and the MQTT status).\n\
+         # TYPE kvs_edge_camera_failed gauge"
+    );
+    for c in cameras {
+        let failed = c
+            .camera_stats
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        let _ = writeln!(
+            out,
+            "kvs_edge_camera_failed{{camera=\"{}\",stream=\"{}\"}} {}",
+            c.camera,
+            c.stream,
+            u8::from(failed)
         );
     }
     let _ = writeln!(

@@ -116,6 +116,15 @@ impl TrackSpec {
             height,
         }
     }
+
+    /// The video track (number 1) for a codec configuration: `V_MPEG4/ISO/AVC` or
+    /// `V_MPEGH/ISO/HEVC` with its decoder configuration record as CodecPrivate.
+    pub fn video(codec: &crate::codec::CodecConfig) -> TrackSpec {
+        TrackSpec {
+            codec_id: codec.codec.matroska_id().into(),
+            ..TrackSpec::h264(codec.private.clone(), codec.width, codec.height)
+        }
+    }
 }
 
 /// The bytes that open a PutMedia session: EBML header, Segment (unknown size), Info, Tracks.

@@ -732,6 +732,16 @@ impl Agent {
             let status = match running.get(&cam.name) {
                 None if !cam.enabled => json!({ "state": "disabled" }),
                 None => json!({ "state": "offline", "reason": "not running" }),
+                Some(m) if m.camera_stats.failure.lock().is_ok_and(|f| f.is_some()) => {
+                    let why = m
+                        .camera_stats
+                        .failure
+                        .lock()
+                        .map(|f| f.clone())
+                        .ok()
+                        .flatten();
+                    json!({ "state": "failed", "reason": why })
+                }
                 Some(m) => {
                     let snap = Snapshot::of(m);
                     let persisted = m.upload_stats.delivered();

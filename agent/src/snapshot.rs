@@ -7,7 +7,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use thiserror::Error;
 
-use crate::capture::CodecConfig;
+use crate::codec::CodecConfig;
 
 #[derive(Debug, Error)]
 pub enum SnapshotError {
@@ -17,14 +17,16 @@ pub enum SnapshotError {
     Decode(String),
 }
 
-/// Decodes one H.264 keyframe (AVCC, with its decoder configuration) into a JPEG.
+/// Decodes one keyframe (H.264 or H.265, length-prefixed, with its decoder configuration)
+/// into a JPEG.
 /// Blocking: run it on the blocking pool.
 pub fn jpeg(codec: &CodecConfig, keyframe: &[u8], quality: u8) -> Result<Vec<u8>, SnapshotError> {
     let err = |e: &dyn std::fmt::Display| SnapshotError::Decode(e.to_string());
     crate::capture::init().map_err(|e| err(&e))?;
     let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time ! h264parse ! decodebin ! videoconvert \
-         ! jpegenc quality={quality} ! appsink name=sink sync=false"
+        "appsrc name=src format=time ! {} ! decodebin ! videoconvert \
+         ! jpegenc quality={quality} ! appsink name=sink sync=false",
+        codec.codec.parser()
     ))
     .map_err(|e| err(&e))?
     .downcast::<gst::Pipeline>()
@@ -38,13 +40,15 @@ pub fn jpeg(codec: &CodecConfig, keyframe: &[u8], quality: u8) -> Result<Vec<u8>
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| err(&"no appsink"))?;
-        src.set_caps(Some(
-            &gst::Caps::builder("video/x-h264")
-                .field("stream-format", "avc")
-                .field("alignment", "au")
-                .field("codec_data", gst::Buffer::from_slice(codec.avcc.clone()))
-                .build(),
-        ));
+        let caps: gst::Caps = codec
+            .codec
+            .parsed_caps()
+            .parse()
+            .map_err(|_| err(&"bad caps"))?;
+        let mut caps = caps;
+        caps.make_mut()
+            .set("codec_data", gst::Buffer::from_slice(codec.private.clone()));
+        src.set_caps(Some(&caps));
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|e| err(&e))?;

@@ -58,19 +58,26 @@ fn progress(c: &CameraMetrics) -> Progress {
             + us.rotations.load(r),
         pending,
         fps: 0.0,
+        failed: cs.failure.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
 
-/// Waits until the first camera captures a frame (at once when none runs), then READY=1.
+/// Waits until the first camera captures a frame, or every camera has failed for a reason
+/// waiting cannot cure (an unsupported codec), or at once when none runs; then READY=1.
 pub async fn ready_when_capturing(registry: &Registry) {
     if under_systemd() {
         loop {
             let cams = registry.cameras();
-            if cams.is_empty()
-                || cams
-                    .iter()
-                    .any(|c| c.camera_stats.capture.frames.load(Ordering::Relaxed) > 0)
-            {
+            let captured =
+                |c: &CameraMetrics| c.camera_stats.capture.frames.load(Ordering::Relaxed) > 0;
+            let failed = |c: &CameraMetrics| {
+                c.camera_stats
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+            };
+            if cams.is_empty() || cams.iter().any(captured) || cams.iter().all(failed) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

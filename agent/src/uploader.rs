@@ -23,7 +23,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, random_u64};
-use crate::capture::CodecConfig;
+use crate::codec::CodecConfig;
 use crate::credentials::CredentialSource;
 use crate::journal::{Journal, JournalError};
 use crate::kvs::DataEndpoint;
@@ -484,11 +484,7 @@ impl Uploader {
         uid[8..].copy_from_slice(&random_u64().to_be_bytes());
         let header = mkv::session_header(
             uid,
-            &[TrackSpec::h264(
-                codec.avcc.clone(),
-                codec.width,
-                codec.height,
-            )],
+            &[TrackSpec::video(&codec)],
             concat!("kvs-edge-agent ", env!("CARGO_PKG_VERSION")),
         );
         if let Err(e) = upload.send(Bytes::from(header)).await {
@@ -501,7 +497,7 @@ impl Uploader {
             s.received = false;
             s.opened_session = false;
         }
-        debug!(stream = %self.stream, url, "PutMedia session open ({}x{})", codec.width, codec.height);
+        debug!(stream = %self.stream, url, "PutMedia session open ({} {}x{})", codec.codec, codec.width, codec.height);
         let rotate_at = Instant::now() + Duration::from_secs(self.cfg.session_rotate_secs);
         let ack_timeout = Duration::from_secs(self.cfg.ack_timeout_secs);
         let mut draining: Option<End> = None;
@@ -677,8 +673,7 @@ impl Uploader {
                 if ack.event_type != release_on {
                     return None;
                 }
-                let slot = self.release(window, i).await?;
-                let latency = slot
+                let latency = window[i]
                     .sent_at
                     .map_or(0, |sent| sent.elapsed().as_millis() as u64);
                 self.stats
@@ -688,9 +683,12 @@ impl Uploader {
                     AckEvent::Persisted => (&self.stats.fragments_persisted, "PERSISTED"),
                     _ => (&self.stats.fragments_received, "RECEIVED (no retention)"),
                 };
-                debug!(stream = %self.stream, timecode = slot.timecode_ms, latency_ms = latency, "{what}");
+                debug!(stream = %self.stream, timecode = window[i].timecode_ms, latency_ms = latency, "{what}");
+                // Counted before the journal lets go: the service has it whatever happens to
+                // this task meanwhile (a shutdown may end it during the release).
                 self.stats.bump(counter);
                 backoff.reset();
+                self.release(window, i).await;
                 None
             }
             AckEvent::Error => {

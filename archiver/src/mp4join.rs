@@ -1,4 +1,4 @@
-//! Joins consecutive GetClip results (MP4s of one H.264 track) into one fragmented MP4,
+//! Joins consecutive GetClip results (MP4s of one H.264 or H.265 track) into one fragmented MP4,
 //! streaming: input arrives in chunks of any size, output leaves as soon as it is known, and
 //! only box headers and sample tables are held (never the media). Pure.
 //!
@@ -324,7 +324,8 @@ impl Joiner {
             .and_then(|m| child(m, b"stbl"))
             .ok_or_else(|| self.err("no stbl"))?;
         let stsd_payload = child(stbl, b"stsd").ok_or_else(|| self.err("no stsd"))?;
-        // The first sample entry (avc1): width and height at fixed places.
+        // The first sample entry (a VisualSampleEntry: avc1, hvc1 …): width and height at
+        // fixed places.
         let entry = stsd_payload.get(8..).unwrap_or_default();
         let (width, height) = (be16(entry, 32).unwrap_or(0), be16(entry, 34).unwrap_or(0));
         let trex = child(moov, b"mvex")
@@ -656,9 +657,11 @@ fn words(values: &[u32]) -> Vec<u8> {
 
 /// `ftyp` + `moov` for a fragmented file with `track`'s sample description.
 fn init_segment(track: &Track) -> Vec<u8> {
+    // The sample entry's type (avc1, hvc1 …) is a brand of the file too.
+    let entry = track.stsd.get(20..24).unwrap_or(b"avc1");
     let ftyp = mp4_box(
         b"ftyp",
-        &[b"isom", &0x200u32.to_be_bytes(), b"isomiso5avc1mp41"],
+        &[b"isom", &0x200u32.to_be_bytes(), b"isomiso5mp41", entry],
     );
     let mut mvhd = words(&[0, 0, 1000, 0, 0x0001_0000]);
     mvhd.extend_from_slice(&[0x01, 0x00, 0, 0]); // volume, reserved

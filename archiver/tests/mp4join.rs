@@ -32,7 +32,8 @@ fn clip(avcc: &[u8], start_ms: i64, n: usize, tag: u8) -> Vec<u8> {
         &VideoTrack {
             width: 320,
             height: 240,
-            avcc,
+            codec: kvs_local::mp4::Codec::H264,
+            config: avcc,
         },
         &samples,
     )

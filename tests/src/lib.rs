@@ -456,6 +456,59 @@ pub fn sqs_client(url: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(conf)
 }
 
+/// An agent configuration with static keys for kvs-local at `url`, state under `state`,
+/// a quick `[upload]` backoff, and `cameras` (the `[[cameras]]` tables).
+pub fn agent_toml(url: &str, cameras: &str, state: &Path) -> String {
+    format!(
+        r#"
+        state_dir = "{}"
+        [aws]
+        region = "us-east-1"
+        endpoint_url = "{url}"
+        [credentials]
+        kind = "static"
+        access_key_id = "{DEFAULT_ACCESS_KEY}"
+        secret_access_key = "{DEFAULT_SECRET_KEY}"
+        [upload]
+        backoff_min_ms = 50
+        backoff_max_ms = 500
+        {cameras}
+        "#,
+        state.display()
+    )
+}
+
+/// Starts the agent in-process on `cameras` against kvs-local, its state under the test's
+/// directory.
+pub async fn start_agent(
+    local: &Local,
+    name: &str,
+    cameras: &str,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<kvs_edge_agent::runner::Running> {
+    let toml = agent_toml(&local.url(), cameras, &local.dir.path().join("agent-state"));
+    let cfg = kvs_edge_config::AgentConfig::from_toml(name, &toml)?;
+    Ok(kvs_edge_agent::runner::start(cfg, shutdown.clone()).await?)
+}
+
+/// Records a file with `gst-launch-1.0 <pipeline> ! filesink location=<path>`.
+pub fn recorded_file(path: &Path, pipeline: &str) -> Result<PathBuf> {
+    let mut args: Vec<String> = vec!["-q".into()];
+    args.extend(pipeline.split_whitespace().map(str::to_string));
+    args.extend([
+        "!".into(),
+        "filesink".into(),
+        format!("location={}", path.display()),
+    ]);
+    let out = Command::new("gst-launch-1.0").args(&args).output()?;
+    ensure!(
+        out.status.success() && path.exists(),
+        "gst-launch-1.0 {pipeline}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(path.to_path_buf())
+}
+
 /// An agent configuration for the MQTT tests: device `garage-pi` with static keys for
 /// kvs-local at `url`, one 160×120 test camera `cam` (x264 at 500 kbit/s) streaming to
 /// `stream` in 1 s fragments, and `mqtt` (the `[mqtt]` tables) appended.

@@ -113,7 +113,8 @@ fn main() {
         &mp4::VideoTrack {
             width: 1920,
             height: 1080,
-            avcc: &[1, 77, 0, 40, 0xFF, 0xE1, 0, 2, 0x67, 0x4D, 1, 0, 1, 0x68],
+            codec: kvs_local::mp4::Codec::H264,
+            config: &[1, 77, 0, 40, 0xFF, 0xE1, 0, 2, 0x67, 0x4D, 1, 0, 1, 0x68],
         },
         &samples,
     );

@@ -1,6 +1,7 @@
 //! Archived media: ListFragments, GetMediaForFragmentList (MKV out, error tags for missing
-//! fragments) and GetClip (a progressive MP4 of the range, capped like AWS at the first 200
-//! fragments / 100 MB). Runs on the blocking pool: it reads fragment files.
+//! fragments) and GetClip (a progressive MP4 of the range's H.264 or H.265 video, capped like
+//! AWS at the first 200 fragments / 100 MB). Runs on the blocking pool: it reads fragment
+//! files.
 
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
@@ -309,6 +310,41 @@ fn check_avcc(avcc: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a HEVCDecoderConfigurationRecord's structure: version 1, and VPS, SPS and PPS
+/// arrays each with a NAL unit of that type (kvs-local's reading, not the agent's parser).
+fn check_hvcc(hvcc: &[u8]) -> Result<(), String> {
+    if hvcc.len() < 23 || hvcc[0] != 1 {
+        return Err("not an HEVCDecoderConfigurationRecord (version 1, at least 23 bytes)".into());
+    }
+    let mut pos = 23;
+    let mut seen = Vec::new();
+    for _ in 0..hvcc[22] {
+        let header = hvcc.get(pos..pos + 3).ok_or("truncated array header")?;
+        let (kind, count) = (header[0] & 0x3F, u16::from_be_bytes([header[1], header[2]]));
+        pos += 3;
+        for _ in 0..count {
+            let len = hvcc.get(pos..pos + 2).ok_or("truncated NAL unit length")?;
+            let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+            let nal = hvcc
+                .get(pos + 2..pos + 2 + len)
+                .ok_or("truncated NAL unit")?;
+            if nal.first().map(|b| (b >> 1) & 0x3F) != Some(kind) {
+                return Err(format!(
+                    "a NAL unit in the array of type {kind} is of another type"
+                ));
+            }
+            seen.push(kind);
+            pos += 2 + len;
+        }
+    }
+    for (kind, name) in [(32, "VPS"), (33, "SPS"), (34, "PPS")] {
+        if !seen.contains(&kind) {
+            return Err(format!("no {name}"));
+        }
+    }
+    Ok(())
+}
+
 fn get_clip(state: &State, body: &[u8]) -> Result<Response<Body>, ApiError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -411,16 +447,19 @@ fn build_clip(
             "the stream has no video track",
         )
     })?;
-    if track.codec_id != "V_MPEG4/ISO/AVC" {
-        return Err(ApiError::new(
-            400,
-            "UnsupportedStreamMediaTypeException",
-            format!(
-                "codec {} is not supported by GetClip in kvs-local (H.264 only)",
-                track.codec_id
-            ),
-        ));
-    }
+    let codec = match track.codec_id.as_str() {
+        "V_MPEG4/ISO/AVC" => mp4::Codec::H264,
+        "V_MPEGH/ISO/HEVC" => mp4::Codec::H265,
+        other => {
+            return Err(ApiError::new(
+                400,
+                "UnsupportedStreamMediaTypeException",
+                format!(
+                    "codec {other} is not one GetClip plays (V_MPEG4/ISO/AVC or V_MPEGH/ISO/HEVC)"
+                ),
+            ));
+        }
+    };
     if track.codec_private.is_empty() {
         return Err(ApiError::new(
             400,
@@ -428,7 +467,11 @@ fn build_clip(
             "the video track has no codec private data",
         ));
     }
-    check_avcc(&track.codec_private).map_err(|e| {
+    match codec {
+        mp4::Codec::H264 => check_avcc(&track.codec_private),
+        mp4::Codec::H265 => check_hvcc(&track.codec_private),
+    }
+    .map_err(|e| {
         ApiError::new(
             400,
             "InvalidCodecPrivateDataException",
@@ -458,7 +501,8 @@ fn build_clip(
     let video = mp4::VideoTrack {
         width: track.width as u32,
         height: track.height as u32,
-        avcc: &track.codec_private,
+        codec,
+        config: &track.codec_private,
     };
     Ok(mp4::write(&video, &samples))
 }

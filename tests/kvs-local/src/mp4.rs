@@ -1,14 +1,33 @@
-//! A progressive MP4 writer for one H.264 video track (GetClip's output), pure.
+//! A progressive MP4 writer for one H.264 or H.265 video track (GetClip's output), pure.
 //!
 //! Layout: `ftyp`, `moov` (one `trak` with a complete sample table, one chunk), `mdat`.
 //! Samples arrive in decode order with their presentation times, as Matroska stores them;
 //! decode times are the sorted presentation times, so B-frames get `ctts` offsets.
 
-/// The H.264 track description: AVCDecoderConfigurationRecord and picture size.
+/// The video track description: its codec, decoder configuration record (AVC or HEVC, the
+/// Matroska CodecPrivate as it is) and picture size.
 pub struct VideoTrack<'a> {
     pub width: u32,
     pub height: u32,
-    pub avcc: &'a [u8],
+    pub codec: Codec,
+    pub config: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// `avc1` with `avcC`.
+    H264,
+    /// `hvc1` with `hvcC` (parameter sets in the record, as KVS's CodecPrivate has them).
+    H265,
+}
+
+impl Codec {
+    fn boxes(self) -> (&'static [u8; 4], &'static [u8; 4]) {
+        match self {
+            Codec::H264 => (b"avc1", b"avcC"),
+            Codec::H265 => (b"hvc1", b"hvcC"),
+        }
+    }
 }
 
 /// One access unit in decode order, AVCC (length-prefixed) as in Matroska and MP4.
@@ -91,7 +110,12 @@ pub fn write(track: &VideoTrack<'_>, samples: &[Sample<'_>]) -> Vec<u8> {
 
     let ftyp = boxed(
         b"ftyp",
-        &[b"isom", &0x200u32.to_be_bytes(), b"isomiso2avc1mp41"],
+        &[
+            b"isom",
+            &0x200u32.to_be_bytes(),
+            b"isomiso2mp41",
+            track.codec.boxes().0,
+        ],
     );
     let mdat_payload: usize = samples.iter().map(|s| s.data.len()).sum();
 
@@ -172,8 +196,9 @@ pub fn write(track: &VideoTrack<'_>, samples: &[Sample<'_>]) -> Vec<u8> {
         let name = b"kvs-local";
         compressor[0] = name.len() as u8;
         compressor[1..=name.len()].copy_from_slice(name);
-        let avc1 = boxed(
-            b"avc1",
+        let (entry_kind, config_kind) = track.codec.boxes();
+        let entry = boxed(
+            entry_kind,
             &[
                 &Buf::default()
                     .bytes(&[0; 6])
@@ -189,10 +214,10 @@ pub fn write(track: &VideoTrack<'_>, samples: &[Sample<'_>]) -> Vec<u8> {
                     .u16(0x0018)
                     .u16(0xFFFF)
                     .0,
-                &boxed(b"avcC", &[track.avcc]),
+                &boxed(config_kind, &[track.config]),
             ],
         );
-        let stsd = full(b"stsd", 0, 0, &Buf::default().u32(1).bytes(&avc1).0);
+        let stsd = full(b"stsd", 0, 0, &Buf::default().u32(1).bytes(&entry).0);
 
         let mut runs: Vec<(u32, u32)> = Vec::new();
         for &d in &durations {
@@ -356,7 +381,8 @@ mod tests {
             &VideoTrack {
                 width: 320,
                 height: 240,
-                avcc: &[1, 77, 0, 30, 0xFF, 0xE0, 0],
+                codec: Codec::H264,
+                config: &[1, 77, 0, 30, 0xFF, 0xE0, 0],
             },
             &samples,
         );
@@ -400,7 +426,8 @@ mod tests {
             &VideoTrack {
                 width: 2,
                 height: 2,
-                avcc: &[1],
+                codec: Codec::H264,
+                config: &[1],
             },
             &samples,
         );
