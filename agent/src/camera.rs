@@ -18,9 +18,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::capture::{self, Capture, CaptureEvent, CaptureStats};
-use crate::codec::CodecConfig;
+use crate::codec::{AudioConfig, CodecConfig, TrackSet};
 use crate::control::Alarm;
-use crate::mkv::{AccessUnit, Fragment, Fragmenter, FragmenterConfig, MkvError};
+use crate::fragmenter::{AccessUnit, AudioFrame, Fragment, Fragmenter, FragmenterConfig, MkvError};
 use crate::snapshot::{self, SnapshotError};
 use crate::timeline::{MediaTime, Timeline, WallMs};
 
@@ -45,6 +45,10 @@ pub struct CameraStats {
     pub failure: std::sync::Mutex<Option<String>>,
     /// The video being sent: codec and picture size ("H.265 1920x1080").
     pub video: std::sync::Mutex<Option<(crate::codec::VideoCodec, u32, u32)>>,
+    /// The audio being sent: codec, rate and channels.
+    pub audio: std::sync::Mutex<Option<(crate::codec::AudioCodec, u32, u8)>>,
+    /// Audio frames left out: before the first picture, or too late for their fragment.
+    pub audio_dropped: AtomicU64,
     /// The encoder element in use ("passthrough" when none).
     pub encoder: Mutex<String>,
 }
@@ -67,6 +71,14 @@ pub struct Camera {
     /// changes to the stream itself).
     pub updates: watch::Receiver<CameraConfig>,
     pub commands: mpsc::Receiver<CameraCommand>,
+}
+
+/// The tracks being captured now: the video's codec configuration and the audio's (while
+/// the source sends some).
+#[derive(Default)]
+struct Current {
+    video: Option<Arc<CodecConfig>>,
+    audio: Option<Arc<AudioConfig>>,
 }
 
 /// Alarms that still cover fragments, and the last keyframe (for snapshots).
@@ -133,7 +145,7 @@ impl Camera {
     pub async fn run(mut self, out: mpsc::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
         let mut timeline = Timeline::new();
         let mut fragmenter = self.fragmenter();
-        let mut codec: Option<Arc<CodecConfig>> = None;
+        let mut tracks = Current::default();
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut slow = Backoff::new(Duration::from_secs(60), Duration::from_secs(15 * 60));
         let mut marks = Marks::default();
@@ -150,7 +162,11 @@ impl Camera {
                     continue;
                 }
             };
-            let mut capture = match Capture::start(&description, self.stats.capture.clone()) {
+            let mut capture = match Capture::start(
+                &description,
+                self.stats.capture.clone(),
+                self.audio_policy(),
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     error!(camera = %cam.name, "{e}");
@@ -162,15 +178,18 @@ impl Camera {
             };
             info!(camera = %cam.name, "capturing: {}", capture::redact(&description));
             timeline.restart();
+            // Whether this source instance carries audio shows when its frames come.
+            tracks.audio = None;
+            fragmenter.set_audio(false);
             let mut last_frame = Instant::now();
             let ended = loop {
                 tokio::select! {
                     ev = capture.next() => match ev {
                         Some(CaptureEvent::Unit(unit)) => {
                             last_frame = Instant::now();
-                            if codec.as_ref() != Some(&unit.codec) {
+                            if tracks.video.as_ref() != Some(&unit.codec) {
                                 let c = &unit.codec;
-                                if codec.is_some() {
+                                if tracks.video.is_some() {
                                     info!(camera = %cam.name, "codec configuration changed: {} {}x{}", c.codec, c.width, c.height);
                                 } else {
                                     info!(camera = %cam.name, "video: {} {}x{}", c.codec, c.width, c.height);
@@ -179,8 +198,8 @@ impl Camera {
                                     Some((c.codec, c.width, c.height));
                                 *self.stats.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                                 // Fragments never mix codec configurations.
-                                self.emit(&out, fragmenter.flush(), &codec).await;
-                                codec = Some(unit.codec.clone());
+                                self.flush_all(&out, &mut fragmenter, &tracks).await;
+                                tracks.video = Some(unit.codec.clone());
                             }
                             // Decode time is the monotonic one (B-frames reorder presentation
                             // times), so it goes through the timeline; presentation time
@@ -203,7 +222,7 @@ impl Camera {
                             match fragmenter.push(au) {
                                 Ok(done) => {
                                     backoff.reset();
-                                    self.emit(&out, done, &codec).await;
+                                    self.emit(&out, done, &tracks).await;
                                 }
                                 Err(MkvError::NeedKeyframe(_)) => {
                                     self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
@@ -214,6 +233,29 @@ impl Camera {
                                     error!(camera = %cam.name, discarded_frames = n, "{e}");
                                 }
                             }
+                        }
+                        Some(CaptureEvent::Audio(frame)) => {
+                            if tracks.audio.as_ref() != Some(&frame.config) {
+                                let a = &frame.config;
+                                info!(camera = %cam.name, "audio: {} {} Hz, {} channel(s)", a.codec, a.rate, a.channels);
+                                *self.stats.audio.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some((a.codec, a.rate, a.channels));
+                                // A fragment has one audio configuration, or none.
+                                self.flush_all(&out, &mut fragmenter, &tracks).await;
+                                tracks.audio = Some(frame.config.clone());
+                                fragmenter.set_audio(true);
+                            }
+                            // On the video's timeline: same pipeline clock, same bias.
+                            let media = MediaTime(frame.pts.0 + DECODE_BIAS_NS);
+                            let dropped = fragmenter.audio_dropped;
+                            if let Some(pts) = timeline.project(media) {
+                                let done = fragmenter.push_audio(AudioFrame { pts_ms: pts.0, data: frame.data });
+                                self.emit(&out, done, &tracks).await;
+                            } else {
+                                fragmenter.audio_dropped += 1;
+                            }
+                            let newly = fragmenter.audio_dropped - dropped;
+                            self.stats.audio_dropped.fetch_add(newly, Ordering::Relaxed);
                         }
                         Some(CaptureEvent::Eos) => break "end of stream",
                         Some(CaptureEvent::Error(e)) => {
@@ -278,7 +320,7 @@ impl Camera {
             };
             drop(capture);
             // What was captured so far is complete video: send it.
-            self.flush(&out, &mut fragmenter, &mut marks, &codec).await;
+            self.flush(&out, &mut fragmenter, &mut marks, &tracks).await;
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
             if ended == "reconfigured" {
                 info!(camera = %cam.name, "configuration changed: restarting the source");
@@ -303,7 +345,7 @@ impl Camera {
                 break 'sources;
             }
         }
-        self.flush(&out, &mut fragmenter, &mut marks, &codec).await;
+        self.flush(&out, &mut fragmenter, &mut marks, &tracks).await;
         info!(camera = %self.cfg.name, fragments = self.stats.fragments.load(Ordering::Relaxed), "capture stopped");
     }
 
@@ -325,13 +367,25 @@ impl Camera {
         out: &mpsc::Sender<u64>,
         fragmenter: &mut Fragmenter,
         marks: &mut Marks,
-        codec: &Option<Arc<CodecConfig>>,
+        tracks: &Current,
     ) {
         if let Some(start) = fragmenter.pending_start_ms() {
             let (tags, omitted) = marks.tags(start, WallMs::now().0);
             fragmenter.set_tags(tags, omitted);
         }
-        self.emit(out, fragmenter.flush(), codec).await;
+        self.flush_all(out, fragmenter, tracks).await;
+    }
+
+    /// Emits everything the fragmenter holds (a held fragment, then the pending one).
+    async fn flush_all(
+        &self,
+        out: &mpsc::Sender<u64>,
+        fragmenter: &mut Fragmenter,
+        tracks: &Current,
+    ) {
+        while let Some(f) = fragmenter.flush() {
+            self.emit(out, Some(f), tracks).await;
+        }
     }
 
     /// The pipeline for this camera, choosing an encoder when one is needed.
@@ -356,20 +410,51 @@ impl Camera {
             }
             String::new()
         };
-        Ok(capture::pipeline_description(&cam.source, &encoder))
+        // A test pattern gets a tone, a V4L2 camera its microphone, when audio is asked for
+        // (the microphone: unless it is refused).
+        let makes_audio = match &cam.source {
+            SourceConfig::Test { .. } => cam.audio == Some(true),
+            SourceConfig::V4l2 { microphone, .. } => {
+                microphone.is_some() && cam.audio != Some(false)
+            }
+            _ => false,
+        };
+        let aac = if makes_audio {
+            Some(capture::choose_aac_encoder()?)
+        } else {
+            None
+        };
+        Ok(capture::pipeline_description(
+            &cam.source,
+            &encoder,
+            aac.as_deref(),
+        ))
+    }
+
+    /// Whether a passed-through source's audio is sent.
+    fn audio_policy(&self) -> capture::AudioPolicy {
+        match self.cfg.audio {
+            Some(false) => capture::AudioPolicy::Drop,
+            _ => capture::AudioPolicy::Send,
+        }
     }
 
     /// Journals a finished fragment (fsynced by default) and tells the uploader. Budget
     /// drops are counted by the journal and logged here once per burst.
-    async fn emit(
-        &self,
-        out: &mpsc::Sender<u64>,
-        fragment: Option<Fragment>,
-        codec: &Option<Arc<CodecConfig>>,
-    ) {
-        let (Some(f), Some(codec)) = (fragment, codec) else {
+    async fn emit(&self, out: &mpsc::Sender<u64>, fragment: Option<Fragment>, tracks: &Current) {
+        let (Some(f), Some(video)) = (fragment, &tracks.video) else {
             return;
         };
+        // A session declares audio only for fragments that carry some (KVS refuses a
+        // declared track without frames: 4011).
+        let tracks = Arc::new(TrackSet {
+            video: (**video).clone(),
+            audio: tracks
+                .audio
+                .as_ref()
+                .filter(|_| f.audio_frames > 0)
+                .map(|a| (**a).clone()),
+        });
         self.stats.fragments.fetch_add(1, Ordering::Relaxed);
         if f.tags_omitted > 0 {
             self.stats
@@ -380,7 +465,7 @@ impl Camera {
         let record = Record {
             timecode_ms: f.timecode_ms,
             duration_ms: f.duration_ms,
-            codec: codec.clone(),
+            tracks,
             bytes: f.bytes,
         };
         let journal = self.journal.clone();

@@ -5,9 +5,11 @@
 //! Encoded sources (test pattern, V4L2 raw or MJPEG) run `… ! encoder ! h264parse ! appsink`.
 //! Passed-through sources (files, RTSP) are plugged by what they carry: `parsebin` finds the
 //! demuxer, depayloader and parser, and each stream it exposes is looked at before anything
-//! flows: H.264 and H.265 video go to the appsink through their parser; a video codec KVS
-//! cannot play (MJPEG, MPEG-4 part 2 …) is one clear `Unsupported` event naming it; audio is
-//! not sent yet and is said so once.
+//! flows: H.264 and H.265 video go to the appsink through their parser; AAC and G.711 A-law
+//! audio to a second appsink (`audio`), G.711 µ-law converted to A-law on the way (KVS's
+//! GetClip plays A-law only; the conversion is G.711's own table); a codec KVS cannot play
+//! (MJPEG, MPEG-4 part 2, Opus …) is one clear `Unsupported` event naming it.
+//! The test pattern can carry a test tone and a V4L2 camera a microphone, encoded to AAC.
 //!
 //! The pipeline description is built by a pure function (`pipeline_description`), so what
 //! runs for each source can be unit-tested; `Capture` is the I/O around it. GStreamer's
@@ -23,7 +25,9 @@ use kvs_edge_config::agent::{EncoderConfig, RtspTransport, SourceConfig, V4l2For
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::codec::{CodecConfig, CodecError, SUPPORTED_VIDEO, VideoCodec};
+use crate::codec::{
+    AudioConfig, CodecConfig, CodecError, SUPPORTED_AUDIO, SUPPORTED_VIDEO, VideoCodec,
+};
 use crate::timeline::MediaTime;
 
 #[derive(Debug, Error)]
@@ -51,9 +55,18 @@ pub struct CapturedUnit {
     pub codec: Arc<CodecConfig>,
 }
 
+/// One audio frame (an AAC access unit, or a run of A-law samples) with its running time.
+#[derive(Debug, Clone)]
+pub struct CapturedAudio {
+    pub pts: MediaTime,
+    pub data: Vec<u8>,
+    pub config: Arc<AudioConfig>,
+}
+
 #[derive(Debug)]
 pub enum CaptureEvent {
     Unit(CapturedUnit),
+    Audio(CapturedAudio),
     /// The source ended (file without loop, camera gone).
     Eos,
     /// The pipeline failed; the message names the element.
@@ -76,6 +89,19 @@ pub const ENCODER_CANDIDATES: &[&str] = &[
     "omxh264enc",
     "x264enc",
 ];
+
+/// AAC encoders, best first (fdk is the best of them where it is built).
+pub const AAC_CANDIDATES: &[&str] = &["fdkaacenc", "voaacenc", "avenc_aac"];
+
+/// The first AAC encoder element that exists.
+pub fn choose_aac_encoder() -> Result<String, CaptureError> {
+    init()?;
+    AAC_CANDIDATES
+        .iter()
+        .find(|name| gst::ElementFactory::find(name).is_some())
+        .map(|s| s.to_string())
+        .ok_or_else(|| CaptureError::NoEncoder(AAC_CANDIDATES.join(", ")))
+}
 
 /// The encoder chain for `element`: x264 tuned for live with a keyframe every `key_int`
 /// frames; hardware encoders with their defaults plus a main-profile caps filter.
@@ -105,6 +131,9 @@ pub fn choose_encoder(cfg: &EncoderConfig) -> Result<String, CaptureError> {
 }
 
 const APPSINK: &str = "appsink name=sink max-buffers=64 drop=false";
+/// The audio appsink's name and settings.
+const AUDIO_SINK: &str = "audio";
+const AUDIO_APPSINK: &str = "appsink name=audio max-buffers=256 drop=false";
 /// Encoded H.264 into the appsink.
 const SINK: &str = "h264parse ! video/x-h264,stream-format=avc,alignment=au ! appsink name=sink max-buffers=64 drop=false";
 
@@ -117,9 +146,40 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Raw audio into AAC into the `audio` appsink (a test tone, a microphone).
+fn aac_branch(raw: &str, aac: &str) -> String {
+    format!(
+        "{raw} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 ! {aac} \
+         ! aacparse ! audio/mpeg,mpegversion=4,stream-format=raw ! {AUDIO_APPSINK} sync=false"
+    )
+}
+
 /// The gst-launch description for a source. `encoder` is the chosen encoder chain (unused
-/// by passthrough sources); `key_int` the keyframe interval in frames for encoded sources.
-pub fn pipeline_description(source: &SourceConfig, encoder: &str) -> String {
+/// by passthrough sources); `aac`, when given, the AAC encoder for the audio a test pattern
+/// (a tone) or a V4L2 camera (its microphone) makes.
+pub fn pipeline_description(source: &SourceConfig, encoder: &str, aac: Option<&str>) -> String {
+    let video = video_description(source, encoder);
+    let audio = match (source, aac) {
+        (SourceConfig::Test { .. }, Some(aac)) => Some(aac_branch(
+            "audiotestsrc is-live=true wave=sine freq=440 volume=0.2",
+            aac,
+        )),
+        (
+            SourceConfig::V4l2 {
+                microphone: Some(mic),
+                ..
+            },
+            Some(aac),
+        ) => Some(aac_branch(&format!("alsasrc device={}", quote(mic)), aac)),
+        _ => None,
+    };
+    match audio {
+        Some(audio) => format!("{video}  {audio}"),
+        None => video,
+    }
+}
+
+fn video_description(source: &SourceConfig, encoder: &str) -> String {
     match source {
         SourceConfig::Test {
             width,
@@ -164,6 +224,7 @@ pub fn pipeline_description(source: &SourceConfig, encoder: &str) -> String {
             height,
             fps,
             format,
+            ..
         } => {
             let mut caps = Vec::new();
             if let Some(w) = width {
@@ -224,8 +285,13 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Builds and starts the pipeline described by `description`.
-    pub fn start(description: &str, stats: Arc<CaptureStats>) -> Result<Capture, CaptureError> {
+    /// Builds and starts the pipeline described by `description`; `audio` says whether a
+    /// passed-through source's audio is sent.
+    pub fn start(
+        description: &str,
+        stats: Arc<CaptureStats>,
+        audio: AudioPolicy,
+    ) -> Result<Capture, CaptureError> {
         init()?;
         let build_err = |reason: String| CaptureError::Build {
             pipeline: redact(description),
@@ -239,8 +305,20 @@ impl Capture {
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| build_err("no appsink named sink".into()))?;
-        let (tx, events) = mpsc::channel(256);
-        plug_streams(&pipeline, sink.upcast_ref(), &tx);
+        let (tx, events) = mpsc::channel(512);
+        let plug = Plug {
+            pipeline: pipeline.downgrade(),
+            sink: sink.clone().upcast(),
+            events: tx.clone(),
+            audio,
+        };
+        plug_streams(&plug, &pipeline);
+        if let Some(tone) = pipeline
+            .by_name(AUDIO_SINK)
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        {
+            attach_audio(&tone, tx.clone());
+        }
 
         let unit_tx = tx.clone();
         let mut codec: Option<Arc<CodecConfig>> = None;
@@ -409,15 +487,30 @@ pub fn describe_caps(caps: &gst::CapsRef) -> String {
     }
 }
 
+/// Whether a passed-through source's audio is sent (the camera's `audio` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioPolicy {
+    Send,
+    Drop,
+}
+
+/// What the stream plugging needs to know.
+#[derive(Clone)]
+struct Plug {
+    pipeline: gst::glib::WeakRef<gst::Pipeline>,
+    sink: gst::Element,
+    events: mpsc::Sender<CaptureEvent>,
+    audio: AudioPolicy,
+}
+
 /// Links a stream `parsebin` exposes: the first H.264 or H.265 video through its parser to
-/// the appsink; any other video is refused with an `Unsupported` event; audio and the rest
-/// go to a fakesink (said once).
-fn plug_stream(
-    pipeline: &gst::Pipeline,
-    pad: &gst::Pad,
-    sink: &gst::Element,
-    events: &mpsc::Sender<CaptureEvent>,
-) {
+/// the appsink; the first AAC or G.711 audio to the audio appsink; any other video or audio
+/// is refused with an `Unsupported` event; the rest goes to a fakesink (said once).
+fn plug_stream(plug: &Plug, pad: &gst::Pad) {
+    let Some(pipeline) = plug.pipeline.upgrade() else {
+        return;
+    };
+    let (sink, events) = (&plug.sink, &plug.events);
     let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
     let name = caps
         .structure(0)
@@ -425,33 +518,169 @@ fn plug_stream(
         .unwrap_or_default();
     let codec = VideoCodec::from_caps_name(&name);
     let linked = sink.static_pad("sink").is_some_and(|p| p.is_linked());
+    let is_audio = name.starts_with("audio/");
+    let audio_linked = pipeline.by_name(AUDIO_SINK).is_some();
     let result = match codec {
-        Some(codec) if !linked => link_video(pipeline, pad, sink, codec),
+        Some(codec) if !linked => link_video(&pipeline, pad, sink, codec),
+        _ if is_audio && plug.audio == AudioPolicy::Send && !audio_linked => {
+            match audio_chain(&caps) {
+                Some(chain) => link_audio(&pipeline, pad, &chain, events),
+                None => {
+                    let _ = events.try_send(CaptureEvent::Unsupported(format!(
+                        "the source sends {} audio, which Kinesis Video Streams cannot play \
+                         with the video: it takes {SUPPORTED_AUDIO} (set the camera's audio \
+                         codec to one of them, or `audio = false` to send the video alone)",
+                        describe_caps(&caps)
+                    )));
+                    discard(&pipeline, pad)
+                }
+            }
+        }
         _ => {
             let what = describe_caps(&caps);
             let event = if name.starts_with("video/") || name.starts_with("image/") {
                 if codec.is_some() {
-                    CaptureEvent::Notice(format!("a second video stream ({what}) is left out"))
+                    Some(CaptureEvent::Notice(format!(
+                        "a second video stream ({what}) is left out"
+                    )))
                 } else {
-                    CaptureEvent::Unsupported(format!(
+                    Some(CaptureEvent::Unsupported(format!(
                         "the source sends {what} video, which Kinesis Video Streams cannot play: \
                          it takes {SUPPORTED_VIDEO} (set the camera's encoder to one of them)"
-                    ))
+                    )))
                 }
-            } else if name.starts_with("audio/") {
-                CaptureEvent::Notice(format!(
-                    "the source's audio ({what}) is not sent: this version streams video only"
-                ))
+            } else if is_audio && plug.audio == AudioPolicy::Drop {
+                None
+            } else if is_audio {
+                Some(CaptureEvent::Notice(format!(
+                    "a second audio stream ({what}) is left out"
+                )))
             } else {
-                CaptureEvent::Notice(format!("a {what} stream is left out"))
+                Some(CaptureEvent::Notice(format!("a {what} stream is left out")))
             };
-            let _ = events.try_send(event);
-            discard(pipeline, pad)
+            if let Some(event) = event {
+                let _ = events.try_send(event);
+            }
+            discard(&pipeline, pad)
         }
     };
     if let Err(e) = result {
         let _ = events.try_send(CaptureEvent::Error(format!("linking {name}: {e}")));
     }
+}
+
+/// The elements that bring an audio stream to what KVS plays, `None` for codecs it does not:
+/// AAC in raw form (with its AudioSpecificConfig), A-law as it is, µ-law to A-law.
+fn audio_chain(caps: &gst::CapsRef) -> Option<String> {
+    let s = caps.structure(0)?;
+    match s.name().as_str() {
+        "audio/mpeg" if matches!(s.get::<i32>("mpegversion"), Ok(2 | 4)) => {
+            Some("aacparse ! audio/mpeg,mpegversion=4,stream-format=raw".into())
+        }
+        "audio/x-alaw" => Some("identity".into()),
+        "audio/x-mulaw" => Some("mulawdec ! alawenc".into()),
+        _ => None,
+    }
+}
+
+/// Links an audio stream through `chain` to a new audio appsink.
+fn link_audio(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    chain: &str,
+    events: &mpsc::Sender<CaptureEvent>,
+) -> Result<(), String> {
+    let bin = gst::parse::bin_from_description(&format!("{chain} ! {AUDIO_APPSINK}"), true)
+        .map_err(|e| e.to_string())?;
+    let appsink = bin
+        .by_name(AUDIO_SINK)
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or("no audio appsink")?;
+    appsink.set_property("sync", sink_syncs(pipeline));
+    attach_audio(&appsink, events.clone());
+    pipeline.add(&bin).map_err(|e| e.to_string())?;
+    bin.sync_state_with_parent().map_err(|e| e.to_string())?;
+    let target = bin
+        .static_pad("sink")
+        .ok_or("the audio chain has no sink pad")?;
+    pad.link(&target).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Whether the pipeline's video appsink syncs to the clock (a file read in real time): the
+/// audio appsink does the same.
+fn sink_syncs(pipeline: &gst::Pipeline) -> bool {
+    pipeline
+        .by_name("sink")
+        .is_some_and(|s| s.property::<bool>("sync"))
+}
+
+/// The audio configuration of an audio appsink's caps.
+fn audio_config(caps: &gst::CapsRef) -> Result<AudioConfig, String> {
+    let s = caps.structure(0).ok_or("no caps")?;
+    match s.name().as_str() {
+        "audio/mpeg" => {
+            let data = s
+                .get::<gst::Buffer>("codec_data")
+                .map_err(|_| "AAC without its AudioSpecificConfig (codec_data)".to_string())?;
+            let map = data.map_readable().map_err(|e| e.to_string())?;
+            AudioConfig::aac(map.as_slice().to_vec())
+        }
+        "audio/x-alaw" => {
+            let rate = s.get::<i32>("rate").map_err(|_| "A-law without a rate")?;
+            let channels = s.get::<i32>("channels").unwrap_or(1);
+            Ok(AudioConfig::alaw(rate as u32, channels.clamp(1, 8) as u8))
+        }
+        other => Err(format!("{other} is not audio KVS plays")),
+    }
+}
+
+/// Hands an audio appsink's frames over as `CaptureEvent::Audio`.
+fn attach_audio(appsink: &gst_app::AppSink, events: mpsc::Sender<CaptureEvent>) {
+    let mut config: Option<Arc<AudioConfig>> = None;
+    let mut last_caps: Option<gst::Caps> = None;
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                if let Some(caps) = sample.caps()
+                    && last_caps.as_ref().is_none_or(|c| c.as_ref() != caps)
+                {
+                    last_caps = Some(caps.to_owned());
+                    config = match audio_config(caps) {
+                        Ok(c) => Some(Arc::new(c)),
+                        Err(e) => {
+                            let _ = events.blocking_send(CaptureEvent::Notice(format!(
+                                "the audio is left out: {e}"
+                            )));
+                            None
+                        }
+                    };
+                }
+                let (Some(config), Some(pts)) = (config.clone(), buffer.pts()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let running = sample
+                    .segment()
+                    .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+                    .and_then(|seg| seg.to_running_time(pts))
+                    .unwrap_or(pts);
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let frame = CapturedAudio {
+                    pts: MediaTime(running.nseconds()),
+                    data: map.as_slice().to_vec(),
+                    config,
+                };
+                events
+                    .blocking_send(CaptureEvent::Audio(frame))
+                    .map_err(|_| gst::FlowError::Flushing)?;
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
 }
 
 fn link_video(
@@ -503,49 +732,38 @@ fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), String> {
 
 /// Wires a passed-through source's streams: `parsebin`'s pads directly, `rtspsrc`'s through
 /// a `parsebin` each.
-fn plug_streams(
-    pipeline: &gst::Pipeline,
-    sink: &gst::Element,
-    events: &mpsc::Sender<CaptureEvent>,
-) {
+fn plug_streams(plug: &Plug, pipeline: &gst::Pipeline) {
     let watch = |parsebin: &gst::Element| {
-        let (pipeline, sink, events) = (pipeline.downgrade(), sink.clone(), events.clone());
-        parsebin.connect_pad_added(move |_, pad| {
-            if let Some(pipeline) = pipeline.upgrade() {
-                plug_stream(&pipeline, pad, &sink, &events);
-            }
-        });
+        let plug = plug.clone();
+        parsebin.connect_pad_added(move |_, pad| plug_stream(&plug, pad));
     };
     if let Some(parsebin) = pipeline.by_name(AUTOPLUG) {
         watch(&parsebin);
     }
     if let Some(rtsp) = pipeline.by_name(RTSP) {
-        let (weak, events) = (pipeline.downgrade(), events.clone());
-        let sink = sink.clone();
+        let plug = plug.clone();
         rtsp.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = weak.upgrade() else {
+            let Some(pipeline) = plug.pipeline.upgrade() else {
                 return;
             };
             let parsebin = match gst::ElementFactory::make("parsebin").build() {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = events.try_send(CaptureEvent::Error(format!("parsebin: {e}")));
+                    let _ = plug
+                        .events
+                        .try_send(CaptureEvent::Error(format!("parsebin: {e}")));
                     return;
                 }
             };
-            let (p2, sink2, events2) = (pipeline.downgrade(), sink.clone(), events.clone());
-            parsebin.connect_pad_added(move |_, pad| {
-                if let Some(pipeline) = p2.upgrade() {
-                    plug_stream(&pipeline, pad, &sink2, &events2);
-                }
-            });
+            let inner = plug.clone();
+            parsebin.connect_pad_added(move |_, pad| plug_stream(&inner, pad));
             let linked = pipeline.add(&parsebin).is_ok()
                 && parsebin.sync_state_with_parent().is_ok()
                 && parsebin
                     .static_pad("sink")
                     .is_some_and(|target| pad.link(&target).is_ok());
             if !linked {
-                let _ = events.try_send(CaptureEvent::Error(
+                let _ = plug.events.try_send(CaptureEvent::Error(
                     "could not plug a stream of the RTSP source".into(),
                 ));
             }
@@ -593,7 +811,7 @@ mod tests {
             transport: RtspTransport::Tcp,
             latency_ms: 100,
         };
-        let d = pipeline_description(&src, "NOT-USED");
+        let d = pipeline_description(&src, "NOT-USED", None);
         // Plugged by what the camera sends (parsebin per stream), never re-encoded.
         assert!(
             d.starts_with("rtspsrc name=rtsp ")
@@ -624,23 +842,41 @@ mod tests {
             fps: 25,
             pattern: "ball".into(),
         };
-        let d = pipeline_description(&test, &chain);
+        let d = pipeline_description(&test, &chain, None);
         assert!(
             d.contains("clockoverlay") && d.contains("x264enc") && d.contains("format=I420"),
             "{d}"
         );
+        assert!(
+            !d.contains("appsink name=audio"),
+            "no tone unless asked: {d}"
+        );
         assert!(needs_encoder(&test));
+        // A tone, encoded to AAC into the audio appsink.
+        let d = pipeline_description(&test, &chain, Some("voaacenc"));
+        assert!(
+            d.contains("audiotestsrc")
+                && d.contains("! voaacenc ! aacparse")
+                && d.contains("appsink name=audio"),
+            "{d}"
+        );
         let v4l2 = SourceConfig::V4l2 {
             device: "/dev/video2".into(),
             width: Some(1280),
             height: Some(720),
             fps: Some(30),
             format: V4l2Format::Mjpeg,
+            microphone: Some("hw:1,0".into()),
         };
-        let d = pipeline_description(&v4l2, &chain);
+        let d = pipeline_description(&v4l2, &chain, None);
         assert!(
             d.contains("image/jpeg,width=1280,height=720,framerate=30/1 ! jpegdec"),
             "{d}"
+        );
+        let d = pipeline_description(&v4l2, &chain, Some("avenc_aac"));
+        assert!(
+            d.contains("alsasrc device=\"hw:1,0\"") && d.contains("avenc_aac"),
+            "the microphone, encoded to AAC: {d}"
         );
     }
 

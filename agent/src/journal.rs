@@ -9,7 +9,8 @@
 //! quarantine/                      segments found corrupt (kept, never deleted)
 //! ```
 //! A record's payload carries everything replay needs: sequence number, producer timecode,
-//! duration, the codec configuration (for the session header) and the Matroska bytes. The
+//! duration, the tracks (video codec configuration, audio configuration when the fragment
+//! carries audio: the session header) and the Matroska bytes. The
 //! in-memory index is rebuilt from the segments alone; `released.log` only saves resending
 //! (a lost release mark means a resend, which KVS stores a second time; its reads
 //! deduplicate producer timestamps). Marks are fsynced like the fragments.
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::codec::{CodecConfig, VideoCodec};
+use crate::codec::{AudioCodec, AudioConfig, CodecConfig, TrackSet, VideoCodec};
 
 const RECORD_MAGIC: &[u8; 4] = b"KVJ1";
 const RELEASE_MAGIC: &[u8; 4] = b"KVA1";
@@ -121,7 +122,7 @@ impl JournalConfig {
 pub struct Record {
     pub timecode_ms: i64,
     pub duration_ms: i64,
-    pub codec: Arc<CodecConfig>,
+    pub tracks: Arc<TrackSet>,
     pub bytes: Vec<u8>,
 }
 
@@ -131,7 +132,7 @@ pub struct Entry {
     pub seq: u64,
     pub timecode_ms: i64,
     pub duration_ms: i64,
-    pub codec: Arc<CodecConfig>,
+    pub tracks: Arc<TrackSet>,
     pub len: u64,
     segment: u64,
     offset: u64,
@@ -200,14 +201,35 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:020}.log"))
 }
 
-/// Bytes of a record's payload before the codec private data and the media (version 2).
+/// Bytes of a record's payload before the codec private data (version 2).
 const FIXED: usize = 38;
 
+/// The audio part of a record: present, codec, rate, channels, private data (length first).
+fn audio_bytes(audio: Option<&AudioConfig>) -> Vec<u8> {
+    let Some(a) = audio else {
+        return vec![0];
+    };
+    let mut out = vec![1, a.codec.tag()];
+    out.extend_from_slice(&a.rate.to_be_bytes());
+    out.push(a.channels);
+    out.extend_from_slice(&(a.private.len() as u32).to_be_bytes());
+    out.extend_from_slice(&a.private);
+    out
+}
+
+/// The size of a record once framed.
+fn encoded_len(r: &Record) -> u64 {
+    let audio = r.tracks.audio.as_ref().map_or(1, |a| 11 + a.private.len());
+    (HEADER + FIXED + r.tracks.video.private.len() + audio + r.bytes.len()) as u64
+}
+
 /// Frames a record in one buffer (no intermediate payload copy: fragments are ~1 MB).
-/// Payload (version 2): version, seq, timecode, duration, width, height, codec, private
-/// data length and bytes, then the Matroska bytes.
+/// Payload (version 2): version, seq, timecode, duration, width, height, video codec, its
+/// private data (length first), the audio part (`audio_bytes`), then the Matroska bytes.
 fn encode(seq: u64, r: &Record) -> Vec<u8> {
-    let payload_len = FIXED + r.codec.private.len() + r.bytes.len();
+    let video = &r.tracks.video;
+    let audio = audio_bytes(r.tracks.audio.as_ref());
+    let payload_len = FIXED + video.private.len() + audio.len() + r.bytes.len();
     let mut out = Vec::with_capacity(HEADER + payload_len);
     out.extend_from_slice(RECORD_MAGIC);
     out.extend_from_slice(&(payload_len as u32).to_be_bytes());
@@ -216,18 +238,19 @@ fn encode(seq: u64, r: &Record) -> Vec<u8> {
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&r.timecode_ms.to_be_bytes());
     out.extend_from_slice(&r.duration_ms.to_be_bytes());
-    out.extend_from_slice(&r.codec.width.to_be_bytes());
-    out.extend_from_slice(&r.codec.height.to_be_bytes());
-    out.push(r.codec.codec.tag());
-    out.extend_from_slice(&(r.codec.private.len() as u32).to_be_bytes());
-    out.extend_from_slice(&r.codec.private);
+    out.extend_from_slice(&video.width.to_be_bytes());
+    out.extend_from_slice(&video.height.to_be_bytes());
+    out.push(video.codec.tag());
+    out.extend_from_slice(&(video.private.len() as u32).to_be_bytes());
+    out.extend_from_slice(&video.private);
+    out.extend_from_slice(&audio);
     out.extend_from_slice(&r.bytes);
     let crc = crc32fast::hash(&out[HEADER..]);
     out[8..12].copy_from_slice(&crc.to_be_bytes());
     out
 }
 
-/// Where the codec private data's length is in a payload, by version.
+/// Where the video codec private data's length is in a payload, by version.
 fn private_at(payload: &[u8]) -> Option<usize> {
     match payload.first()? {
         1 => Some(33),
@@ -236,44 +259,72 @@ fn private_at(payload: &[u8]) -> Option<usize> {
     }
 }
 
-/// Where the Matroska bytes start in a payload.
-fn media_offset(payload: &[u8]) -> Option<usize> {
-    let at = private_at(payload)?;
-    let len = payload.get(at..at + 4)?;
-    Some(at + 4 + u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize)
+fn u32_at(payload: &[u8], at: usize) -> Option<u32> {
+    payload
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
 }
 
-/// Parses a record payload: (seq, record). Version 1 records (before H.265) are H.264.
+/// The audio part at `at` (version 2): its configuration and where it ends.
+fn audio_at(payload: &[u8], at: usize) -> Option<(Option<AudioConfig>, usize)> {
+    if *payload.get(at)? == 0 {
+        return Some((None, at + 1));
+    }
+    let codec = AudioCodec::from_tag(*payload.get(at + 1)?)?;
+    let rate = u32_at(payload, at + 2)?;
+    let channels = *payload.get(at + 6)?;
+    let len = u32_at(payload, at + 7)? as usize;
+    let private = payload.get(at + 11..at + 11 + len)?.to_vec();
+    let audio = AudioConfig {
+        codec,
+        private,
+        rate,
+        channels,
+    };
+    Some((Some(audio), at + 11 + len))
+}
+
+/// Where the Matroska bytes start in a payload, and the audio part before them.
+fn media_offset(payload: &[u8]) -> Option<(usize, Option<AudioConfig>)> {
+    let at = private_at(payload)?;
+    let video_end = at + 4 + u32_at(payload, at)? as usize;
+    match payload.first()? {
+        1 => Some((video_end, None)),
+        _ => audio_at(payload, video_end).map(|(audio, end)| (end, audio)),
+    }
+}
+
+/// Parses a record payload: (seq, record). Version 1 records (before H.265 and audio) are
+/// H.264 without audio.
 fn decode(payload: &[u8]) -> Option<(u64, Record)> {
-    let get = |at: usize, n: usize| payload.get(at..at + n);
-    let version = *payload.first()?;
-    let u64_at = |at| get(at, 8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-    let u32_at = |at| get(at, 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-    let codec = match version {
+    let u64_at = |at: usize| {
+        payload
+            .get(at..at + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    };
+    let codec = match payload.first()? {
         1 => VideoCodec::H264,
         _ => VideoCodec::from_tag(*payload.get(33)?)?,
     };
     let at = private_at(payload)?;
-    let seq = u64_at(1)?;
-    let timecode_ms = u64_at(9)? as i64;
-    let duration_ms = u64_at(17)? as i64;
-    let width = u32_at(25)?;
-    let height = u32_at(29)?;
-    let private_len = u32_at(at)? as usize;
-    let private = get(at + 4, private_len)?.to_vec();
-    let bytes = payload.get(media_offset(payload)?..)?.to_vec();
+    let private_len = u32_at(payload, at)? as usize;
+    let private = payload.get(at + 4..at + 4 + private_len)?.to_vec();
+    let (media, audio) = media_offset(payload)?;
     Some((
-        seq,
+        u64_at(1)?,
         Record {
-            timecode_ms,
-            duration_ms,
-            codec: Arc::new(CodecConfig {
-                codec,
-                private,
-                width,
-                height,
+            timecode_ms: u64_at(9)? as i64,
+            duration_ms: u64_at(17)? as i64,
+            tracks: Arc::new(TrackSet {
+                video: CodecConfig {
+                    codec,
+                    private,
+                    width: u32_at(payload, 25)?,
+                    height: u32_at(payload, 29)?,
+                },
+                audio,
             }),
-            bytes,
+            bytes: payload.get(media..)?.to_vec(),
         },
     ))
 }
@@ -463,7 +514,7 @@ impl Journal {
                         seq: s.seq,
                         timecode_ms: r.timecode_ms,
                         duration_ms: r.duration_ms,
-                        codec: r.codec.clone(),
+                        tracks: r.tracks.clone(),
                         len: s.total,
                         segment: id,
                         offset: s.offset,
@@ -565,7 +616,7 @@ impl Journal {
     pub fn read_media(&self, entry: &Entry) -> Result<bytes::Bytes, JournalError> {
         let buf = self.read_checked(entry)?;
         let start = media_offset(&buf[HEADER..])
-            .map(|at| HEADER + at)
+            .map(|(at, _)| HEADER + at)
             .filter(|start| *start <= buf.len())
             .ok_or_else(|| self.damaged(entry, "unreadable payload"))?;
         Ok(bytes::Bytes::from(buf).slice(start..))
@@ -608,7 +659,7 @@ impl Journal {
     /// `FsyncPolicy::Always`) when this returns `Stored`.
     pub fn append(&mut self, record: &Record, now_ms: i64) -> Result<Appended, JournalError> {
         self.expire(now_ms)?;
-        let need = (HEADER + FIXED + record.codec.private.len() + record.bytes.len()) as u64;
+        let need = encoded_len(record);
         let mut dropped = 0;
         let mut disk_retry = true;
         loop {
@@ -755,7 +806,7 @@ impl Journal {
                 seq,
                 timecode_ms: record.timecode_ms,
                 duration_ms: record.duration_ms,
-                codec: record.codec.clone(),
+                tracks: record.tracks.clone(),
                 len: data.len() as u64,
                 segment: *id,
                 offset,
@@ -891,16 +942,19 @@ mod tests {
     }
 
     fn record(tc: i64, size: usize) -> Record {
-        let codec = Arc::new(CodecConfig {
-            codec: VideoCodec::H264,
-            private: vec![1, 77, 0, 30],
-            width: 320,
-            height: 240,
+        let tracks = Arc::new(TrackSet {
+            video: CodecConfig {
+                codec: VideoCodec::H264,
+                private: vec![1, 77, 0, 30],
+                width: 320,
+                height: 240,
+            },
+            audio: None,
         });
         Record {
             timecode_ms: tc,
             duration_ms: 1000,
-            codec,
+            tracks,
             bytes: vec![(tc % 251) as u8; size],
         }
     }
@@ -987,20 +1041,27 @@ mod tests {
         v1.extend_from_slice(b"mkv");
         let (seq, r) = decode(&v1).unwrap();
         assert_eq!((seq, r.timecode_ms, r.duration_ms), (7, 1_000, 2_000));
-        assert_eq!(r.codec.codec, VideoCodec::H264);
-        assert_eq!(r.codec.private, [1, 77, 0, 30]);
+        assert_eq!(r.tracks.video.codec, VideoCodec::H264);
+        assert_eq!(r.tracks.video.private, [1, 77, 0, 30]);
+        assert_eq!(r.tracks.audio, None);
         assert_eq!(r.bytes, b"mkv");
-        assert_eq!(media_offset(&v1), Some(v1.len() - 3));
-        // And the current format round-trips an H.265 record.
-        let h265 = Record {
-            codec: Arc::new(CodecConfig {
-                codec: VideoCodec::H265,
-                ..(*record(0, 1).codec).clone()
+        assert_eq!(media_offset(&v1).map(|m| m.0), Some(v1.len() - 3));
+        // And the current format round-trips H.265 with AAC, and without audio.
+        let with_audio = Record {
+            tracks: Arc::new(TrackSet {
+                video: CodecConfig {
+                    codec: VideoCodec::H265,
+                    ..record(0, 1).tracks.video.clone()
+                },
+                audio: Some(AudioConfig::aac(vec![0x11, 0x90]).unwrap()),
             }),
             ..record(5, 10)
         };
-        let framed = encode(3, &h265);
-        assert_eq!(decode(&framed[HEADER..]), Some((3, h265)));
+        for r in [with_audio, record(6, 10)] {
+            let framed = encode(3, &r);
+            assert_eq!(framed.len() as u64, encoded_len(&r));
+            assert_eq!(decode(&framed[HEADER..]), Some((3, r)));
+        }
     }
 
     #[test]
@@ -1008,7 +1069,7 @@ mod tests {
         let dir = three_records_in_one_segment();
         let seg = segment_path(dir.path(), 0);
         let mut data = fs::read(&seg).unwrap();
-        let second = (HEADER + FIXED + 4 + 500) + HEADER + 50; // inside record 1's payload
+        let second = (HEADER + FIXED + 4 + 1 + 500) + HEADER + 50; // inside record 1's payload
         data[second] ^= 0xFF;
         fs::write(&seg, &data).unwrap();
         let (j, r) = Journal::open(cfg(dir.path())).unwrap();
@@ -1026,7 +1087,7 @@ mod tests {
     #[test]
     fn budgets_apply_the_policy() {
         let dir = tempfile::tempdir().unwrap();
-        let one = (HEADER + FIXED + 4 + 1000) as u64;
+        let one = (HEADER + FIXED + 4 + 1 + 1000) as u64;
         let (mut j, _) = Journal::open(JournalConfig {
             max_bytes: one * 3,
             ..cfg(dir.path())

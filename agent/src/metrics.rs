@@ -91,10 +91,21 @@ impl<'a> Snapshot<'a> {
                 .unwrap_or_default()
         );
         let stats = &self.c.camera_stats;
+        let mut tracks = Vec::new();
         if let Some((codec, w, h)) = *stats.video.lock().unwrap_or_else(|p| p.into_inner()) {
-            v["tracks"] = serde_json::json!([
+            tracks.push(serde_json::json!(
                 { "track": "video", "codec": codec.to_string(), "width": w, "height": h }
-            ]);
+            ));
+        }
+        if let Some((codec, rate, channels)) =
+            *stats.audio.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            tracks.push(serde_json::json!(
+                { "track": "audio", "codec": codec.to_string(), "rate": rate, "channels": channels }
+            ));
+        }
+        if !tracks.is_empty() {
+            v["tracks"] = serde_json::json!(tracks);
         }
         if let Some(why) = stats
             .failure
@@ -141,6 +152,12 @@ const METRICS: &[Metric] = &[
         "counter",
         "Alarms or other metadata left out of fragment tags to stay within KVS's limit of 10 (the video is kept).",
         |s| s.c.camera_stats.tags_omitted.load(R),
+    ),
+    (
+        "audio_frames_dropped_total",
+        "counter",
+        "Audio frames left out: before the first picture, or too late for their fragment.",
+        |s| s.c.camera_stats.audio_dropped.load(R),
     ),
     (
         "fragments_received_total",
@@ -276,15 +293,19 @@ pub fn render(cameras: &[CameraMetrics], credentials_expire_in: Option<i64>) -> 
          # TYPE kvs_edge_track_info gauge"
     );
     for c in cameras {
-        if let Some((codec, w, h)) = *c
-            .camera_stats
-            .video
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
+        let stats = &c.camera_stats;
+        if let Some((codec, w, h)) = *stats.video.lock().unwrap_or_else(|p| p.into_inner()) {
             let _ = writeln!(
                 out,
                 "kvs_edge_track_info{{camera=\"{}\",track=\"video\",codec=\"{}\",width=\"{w}\",height=\"{h}\"}} 1",
+                c.camera,
+                codec.short_name()
+            );
+        }
+        if let Some((codec, rate, ch)) = *stats.audio.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = writeln!(
+                out,
+                "kvs_edge_track_info{{camera=\"{}\",track=\"audio\",codec=\"{}\",rate=\"{rate}\",channels=\"{ch}\"}} 1",
                 c.camera,
                 codec.short_name()
             );

@@ -96,11 +96,31 @@ impl Timeline {
     }
 }
 
+impl Timeline {
+    /// Maps a media time of another stream of the same pipeline (audio) on the current
+    /// anchor, without moving it; `None` before the first `wall` call. Times a little before
+    /// the anchor map before it.
+    pub fn project(&self, media: MediaTime) -> Option<WallMs> {
+        let (m0, w0) = self.anchor?;
+        let delta_ms = (media.0 as i128 - m0.0 as i128) / 1_000_000;
+        Some(WallMs(w0.0 + delta_ms as i64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn other_streams_project_on_the_same_anchor() {
+        let mut t = Timeline::new();
+        assert_eq!(t.project(MediaTime(0)), None);
+        t.wall(MediaTime(1_000 * MS), WallMs(50_000));
+        assert_eq!(t.project(MediaTime(1_020 * MS)), Some(WallMs(50_020)));
+        assert_eq!(t.project(MediaTime(990 * MS)), Some(WallMs(49_990)));
+    }
 
     #[test]
     fn advances_by_media_time_not_by_the_wall_clock() {

@@ -2,8 +2,8 @@
 //! unreleased fragments oldest first (so after an outage or a restart the backlog goes out
 //! before live video), releases each once the service has it (PERSISTED; RECEIVED on a
 //! stream that archives nothing, whose fragments are never PERSISTED), rotates sessions
-//! before KVS's 45-minute limit, starts a new session when the codec configuration changes
-//! or a fragment would not follow the previous one in time (KVS checks that within a
+//! before KVS's 45-minute limit, starts a new session when the tracks change (codec
+//! configuration, audio coming or going) or a fragment would not follow the previous one in time (KVS checks that within a
 //! session), caps its rate, and retries with jittered backoff. ERROR acks are classified:
 //! retryable ones keep the fragment, fatal ones are reported and release it; an ERROR that
 //! names no fragment is laid on the one the service was reading, so it cannot loop.
@@ -23,7 +23,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, random_u64};
-use crate::codec::CodecConfig;
+use crate::codec::TrackSet;
 use crate::credentials::CredentialSource;
 use crate::journal::{Journal, JournalError};
 use crate::kvs::DataEndpoint;
@@ -143,7 +143,7 @@ struct Slot {
     seq: u64,
     timecode_ms: i64,
     duration_ms: i64,
-    codec: Arc<CodecConfig>,
+    tracks: Arc<TrackSet>,
     sent_at: Option<Instant>,
     /// RECEIVED in this session: the service has all of it.
     received: bool,
@@ -406,10 +406,10 @@ impl Uploader {
         let known: Vec<u64> = window.iter().map(|s| s.seq).collect();
         let result = with_journal(&self.journal, move |j| {
             let alive: Vec<bool> = known.iter().map(|s| j.get(*s).is_some()).collect();
-            let new: Vec<(u64, i64, i64, Arc<CodecConfig>)> = j
+            let new: Vec<(u64, i64, i64, Arc<TrackSet>)> = j
                 .pending_after(after)
                 .take(want)
-                .map(|e| (e.seq, e.timecode_ms, e.duration_ms, e.codec.clone()))
+                .map(|e| (e.seq, e.timecode_ms, e.duration_ms, e.tracks.clone()))
                 .collect();
             Ok((alive, new))
         })
@@ -421,13 +421,13 @@ impl Uploader {
             i += 1;
             keep
         });
-        for (seq, timecode_ms, duration_ms, codec) in new {
+        for (seq, timecode_ms, duration_ms, tracks) in new {
             *pulled = Some(seq);
             window.push_back(Slot {
                 seq,
                 timecode_ms,
                 duration_ms,
-                codec,
+                tracks,
                 sent_at: None,
                 received: false,
                 opened_session: false,
@@ -478,13 +478,13 @@ impl Uploader {
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let window = &mut *st.window;
-        let codec = window.front().expect("non-empty").codec.clone();
+        let tracks = window.front().expect("non-empty").tracks.clone();
         let mut uid = [0u8; 16];
         uid[..8].copy_from_slice(&random_u64().to_be_bytes());
         uid[8..].copy_from_slice(&random_u64().to_be_bytes());
         let header = mkv::session_header(
             uid,
-            &[TrackSpec::video(&codec)],
+            &TrackSpec::of(&tracks),
             concat!("kvs-edge-agent ", env!("CARGO_PKG_VERSION")),
         );
         if let Err(e) = upload.send(Bytes::from(header)).await {
@@ -497,7 +497,8 @@ impl Uploader {
             s.received = false;
             s.opened_session = false;
         }
-        debug!(stream = %self.stream, url, "PutMedia session open ({} {}x{})", codec.codec, codec.width, codec.height);
+        let v = &tracks.video;
+        debug!(stream = %self.stream, url, audio = ?tracks.audio.as_ref().map(|a| a.codec), "PutMedia session open ({} {}x{})", v.codec, v.width, v.height);
         let rotate_at = Instant::now() + Duration::from_secs(self.cfg.session_rotate_secs);
         let ack_timeout = Duration::from_secs(self.cfg.ack_timeout_secs);
         let mut draining: Option<End> = None;
@@ -511,7 +512,7 @@ impl Uploader {
             let in_flight = window.iter().filter(|s| s.sent_at.is_some()).count();
             if draining.is_none() {
                 if let Some(i) = next
-                    && window[i].codec != codec
+                    && window[i].tracks != tracks
                 {
                     draining = Some(End::Next);
                 } else if let Some(i) = next

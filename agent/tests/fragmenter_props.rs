@@ -3,7 +3,8 @@
 //! starts on a keyframe, none exceeds the limit, no frame is lost or reordered, and the bytes
 //! are a stream KVS would accept.
 
-use kvs_edge_agent::mkv::{self, AccessUnit, Fragmenter, FragmenterConfig, MkvError, TrackSpec};
+use kvs_edge_agent::fragmenter::{AccessUnit, Fragmenter, FragmenterConfig, MkvError};
+use kvs_edge_agent::mkv::{self, TrackSpec};
 use kvs_local::ingest::{Event, Ingest, Limits, TimecodeType};
 use proptest::prelude::*;
 

@@ -366,6 +366,10 @@ pub struct CameraConfig {
     pub stall_timeout_secs: u64,
     #[serde(default)]
     pub encoder: EncoderConfig,
+    /// Audio: absent = send what the camera sends (an RTSP camera's or a file's audio track);
+    /// true = also make it where the source can (a test tone, a V4L2 camera's microphone);
+    /// false = video only.
+    pub audio: Option<bool>,
     /// Create the stream when it does not exist (like kvssink); off = it must exist.
     pub create_stream: Option<CreateStreamConfig>,
     #[serde(default = "yes")]
@@ -442,6 +446,9 @@ pub enum SourceConfig {
         fps: Option<u32>,
         #[serde(default)]
         format: V4l2Format,
+        /// An ALSA capture device (`hw:1,0`, `plughw:CARD=Mic`) recorded next to the video
+        /// and encoded to AAC, when the camera's `audio` is not false.
+        microphone: Option<String>,
     },
 }
 
@@ -485,10 +492,11 @@ impl fmt::Debug for SourceConfig {
                 height,
                 fps,
                 format,
+                microphone,
             } => {
                 write!(
                     f,
-                    "V4l2 {{ {}, {width:?}x{height:?}@{fps:?}, {format:?} }}",
+                    "V4l2 {{ {}, {width:?}x{height:?}@{fps:?}, {format:?}, microphone {microphone:?} }}",
                     device.display()
                 )
             }
@@ -932,10 +940,25 @@ impl AgentConfig {
                     }
                 }
                 SourceConfig::V4l2 {
-                    width, height, fps, ..
+                    width,
+                    height,
+                    fps,
+                    microphone,
+                    ..
                 } => {
                     if let (Some(w), Some(h), Some(f)) = (width, height, fps) {
                         check_picture(*w, *h, *f).map_err(|m| err(at("source"), m))?;
+                    }
+                    if cam.audio == Some(true) && microphone.is_none() {
+                        return Err(err(
+                            at("audio"),
+                            "true, but the V4L2 source has no `microphone` (an ALSA device such \
+                             as \"hw:1,0\") to record"
+                                .into(),
+                        ));
+                    }
+                    if microphone.as_deref().is_some_and(str::is_empty) {
+                        return Err(err(at("source.microphone"), "must not be empty".into()));
                     }
                 }
             }

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use aws_credential_types::Credentials;
 use bytes::Bytes;
+use kvs_edge_agent::fragmenter::{self, AccessUnit, Fragmenter, FragmenterConfig};
 use kvs_edge_agent::h264;
-use kvs_edge_agent::mkv::{self, AccessUnit, Fragmenter, FragmenterConfig, TrackSpec};
+use kvs_edge_agent::mkv::{self, TrackSpec};
 use kvs_edge_agent::putmedia::{Ack, AckEvent, Session, SessionParams};
 pub mod certs;
 pub mod lambda_api;
@@ -180,7 +181,7 @@ impl Encoded {
         &self,
         start_ms: i64,
         target_ms: i64,
-    ) -> Result<(Vec<u8>, Vec<mkv::Fragment>)> {
+    ) -> Result<(Vec<u8>, Vec<fragmenter::Fragment>)> {
         let header = mkv::session_header([7; 16], &[self.track()], "kvs-edge-tests");
         let mut f = Fragmenter::new(FragmenterConfig {
             target_ms,
@@ -197,7 +198,11 @@ impl Encoded {
 
 impl Encoded {
     /// A whole PutMedia body (session header, then every fragment) and the fragments.
-    pub fn upload(&self, start_ms: i64, target_ms: i64) -> Result<(Vec<u8>, Vec<mkv::Fragment>)> {
+    pub fn upload(
+        &self,
+        start_ms: i64,
+        target_ms: i64,
+    ) -> Result<(Vec<u8>, Vec<fragmenter::Fragment>)> {
         let (mut body, fragments) = self.fragments(start_ms, target_ms)?;
         for f in &fragments {
             body.extend_from_slice(&f.bytes);
@@ -353,6 +358,53 @@ pub fn ffprobe(path: &Path) -> Result<(String, u32, u32, f64, u64)> {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0),
     ))
+}
+
+/// One stream of a media file as ffprobe sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stream {
+    /// `video` or `audio`.
+    pub kind: String,
+    pub codec: String,
+    pub start: f64,
+    pub duration: f64,
+    pub sample_rate: u32,
+    pub channels: u32,
+}
+
+/// Every stream of a media file (ffprobe, counting packets), in file order.
+pub fn ffprobe_streams(path: &Path) -> Result<Vec<Stream>> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams"])
+        .arg(path)
+        .output()
+        .context("running ffprobe (scripts/install-deps installs ffmpeg)")?;
+    ensure!(
+        out.status.success(),
+        "ffprobe rejected {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let num = |x: &serde_json::Value| {
+        x.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .or_else(|| x.as_f64())
+            .unwrap_or(0.0)
+    };
+    Ok(v["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| Stream {
+            kind: s["codec_type"].as_str().unwrap_or_default().to_string(),
+            codec: s["codec_name"].as_str().unwrap_or_default().to_string(),
+            start: num(&s["start_time"]),
+            duration: num(&s["duration"]),
+            sample_rate: num(&s["sample_rate"]) as u32,
+            channels: s["channels"].as_u64().unwrap_or(0) as u32,
+        })
+        .collect())
 }
 
 /// `mkvinfo --all` (mkvtoolnix) output of a Matroska file; fails if mkvinfo reports an error.

@@ -175,3 +175,41 @@ async fn an_unsupported_codec_is_refused_clearly_and_the_other_camera_streams_on
     tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_pattern_with_a_tone_sends_video_and_aac_audio() -> anyhow::Result<()> {
+    init_logs();
+    let local = Local::start().await?;
+    let cameras = "[[cameras]]\nname = \"tone\"\nstream_name = \"tone\"\nfragment_duration_ms = 1000\n\
+         audio = true\nencoder = { bitrate_kbps = 300 }\n\
+         source = { type = \"test\", width = 160, height = 120, fps = 10 }\n\
+         create_stream = { retention_period_hours = 1 }\n";
+    let (stop, shutdown) = watch::channel(false);
+    let running = start_agent(&local, "tone.toml", cameras, &shutdown).await?;
+    let cam = running.cameras()[0].clone();
+    tokio::time::timeout(BOUND, cam.upload_stats.wait_until(|s| persisted(s) >= 3)).await?;
+    stop.send_replace(true);
+    tokio::time::timeout(BOUND, running.wait(shutdown, Duration::from_secs(10))).await?;
+    assert_eq!(
+        *cam.camera_stats.audio.lock().unwrap(),
+        Some((kvs_edge_agent::codec::AudioCodec::Aac, 48_000, 1))
+    );
+    // Every fragment carries both tracks, audio and video of the same seconds.
+    let listed = list_all_fragments(&local.archived(), "tone").await?;
+    let number = listed[1].fragment_number.clone().unwrap();
+    let mkv = local.dir.path().join("tone.mkv");
+    std::fs::write(&mkv, get_media(&local.archived(), "tone", &[number]).await?)?;
+    let streams = ffprobe_streams(&mkv)?;
+    let kinds: Vec<(&str, &str)> = streams
+        .iter()
+        .map(|s| (s.kind.as_str(), s.codec.as_str()))
+        .collect();
+    assert_eq!(kinds, [("video", "h264"), ("audio", "aac")]);
+    assert!(
+        (streams[0].start - streams[1].start).abs() < 0.1,
+        "audio and video start together: {streams:?}"
+    );
+    // Only what came before the first picture is left out.
+    assert!(cam.camera_stats.audio_dropped.load(Ordering::Relaxed) < 5);
+    Ok(())
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvs_edge_agent::codec::CodecConfig;
+use kvs_edge_agent::codec::{CodecConfig, TrackSet};
 use kvs_edge_agent::credentials::CredentialSource;
 use kvs_edge_agent::journal::{Appended, FsyncPolicy, FullPolicy, Journal, JournalConfig, Record};
 use kvs_edge_agent::kvs;
@@ -22,17 +22,20 @@ use tokio::sync::mpsc;
 const BOUND: Duration = Duration::from_secs(60);
 
 fn records(video: &Encoded, start_ms: i64) -> anyhow::Result<Vec<Record>> {
-    let codec = Arc::new(CodecConfig::new(
-        kvs_edge_agent::codec::VideoCodec::H264,
-        video.codec_private.clone(),
-    )?);
+    let tracks = Arc::new(TrackSet {
+        video: CodecConfig::new(
+            kvs_edge_agent::codec::VideoCodec::H264,
+            video.codec_private.clone(),
+        )?,
+        audio: None,
+    });
     let (_, fragments) = video.fragments(start_ms, 1000)?;
     Ok(fragments
         .into_iter()
         .map(|f| Record {
             timecode_ms: f.timecode_ms,
             duration_ms: f.duration_ms,
-            codec: codec.clone(),
+            tracks: tracks.clone(),
             bytes: f.bytes,
         })
         .collect())

@@ -530,10 +530,11 @@ async fn twelve_overlapping_alarms_never_cost_the_video() -> anyhow::Result<()> 
         .collect();
     let refs: Vec<&Alarm> = alarms.iter().collect();
     let (tags, omitted) = alarm_tags(&refs);
-    let mut f = mkv::Fragmenter::new(mkv::FragmenterConfig {
-        target_ms: 1000,
-        max_ms: 10_000,
-    });
+    let mut f =
+        kvs_edge_agent::fragmenter::Fragmenter::new(kvs_edge_agent::fragmenter::FragmenterConfig {
+            target_ms: 1000,
+            max_ms: 10_000,
+        });
     let mut fragments = Vec::new();
     for au in video.access_units(t0) {
         if au.keyframe {
