@@ -234,14 +234,22 @@ impl Camera {
                                 }
                             }
                         }
+                        Some(CaptureEvent::AudioLinked) => {
+                            // Fragments wait for the audio from the first one on, so the
+                            // stream starts with both tracks instead of switching layouts.
+                            fragmenter.set_audio(true);
+                        }
                         Some(CaptureEvent::Audio(frame)) => {
                             if tracks.audio.as_ref() != Some(&frame.config) {
                                 let a = &frame.config;
                                 info!(camera = %cam.name, "audio: {} {} Hz, {} channel(s)", a.codec, a.rate, a.channels);
                                 *self.stats.audio.lock().unwrap_or_else(|p| p.into_inner()) =
                                     Some((a.codec, a.rate, a.channels));
-                                // A fragment has one audio configuration, or none.
-                                self.flush_all(&out, &mut fragmenter, &tracks).await;
+                                // A fragment has one audio configuration: a changed one starts
+                                // the next fragment (the first one joins the fragment under way).
+                                if tracks.audio.is_some() {
+                                    self.flush_all(&out, &mut fragmenter, &tracks).await;
+                                }
                                 tracks.audio = Some(frame.config.clone());
                                 fragmenter.set_audio(true);
                             }

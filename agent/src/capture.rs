@@ -77,6 +77,8 @@ pub enum CaptureEvent {
     Unsupported(String),
     /// Something worth one log line (an audio track left out).
     Notice(String),
+    /// An audio stream is linked: its frames follow (fragments can wait for them).
+    AudioLinked,
 }
 
 /// Hardware encoders first (by the element names their platforms use), then x264.
@@ -637,6 +639,7 @@ fn audio_config(caps: &gst::CapsRef) -> Result<AudioConfig, String> {
 
 /// Hands an audio appsink's frames over as `CaptureEvent::Audio`.
 fn attach_audio(appsink: &gst_app::AppSink, events: mpsc::Sender<CaptureEvent>) {
+    let _ = events.try_send(CaptureEvent::AudioLinked);
     let mut config: Option<Arc<AudioConfig>> = None;
     let mut last_caps: Option<gst::Caps> = None;
     appsink.set_callbacks(

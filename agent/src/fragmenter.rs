@@ -4,10 +4,12 @@
 //!
 //! With audio, a fragment holds the audio frames of its time span, blocks interleaved in
 //! time order. KVS wants every frame of a fragment after every frame of the previous one, and
-//! audio arrives a little after the video of the same moment: so a fragment cut at a keyframe
-//! is held until the audio has reached that keyframe (or video has run `AUDIO_WAIT_MS` past
-//! it: the audio is late or gone, and the fragment goes without what did not come). Audio
-//! that arrives too late for its fragment is dropped and counted.
+//! audio may arrive after the video of the same moment: so a fragment cut at a keyframe is
+//! held until the audio has reached that keyframe (or video has run `AUDIO_WAIT_MS` past it:
+//! the audio is late or gone, and the fragment goes without what did not come). Audio may
+//! also run ahead (a slower video encoder): what is at or past a cut belongs to the next
+//! fragment, and audio before the first picture waits for it. Audio too late for its
+//! fragment, or older than the first picture, is dropped and counted.
 
 use thiserror::Error;
 
@@ -168,8 +170,18 @@ impl Fragmenter {
             if !au.keyframe {
                 return Err(MkvError::NeedKeyframe(au.pts_ms));
             }
+            // Audio that came before the first picture: what is older than it has no video.
+            let older = self.pending.audio.partition_point(|a| a.pts_ms < au.pts_ms);
+            self.pending.audio.drain(..older);
+            self.audio_dropped += older as u64;
             self.last_dts = Some(au.dts_ms);
-            self.pending_bytes = au.data.len();
+            self.pending_bytes = au.data.len()
+                + self
+                    .pending
+                    .audio
+                    .iter()
+                    .map(|a| a.data.len())
+                    .sum::<usize>();
             self.pts_range = (au.pts_ms, au.pts_ms);
             self.pending.video.push(au);
             return Ok(done);
@@ -178,7 +190,10 @@ impl Fragmenter {
         let span = self.pts_range.1.max(au.pts_ms) - self.pts_range.0.min(au.pts_ms);
         let offset = au.pts_ms - first_pts;
         if au.keyframe && au.dts_ms - first_dts >= self.cfg.target_ms {
-            let parts = std::mem::take(&mut self.pending);
+            let mut parts = std::mem::take(&mut self.pending);
+            // Audio that ran ahead of the video belongs to the fragment this keyframe starts.
+            let ahead = parts.audio.partition_point(|a| a.pts_ms < au.pts_ms);
+            self.pending.audio = parts.audio.split_off(ahead);
             if self.audio {
                 // Wait for the audio to reach this keyframe; an older held one goes now.
                 if let Some(older) = self.release() {
@@ -191,7 +206,7 @@ impl Fragmenter {
             } else {
                 done = build(parts);
             }
-            self.pending_bytes = 0;
+            self.pending_bytes = self.pending.audio.iter().map(|a| a.data.len()).sum();
             self.pts_range = (au.pts_ms, au.pts_ms);
         } else if span > self.cfg.max_ms
             || !(i64::from(i16::MIN)..=MAX_BLOCK_OFFSET_MS).contains(&offset)
@@ -242,7 +257,16 @@ impl Fragmenter {
                 self.pending_bytes += frame.data.len();
                 self.pending.audio.push(frame);
             }
-            _ => self.audio_dropped += 1,
+            Some(_) => self.audio_dropped += 1,
+            None => {
+                // No picture yet (a video encoder is slower to start than an audio one): keep
+                // the last AUDIO_WAIT_MS for the first keyframe to sort out.
+                let horizon = frame.pts_ms - AUDIO_WAIT_MS;
+                let stale = self.pending.audio.partition_point(|a| a.pts_ms < horizon);
+                self.pending.audio.drain(..stale);
+                self.audio_dropped += stale as u64;
+                self.pending.audio.push(frame);
+            }
         }
         // The audio has passed the held fragment's end: it is complete.
         self.release()
@@ -268,7 +292,12 @@ impl Fragmenter {
             return Some(held);
         }
         self.pending_bytes = 0;
-        build(std::mem::take(&mut self.pending))
+        let parts = std::mem::take(&mut self.pending);
+        if parts.video.is_empty() {
+            // Audio without a picture to go with: it cannot be a fragment.
+            self.audio_dropped += parts.audio.len() as u64;
+        }
+        build(parts)
     }
 }
 
@@ -504,6 +533,13 @@ mod tests {
 
     #[test]
     fn audio_is_interleaved_and_a_cut_waits_for_it() {
+        // Audio arriving 200 ms after the video of the same moment, and 150 ms before it (a
+        // camera whose video encoder is slower): each fragment gets exactly its own span.
+        interleaved_with_audio_lagging(200);
+        interleaved_with_audio_lagging(-150);
+    }
+
+    fn interleaved_with_audio_lagging(lag_ms: i64) {
         let t0 = 1_700_000_000_000;
         let mut f = Fragmenter::new(FragmenterConfig {
             target_ms: 1000,
@@ -511,12 +547,12 @@ mod tests {
         });
         f.set_audio(true);
         let mut out = Vec::new();
-        // Video at 25 fps (keyframes every 1 s); audio frames every 64 ms arriving 200 ms late.
+        // Video at 25 fps (keyframes every 1 s); audio frames every 64 ms.
         let mut next_audio = t0;
         for i in 0..75 {
             let t = t0 + i * 40;
             out.extend(f.push(au(t, i % 25 == 0)).unwrap());
-            while next_audio <= t - 200 {
+            while next_audio <= t - lag_ms {
                 out.extend(f.push_audio(audio(next_audio)));
                 next_audio += 64;
             }
@@ -533,7 +569,8 @@ mod tests {
             assert!(
                 audio_offsets
                     .iter()
-                    .all(|o| (0..1000).contains(&(*o as i32)))
+                    .all(|o| (0..1000).contains(&(*o as i32))),
+                "audio lagging {lag_ms} ms: {audio_offsets:?}"
             );
             // Time order: every block after the previous one within ~one video frame.
             for w in b.windows(2) {
@@ -557,17 +594,20 @@ mod tests {
             max_ms: 10_000,
         });
         f.set_audio(true);
+        // Audio before the first picture waits for it; what is older than it is dropped.
         assert!(f.push_audio(audio(t0 - 10)).is_none());
-        assert_eq!(f.audio_dropped, 1, "before the first keyframe");
+        assert!(f.push_audio(audio(t0 + 5)).is_none());
+        assert_eq!(f.audio_dropped, 0, "kept until the first keyframe");
         let mut out = Vec::new();
         for i in 0..60 {
             out.extend(f.push(au(t0 + i * 40, i % 25 == 0)).unwrap());
         }
         // The cut at 1 s was held; video ran AUDIO_WAIT_MS past it: released without audio.
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].timecode_ms, out[0].audio_frames), (t0, 0));
+        assert_eq!(f.audio_dropped, 1, "the frame before the first picture");
+        assert_eq!((out[0].timecode_ms, out[0].audio_frames), (t0, 1));
         // Audio older than the fragment being built is dropped, not put out of order.
-        assert!(f.push_audio(audio(t0 + 500)).is_none());
+        assert!(f.push_audio(audio(t0 + 900)).is_none());
         assert_eq!(f.audio_dropped, 2);
     }
 }

@@ -36,6 +36,7 @@ fn clip(avcc: &[u8], start_ms: i64, n: usize, tag: u8) -> Vec<u8> {
             config: avcc,
         },
         &samples,
+        None,
     )
 }
 

@@ -211,5 +211,27 @@ async fn a_test_pattern_with_a_tone_sends_video_and_aac_audio() -> anyhow::Resul
     );
     // Only what came before the first picture is left out.
     assert!(cam.camera_stats.audio_dropped.load(Ordering::Relaxed) < 5);
+    // GetClip plays both: an avc1 track and an mp4a track of the same length.
+    let (_, mp4) = get_clip(
+        &local.archived(),
+        "tone",
+        now_ms() - 600_000,
+        now_ms() + 600_000,
+    )
+    .await?;
+    let path = local.dir.path().join("tone.mp4");
+    std::fs::write(&path, mp4)?;
+    let streams = ffprobe_streams(&path)?;
+    let kinds: Vec<(&str, &str)> = streams
+        .iter()
+        .map(|s| (s.kind.as_str(), s.codec.as_str()))
+        .collect();
+    assert_eq!(kinds, [("video", "h264"), ("audio", "aac")]);
+    assert!(
+        (streams[0].start - streams[1].start).abs() < 0.1
+            && (streams[0].duration - streams[1].duration).abs() < 0.5,
+        "the clip's audio covers its video: {streams:?}"
+    );
+    assert_eq!(decode_errors(&path)?, "");
     Ok(())
 }

@@ -117,6 +117,7 @@ fn main() {
             config: &[1, 77, 0, 40, 0xFF, 0xE1, 0, 2, 0x67, 0x4D, 1, 0, 1, 0x68],
         },
         &samples,
+        None,
     );
     let secs = t.elapsed().as_secs_f64();
     println!(

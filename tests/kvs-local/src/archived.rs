@@ -409,11 +409,13 @@ fn deduplicated(mut fragments: Vec<&FragmentMeta>) -> Vec<&FragmentMeta> {
     fragments.sort_by(|a, b| (a.number.len(), &a.number).cmp(&(b.number.len(), &b.number)));
     let mut kept: std::collections::BTreeMap<i64, (i64, &FragmentMeta)> = Default::default();
     for f in fragments {
-        let (start, end) = (f.producer_ms, f.last_ms.max(f.producer_ms));
+        // Spans are half open, [first frame, last frame): a fragment whose last frame (an
+        // audio frame straddling the cut) shares the next one's first timestamp is no copy.
+        let (start, end) = (f.producer_ms, f.last_ms.max(f.producer_ms + 1));
         let before = kept.range(..=start).next_back();
         let after = kept.range(start..).next();
         let overlaps =
-            before.is_some_and(|(_, (e, _))| *e >= start) || after.is_some_and(|(s, _)| *s <= end);
+            before.is_some_and(|(_, (e, _))| *e > start) || after.is_some_and(|(s, _)| *s < end);
         if !overlaps {
             kept.insert(start, (end, f));
         }
@@ -440,55 +442,30 @@ fn build_clip(
         bodies.push((body, header));
     }
     let header = first_header.ok_or_else(|| ApiError::not_found("no fragments"))?;
-    let track = header.video_track().ok_or_else(|| {
-        ApiError::new(
-            400,
-            "UnsupportedStreamMediaTypeException",
-            "the stream has no video track",
-        )
-    })?;
-    let codec = match track.codec_id.as_str() {
-        "V_MPEG4/ISO/AVC" => mp4::Codec::H264,
-        "V_MPEGH/ISO/HEVC" => mp4::Codec::H265,
-        other => {
-            return Err(ApiError::new(
-                400,
-                "UnsupportedStreamMediaTypeException",
-                format!(
-                    "codec {other} is not one GetClip plays (V_MPEG4/ISO/AVC or V_MPEGH/ISO/HEVC)"
-                ),
-            ));
-        }
-    };
-    if track.codec_private.is_empty() {
-        return Err(ApiError::new(
-            400,
-            "MissingCodecPrivateDataException",
-            "the video track has no codec private data",
-        ));
-    }
-    match codec {
-        mp4::Codec::H264 => check_avcc(&track.codec_private),
-        mp4::Codec::H265 => check_hvcc(&track.codec_private),
-    }
-    .map_err(|e| {
-        ApiError::new(
-            400,
-            "InvalidCodecPrivateDataException",
-            format!("invalid codec private data: {e}"),
-        )
-    })?;
+    let layout = ClipLayout::of(&header)?;
+    let track = layout.video;
+    let codec = layout.codec;
     let scale = header.timecode_scale_ns;
     let mut samples = Vec::new();
+    let mut audio_samples = Vec::new();
     for (meta, (body, _)) in selected.iter().zip(&bodies) {
         let frames = ingest::frames_of_body(body, scale, meta.producer_ms)
             .map_err(|e| ApiError::new(400, "InvalidMediaFrameException", e.to_string()))?;
-        for f in frames.into_iter().filter(|f| f.track == track.number) {
-            samples.push(mp4::Sample {
+        for f in frames {
+            let sample = mp4::Sample {
                 pts_ms: f.timestamp_ms,
                 keyframe: f.keyframe,
                 data: &body[f.offset..f.offset + f.len],
-            });
+            };
+            if f.track == track.number {
+                samples.push(sample);
+            } else if layout
+                .audio
+                .as_ref()
+                .is_some_and(|(t, _)| t.number == f.track)
+            {
+                audio_samples.push(sample);
+            }
         }
     }
     if samples.is_empty() {
@@ -504,7 +481,136 @@ fn build_clip(
         codec,
         config: &track.codec_private,
     };
-    Ok(mp4::write(&video, &samples))
+    let audio = layout.audio.as_ref().map(|(t, codec)| mp4::AudioTrack {
+        codec: *codec,
+        config: &t.codec_private,
+        rate: t.sampling_frequency as u32,
+        channels: t.channels as u16,
+    });
+    Ok(mp4::write(
+        &video,
+        &samples,
+        audio.as_ref().map(|a| (a, audio_samples.as_slice())),
+    ))
+}
+
+/// The track layouts GetClip plays ("Video playback track requirements", GetClip): track 1
+/// H.264 or H.265 video; optionally track 2 AAC audio, or G.711 A-law (A_MS/ACM) after
+/// H.264. Anything else is UnsupportedStreamMediaTypeException, before any media is read.
+struct ClipLayout<'a> {
+    video: &'a ingest::Track,
+    codec: mp4::Codec,
+    audio: Option<(&'a ingest::Track, mp4::AudioCodec)>,
+}
+
+/// WAVEFORMATEX wFormatTag values (RFC 2361): the MS/ACM codec private data's first field.
+const WAVE_FORMAT_ALAW: u16 = 6;
+const WAVE_FORMAT_MULAW: u16 = 7;
+
+impl<'a> ClipLayout<'a> {
+    fn of(header: &'a SessionHeader) -> Result<ClipLayout<'a>, ApiError> {
+        let unsupported =
+            |msg: String| ApiError::new(400, "UnsupportedStreamMediaTypeException", msg);
+        let track = header
+            .tracks
+            .iter()
+            .find(|t| t.number == 1)
+            .filter(|t| t.track_type == 1)
+            .ok_or_else(|| unsupported("track 1 of the stream is not a video track".into()))?;
+        let codec = match track.codec_id.as_str() {
+            "V_MPEG4/ISO/AVC" => mp4::Codec::H264,
+            "V_MPEGH/ISO/HEVC" => mp4::Codec::H265,
+            other => {
+                return Err(unsupported(format!(
+                    "codec {other} is not one GetClip plays (V_MPEG4/ISO/AVC or V_MPEGH/ISO/HEVC)"
+                )));
+            }
+        };
+        if track.codec_private.is_empty() {
+            return Err(ApiError::new(
+                400,
+                "MissingCodecPrivateDataException",
+                "the video track has no codec private data",
+            ));
+        }
+        match codec {
+            mp4::Codec::H264 => check_avcc(&track.codec_private),
+            mp4::Codec::H265 => check_hvcc(&track.codec_private),
+        }
+        .map_err(|e| {
+            ApiError::new(
+                400,
+                "InvalidCodecPrivateDataException",
+                format!("invalid codec private data: {e}"),
+            )
+        })?;
+        let others: Vec<&ingest::Track> = header.tracks.iter().filter(|t| t.number != 1).collect();
+        let audio = match others.as_slice() {
+            [] => None,
+            [a] if a.number == 2 && a.track_type == 2 => Some((*a, audio_codec(a, codec)?)),
+            _ => {
+                return Err(unsupported(format!(
+                    "GetClip plays track 1 video with at most a track 2 audio; the stream has tracks {:?}",
+                    header
+                        .tracks
+                        .iter()
+                        .map(|t| (t.number, t.codec_id.as_str()))
+                        .collect::<Vec<_>>()
+                )));
+            }
+        };
+        Ok(ClipLayout {
+            video: track,
+            codec,
+            audio,
+        })
+    }
+}
+
+/// Which MP4 audio a track 2 becomes, if GetClip plays it next to `video`.
+fn audio_codec(track: &ingest::Track, video: mp4::Codec) -> Result<mp4::AudioCodec, ApiError> {
+    let unsupported = |msg: String| ApiError::new(400, "UnsupportedStreamMediaTypeException", msg);
+    let invalid = |msg: String| ApiError::new(400, "InvalidCodecPrivateDataException", msg);
+    if track.sampling_frequency == 0 || track.channels == 0 {
+        return Err(invalid(format!(
+            "audio track {} has no SamplingFrequency or Channels",
+            track.number
+        )));
+    }
+    match track.codec_id.as_str() {
+        "A_AAC" => {
+            if track.codec_private.len() < 2 {
+                return Err(invalid(
+                    "the AAC track's codec private data is not an AudioSpecificConfig".into(),
+                ));
+            }
+            Ok(mp4::AudioCodec::Aac)
+        }
+        "A_MS/ACM" => {
+            let tag = track
+                .codec_private
+                .get(..2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .ok_or_else(|| {
+                    invalid("the A_MS/ACM track's codec private data is not a WAVEFORMATEX".into())
+                })?;
+            match (tag, video) {
+                (WAVE_FORMAT_ALAW, mp4::Codec::H264) => Ok(mp4::AudioCodec::Alaw),
+                (WAVE_FORMAT_ALAW, mp4::Codec::H265) => Err(unsupported(
+                    "GetClip plays G.711 audio only next to H.264 video".into(),
+                )),
+                (WAVE_FORMAT_MULAW, _) => Err(unsupported(
+                    "GetClip plays G.711 A-law only; this track is µ-law".into(),
+                )),
+                (other, _) => Err(unsupported(format!(
+                    "A_MS/ACM format tag {other} is not G.711 A-law"
+                ))),
+            }
+        }
+        other => Err(unsupported(format!(
+            "audio codec {other} is not one GetClip plays (A_AAC or A_MS/ACM)"
+        ))),
+    }
 }
 
 /// GetClip's rule: the tracks, and each track's codec private data, stay the same through
@@ -581,6 +687,15 @@ mod tests {
             .map(|f| f.number.as_str())
             .collect();
         assert_eq!(kept, ["10", "11", "15"]);
+        // Touching spans are neighbours, not copies; single-frame resends are still copies.
+        let touching = [meta("20", 0, 1000), meta("21", 1000, 1900)];
+        let single = [meta("22", 3000, 3000), meta("23", 3000, 3000)];
+        let all: Vec<&FragmentMeta> = touching.iter().chain(&single).collect();
+        let kept: Vec<&str> = deduplicated(all)
+            .iter()
+            .map(|f| f.number.as_str())
+            .collect();
+        assert_eq!(kept, ["20", "21", "22"]);
     }
 
     #[test]
@@ -594,5 +709,68 @@ mod tests {
         let good = [1, 77, 0, 30, 0xFF, 0xE1, 0, 2, 0x67, 0x4D, 1, 0, 1, 0x68];
         assert_eq!(check_avcc(&good), Ok(()));
         assert!(check_avcc(&good[..good.len() - 1]).is_err());
+    }
+
+    fn track(number: u64, track_type: u64, codec_id: &str, private: &[u8]) -> ingest::Track {
+        ingest::Track {
+            number,
+            track_type,
+            codec_id: codec_id.into(),
+            codec_private: private.to_vec(),
+            width: 320,
+            height: 240,
+            sampling_frequency: if track_type == 2 { 8000 } else { 0 },
+            channels: if track_type == 2 { 1 } else { 0 },
+        }
+    }
+
+    fn layout_of(tracks: Vec<ingest::Track>) -> Result<Option<mp4::AudioCodec>, String> {
+        let header = SessionHeader {
+            tracks,
+            ..SessionHeader::empty()
+        };
+        ClipLayout::of(&header)
+            .map(|l| l.audio.map(|(_, c)| c))
+            .map_err(|e| e.error_type)
+    }
+
+    #[test]
+    fn clip_layouts_follow_the_playback_track_requirements() {
+        const AVCC: [u8; 14] = [1, 77, 0, 30, 0xFF, 0xE1, 0, 2, 0x67, 0x4D, 1, 0, 1, 0x68];
+        let h264 = || track(1, 1, "V_MPEG4/ISO/AVC", &AVCC);
+        let aac = || track(2, 2, "A_AAC", &[0x15, 0x88]);
+        let wave = |tag: u16| {
+            let mut w = tag.to_le_bytes().to_vec();
+            w.extend_from_slice(&[1, 0, 0x40, 0x1F, 0, 0, 0x40, 0x1F, 0, 0, 1, 0, 8, 0, 0, 0]);
+            track(2, 2, "A_MS/ACM", &w)
+        };
+        assert_eq!(layout_of(vec![h264()]), Ok(None));
+        assert_eq!(
+            layout_of(vec![h264(), aac()]),
+            Ok(Some(mp4::AudioCodec::Aac))
+        );
+        assert_eq!(
+            layout_of(vec![h264(), wave(6)]),
+            Ok(Some(mp4::AudioCodec::Alaw))
+        );
+        let unsupported = Err("UnsupportedStreamMediaTypeException".to_string());
+        // µ-law, Opus, audio first, a third track.
+        assert_eq!(layout_of(vec![h264(), wave(7)]), unsupported);
+        assert_eq!(
+            layout_of(vec![h264(), track(2, 2, "A_OPUS", &[0; 19])]),
+            unsupported
+        );
+        assert_eq!(
+            layout_of(vec![track(1, 2, "A_AAC", &[0x15, 0x88])]),
+            unsupported
+        );
+        assert_eq!(
+            layout_of(vec![h264(), aac(), track(3, 2, "A_AAC", &[0x15, 0x88])]),
+            unsupported
+        );
+        assert_eq!(
+            layout_of(vec![h264(), track(2, 2, "A_AAC", &[])]),
+            Err("InvalidCodecPrivateDataException".to_string())
+        );
     }
 }

@@ -34,6 +34,9 @@ pub const DEFAULT_DURATION: u32 = 0x23_E383;
 pub const VIDEO: u32 = 0xE0;
 pub const PIXEL_WIDTH: u32 = 0xB0;
 pub const PIXEL_HEIGHT: u32 = 0xBA;
+pub const AUDIO: u32 = 0xE1;
+pub const SAMPLING_FREQUENCY: u32 = 0xB5;
+pub const CHANNELS: u32 = 0x9F;
 pub const CLUSTER: u32 = 0x1F43_B675;
 pub const TIMECODE: u32 = 0xE7;
 pub const SIMPLE_BLOCK: u32 = 0xA3;
@@ -144,6 +147,22 @@ pub fn read_uint(what: &'static str, payload: &[u8]) -> Result<u64, EbmlError> {
     Ok(payload
         .iter()
         .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+}
+
+/// An EBML float: 4 or 8 bytes, big-endian (0 bytes is 0.0).
+pub fn read_float(what: &'static str, payload: &[u8]) -> Result<f64, EbmlError> {
+    match payload.len() {
+        0 => Ok(0.0),
+        4 => Ok(f64::from(f32::from_be_bytes(
+            payload.try_into().expect("4 bytes"),
+        ))),
+        8 => Ok(f64::from_be_bytes(payload.try_into().expect("8 bytes"))),
+        len => Err(EbmlError::BadPayload {
+            what,
+            len,
+            kind: "float",
+        }),
+    }
 }
 
 pub fn read_string(what: &'static str, payload: &[u8]) -> Result<String, EbmlError> {

@@ -157,6 +157,9 @@ pub struct Track {
     pub codec_private: Vec<u8>,
     pub width: u64,
     pub height: u64,
+    /// Audio tracks: SamplingFrequency (Hz, as an integer) and Channels.
+    pub sampling_frequency: u64,
+    pub channels: u64,
 }
 
 /// The session header as received: the timecode scale, the tracks, and the raw Info and
@@ -178,10 +181,6 @@ impl SessionHeader {
             raw_info: Vec::new(),
             raw_tracks: Vec::new(),
         }
-    }
-
-    pub fn video_track(&self) -> Option<&Track> {
-        self.tracks.iter().find(|t| t.track_type == 1)
     }
 }
 
@@ -843,6 +842,8 @@ pub fn parse_tracks(payload: &[u8], limits: &Limits) -> Result<Vec<Track>, Inges
             codec_private: Vec::new(),
             width: 0,
             height: 0,
+            sampling_frequency: 0,
+            channels: 0,
         };
         for field in Children::new(entry) {
             let (id, value, _) = field?;
@@ -861,6 +862,19 @@ pub fn parse_tracks(payload: &[u8], limits: &Limits) -> Result<Vec<Track>, Inges
                             ebml::PIXEL_HEIGHT => {
                                 track.height = ebml::read_uint("PixelHeight", value)?
                             }
+                            _ => {}
+                        }
+                    }
+                }
+                ebml::AUDIO => {
+                    for a in Children::new(value) {
+                        let (id, value, _) = a?;
+                        match id {
+                            ebml::SAMPLING_FREQUENCY => {
+                                track.sampling_frequency =
+                                    ebml::read_float("SamplingFrequency", value)?.round() as u64
+                            }
+                            ebml::CHANNELS => track.channels = ebml::read_uint("Channels", value)?,
                             _ => {}
                         }
                     }
