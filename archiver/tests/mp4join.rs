@@ -1,11 +1,12 @@
 //! The MP4 joiner against MP4s it did not write: kvs-local's GetClip writer (progressive,
-//! moov first). Joined output has every sample once, in order, with decode times running on;
-//! chunk boundaries never change the output; a changed codec configuration starts a new
-//! file; truncated or shuffled input is an error, never a panic. ffprobe checks real
-//! joined clips in tests/tests/archiver_clip.rs.
+//! moov first, video and optionally audio). Joined output has every sample once, in order,
+//! with decode times running on per track and audio kept where its edit list puts it; chunk
+//! boundaries never change the output; a changed codec configuration or track layout
+//! starts a new file; truncated or shuffled input is an error, never a panic. ffprobe checks
+//! real joined clips in tests/tests/archiver_clip.rs.
 
 use kvs_edge_archiver::mp4join::{Joiner, Output};
-use kvs_local::mp4::{Sample, VideoTrack, write};
+use kvs_local::mp4::{AudioCodec, AudioTrack, Sample, VideoTrack, write};
 use proptest::prelude::*;
 
 /// A fake but well-formed AVCDecoderConfigurationRecord: the joiner copies it, never reads it.
@@ -18,6 +19,21 @@ const AVCC_B: &[u8] = &[
 
 /// A clip of `n` samples at 40 ms, a keyframe every 10; sample i's bytes all equal `tag + i`.
 fn clip(avcc: &[u8], start_ms: i64, n: usize, tag: u8) -> Vec<u8> {
+    clip_with_audio(avcc, start_ms, n, tag, None)
+}
+
+/// AAC LC, 48 kHz, mono.
+const ASC: &[u8] = &[0x11, 0x88];
+
+/// Like `clip`, with `audio` = (delay in ms, frame count) AAC frames of 1024 samples at
+/// 48 kHz whose bytes all equal `0xA0 + i`, starting `delay` after the video.
+fn clip_with_audio(
+    avcc: &[u8],
+    start_ms: i64,
+    n: usize,
+    tag: u8,
+    audio: Option<(i64, usize)>,
+) -> Vec<u8> {
     let data: Vec<Vec<u8>> = (0..n)
         .map(|i| vec![tag.wrapping_add(i as u8); 100 + i % 7])
         .collect();
@@ -28,6 +44,23 @@ fn clip(avcc: &[u8], start_ms: i64, n: usize, tag: u8) -> Vec<u8> {
             data: &data[i],
         })
         .collect();
+    let (delay, frames) = audio.unwrap_or((0, 0));
+    let audio_data: Vec<Vec<u8>> = (0..frames)
+        .map(|i| vec![0xA0u8.wrapping_add(i as u8); 20 + i % 3])
+        .collect();
+    let audio_samples: Vec<Sample> = (0..frames)
+        .map(|i| Sample {
+            pts_ms: start_ms + delay + (i as i64 * 1024 * 1000 / 48_000),
+            keyframe: true,
+            data: &audio_data[i],
+        })
+        .collect();
+    let track = AudioTrack {
+        codec: AudioCodec::Aac,
+        config: ASC,
+        rate: 48_000,
+        channels: 1,
+    };
     write(
         &VideoTrack {
             width: 320,
@@ -36,7 +69,7 @@ fn clip(avcc: &[u8], start_ms: i64, n: usize, tag: u8) -> Vec<u8> {
             config: avcc,
         },
         &samples,
-        None,
+        audio.map(|_| (&track, audio_samples.as_slice())),
     )
 }
 
@@ -149,12 +182,122 @@ fn broken_input_is_an_error() {
     assert!(join(&[mdat_first], 1000).unwrap_err().contains("moov"));
 }
 
+/// The `tfdt` decode times of a file's fragments, per track id, in file order.
+fn decode_times(file: &[u8]) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    for (kind, moof) in boxes(file) {
+        if kind != "moof" {
+            continue;
+        }
+        let mut at = 0;
+        while let Some(p) = moof[at..].windows(4).position(|w| w == b"tfhd") {
+            let tfhd = at + p;
+            let id = u32::from_be_bytes(moof[tfhd + 8..tfhd + 12].try_into().unwrap());
+            let tfdt = tfhd + moof[tfhd..].windows(4).position(|w| w == b"tfdt").unwrap();
+            out.push((
+                id,
+                u64::from_be_bytes(moof[tfdt + 8..tfdt + 16].try_into().unwrap()),
+            ));
+            at = tfdt;
+        }
+    }
+    out
+}
+
+#[test]
+fn audio_is_carried_as_a_second_track_and_keeps_its_place() {
+    // Two parts of 2 s; the audio starts 20 ms after the video in each.
+    let parts = [
+        clip_with_audio(AVCC_A, 0, 50, 0, Some((20, 90))),
+        clip_with_audio(AVCC_A, 2000, 50, 50, Some((20, 90))),
+    ];
+    let files = files(&join(&parts, 1000).unwrap());
+    assert_eq!(files.len(), 1);
+    let top = boxes(&files[0]);
+    let moov = top[1].1;
+    let handlers: Vec<&[u8]> = moov
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"hdlr")
+        .map(|(i, _)| &moov[i + 12..i + 16])
+        .collect();
+    assert_eq!(handlers, [b"vide", b"soun"]);
+    assert!(moov.windows(4).any(|w| w == b"mp4a") && moov.windows(4).any(|w| w == b"esds"));
+    // Every byte once: each part's video, then its audio (kvs-local's chunk order).
+    let media: Vec<u8> = top
+        .iter()
+        .filter(|(k, _)| k == "mdat")
+        .flat_map(|(_, p)| p.to_vec())
+        .collect();
+    let mut expect = Vec::new();
+    for part in 0..2usize {
+        for i in 0..50usize {
+            expect.extend(vec![(50 * part + i) as u8; 100 + i % 7]);
+        }
+        for i in 0..90usize {
+            expect.extend(vec![0xA0u8.wrapping_add(i as u8); 20 + i % 3]);
+        }
+    }
+    assert_eq!(media, expect);
+    // Video in ms, audio in 48 kHz samples: each part's audio 20 ms after its video.
+    assert_eq!(
+        decode_times(&files[0]),
+        [(1, 0), (2, 960), (1, 2000), (2, 2000 * 48 + 960)]
+    );
+}
+
+#[test]
+fn audio_that_appears_or_goes_starts_a_new_file() {
+    let out = join(
+        &[
+            clip(AVCC_A, 0, 20, 0),
+            clip_with_audio(AVCC_A, 800, 20, 20, Some((0, 30))),
+            clip(AVCC_A, 1600, 20, 40),
+        ],
+        4096,
+    )
+    .unwrap();
+    let files = files(&out);
+    assert_eq!(files.len(), 3);
+    let has_audio = |f: &[u8]| f.windows(4).any(|w| w == b"soun");
+    assert_eq!(
+        files.iter().map(|f| has_audio(f)).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+}
+
+#[test]
+fn fragmented_input_with_two_tracks_is_read_by_its_data_offsets() {
+    // The joiner's own output is fragmented: a moof with a traf per track, truns pointing
+    // into the mdat. Joined again, it gives the same media and timing.
+    let parts = [
+        clip_with_audio(AVCC_A, 0, 30, 0, Some((20, 50))),
+        clip_with_audio(AVCC_A, 1200, 30, 30, Some((20, 50))),
+    ];
+    let once = files(&join(&parts, 4096).unwrap());
+    let twice = files(&join(&once, 333).unwrap());
+    assert_eq!(twice.len(), 1);
+    let media = |f: &[u8]| -> Vec<u8> {
+        boxes(f)
+            .iter()
+            .filter(|(k, _)| k == "mdat")
+            .flat_map(|(_, p)| p.to_vec())
+            .collect()
+    };
+    assert_eq!(media(&twice[0]), media(&once[0]));
+    assert_eq!(decode_times(&twice[0]), decode_times(&once[0]));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn chunk_boundaries_do_not_matter(chunk in 1usize..5000, n in 1usize..60, m in 1usize..60) {
-        let parts = [clip(AVCC_A, 0, n, 0), clip(AVCC_A, 40 * n as i64, m, 100)];
+    fn chunk_boundaries_do_not_matter(chunk in 1usize..5000, n in 1usize..60, m in 1usize..60, audio in 0usize..40) {
+        let with = |frames: usize| (frames > 0).then_some((10, frames));
+        let parts = [
+            clip_with_audio(AVCC_A, 0, n, 0, with(audio)),
+            clip_with_audio(AVCC_A, 40 * n as i64, m, 100, with(audio)),
+        ];
         let whole = files(&join(&parts, usize::MAX).unwrap());
         prop_assert_eq!(files(&join(&parts, chunk).unwrap()), whole);
     }
