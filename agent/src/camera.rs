@@ -219,7 +219,10 @@ impl Camera {
                                 fragmenter.set_tags(tags, omitted);
                                 marks.keyframe = Some((unit.codec.clone(), au.data.clone()));
                             }
-                            match fragmenter.push(au) {
+                            let pushed = fragmenter.push(au);
+                            // (A first keyframe drops the early audio older than it.)
+                            self.stats.audio_dropped.store(fragmenter.audio_dropped, Ordering::Relaxed);
+                            match pushed {
                                 Ok(done) => {
                                     backoff.reset();
                                     self.emit(&out, done, &tracks).await;
@@ -255,15 +258,10 @@ impl Camera {
                             }
                             // On the video's timeline: same pipeline clock, same bias.
                             let media = MediaTime(frame.pts.0 + DECODE_BIAS_NS);
-                            let dropped = fragmenter.audio_dropped;
-                            if let Some(pts) = timeline.project(media) {
-                                let done = fragmenter.push_audio(AudioFrame { pts_ms: pts.0, data: frame.data });
-                                self.emit(&out, done, &tracks).await;
-                            } else {
-                                fragmenter.audio_dropped += 1;
-                            }
-                            let newly = fragmenter.audio_dropped - dropped;
-                            self.stats.audio_dropped.fetch_add(newly, Ordering::Relaxed);
+                            let pts = timeline.project(media, WallMs::now());
+                            let done = fragmenter.push_audio(AudioFrame { pts_ms: pts.0, data: frame.data });
+                            self.emit(&out, done, &tracks).await;
+                            self.stats.audio_dropped.store(fragmenter.audio_dropped, Ordering::Relaxed);
                         }
                         Some(CaptureEvent::Eos) => break "end of stream",
                         Some(CaptureEvent::Error(e)) => {
@@ -394,6 +392,9 @@ impl Camera {
         while let Some(f) = fragmenter.flush() {
             self.emit(out, Some(f), tracks).await;
         }
+        self.stats
+            .audio_dropped
+            .store(fragmenter.audio_dropped, Ordering::Relaxed);
     }
 
     /// The pipeline for this camera, choosing an encoder when one is needed.

@@ -592,7 +592,7 @@ fn link_audio(
     chain: &str,
     events: &mpsc::Sender<CaptureEvent>,
 ) -> Result<(), String> {
-    let bin = gst::parse::bin_from_description(&format!("{chain} ! {AUDIO_APPSINK}"), true)
+    let bin = gst::parse::bin_from_description(&format!("queue ! {chain} ! {AUDIO_APPSINK}"), true)
         .map_err(|e| e.to_string())?;
     let appsink = bin
         .by_name(AUDIO_SINK)
@@ -703,16 +703,21 @@ fn link_video(
         .property("caps", caps)
         .build()
         .map_err(|e| e.to_string())?;
-    pipeline
-        .add_many([&parser, &filter])
+    // A queue per stream: a demuxer feeding the video and audio appsinks from one thread
+    // would otherwise block in the first sink's preroll, and the pipeline never starts.
+    let queue = gst::ElementFactory::make("queue")
+        .build()
         .map_err(|e| e.to_string())?;
-    gst::Element::link_many([&parser, &filter, sink]).map_err(|e| e.to_string())?;
-    for e in [&parser, &filter] {
+    pipeline
+        .add_many([&queue, &parser, &filter])
+        .map_err(|e| e.to_string())?;
+    gst::Element::link_many([&queue, &parser, &filter, sink]).map_err(|e| e.to_string())?;
+    for e in [&queue, &parser, &filter] {
         e.sync_state_with_parent().map_err(|e| e.to_string())?;
     }
-    let target = parser
+    let target = queue
         .static_pad("sink")
-        .ok_or("the parser has no sink pad")?;
+        .ok_or("the queue has no sink pad")?;
     pad.link(&target).map_err(|e| e.to_string())?;
     Ok(())
 }

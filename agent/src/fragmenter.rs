@@ -18,6 +18,9 @@ use crate::mkv::{self, AUDIO_TRACK, Block, MAX_BLOCK_OFFSET_MS, MAX_FRAGMENT_BYT
 /// How long a cut fragment waits for its audio, in video time.
 pub const AUDIO_WAIT_MS: i64 = 1000;
 
+/// How much audio is kept while no picture has come yet.
+pub const EARLY_AUDIO_MS: i64 = 10_000;
+
 /// One encoded picture, in length-prefixed form (AVCC / HVCC), timed in producer time.
 /// Access units arrive in decode order; with B-frames presentation times are not monotonic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,9 +262,10 @@ impl Fragmenter {
             }
             Some(_) => self.audio_dropped += 1,
             None => {
-                // No picture yet (a video encoder is slower to start than an audio one): keep
-                // the last AUDIO_WAIT_MS for the first keyframe to sort out.
-                let horizon = frame.pts_ms - AUDIO_WAIT_MS;
+                // No picture yet (a video encoder is slower to start than an audio one, a
+                // file's audio branch runs ahead): keep the last EARLY_AUDIO_MS for the first
+                // keyframe to sort out.
+                let horizon = frame.pts_ms - EARLY_AUDIO_MS;
                 let stale = self.pending.audio.partition_point(|a| a.pts_ms < horizon);
                 self.pending.audio.drain(..stale);
                 self.audio_dropped += stale as u64;
@@ -286,18 +290,17 @@ impl Fragmenter {
     }
 
     /// Emits what is held or pending as a fragment (at end of stream or session, or a codec
-    /// change): call it until it returns `None`.
+    /// change): call it until it returns `None`. Audio without a picture yet stays for the
+    /// first keyframe.
     pub fn flush(&mut self) -> Option<Fragment> {
         if let Some(held) = self.release() {
             return Some(held);
         }
-        self.pending_bytes = 0;
-        let parts = std::mem::take(&mut self.pending);
-        if parts.video.is_empty() {
-            // Audio without a picture to go with: it cannot be a fragment.
-            self.audio_dropped += parts.audio.len() as u64;
+        if self.pending.video.is_empty() {
+            return None;
         }
-        build(parts)
+        self.pending_bytes = 0;
+        build(std::mem::take(&mut self.pending))
     }
 }
 
@@ -326,6 +329,9 @@ fn build(parts: Parts) -> Option<Fragment> {
     } else {
         0
     };
+    // The fragment ends after its last picture's interval, or just after its last audio
+    // frame (which comes before the next fragment's keyframe): never into the next one.
+    let end = (vhigh + interval).max(audio.last().map_or(i64::MIN, |a| a.pts_ms + 1));
     let mut blocks = Vec::with_capacity(video.len() + audio.len());
     let mut a = audio.iter().peekable();
     for v in &video {
@@ -353,7 +359,7 @@ fn build(parts: Parts) -> Option<Fragment> {
     Some(Fragment {
         timecode_ms: first,
         last_ms: high,
-        duration_ms: high - low + interval,
+        duration_ms: end - low,
         frames: video.len(),
         audio_frames: audio.len(),
         bytes: mkv::cluster(first, &blocks, &tags),
@@ -547,14 +553,14 @@ mod tests {
         });
         f.set_audio(true);
         let mut out = Vec::new();
-        // Video at 25 fps (keyframes every 1 s); audio frames every 64 ms.
+        // Video at 25 fps (keyframes every 1 s); audio frames every 33 ms.
         let mut next_audio = t0;
         for i in 0..75 {
             let t = t0 + i * 40;
             out.extend(f.push(au(t, i % 25 == 0)).unwrap());
             while next_audio <= t - lag_ms {
                 out.extend(f.push_audio(audio(next_audio)));
-                next_audio += 64;
+                next_audio += 33;
             }
         }
         // The cut at 1 s waited for the audio to reach it: the first fragment is complete.
@@ -577,13 +583,23 @@ mod tests {
                 assert!(w[1].1 + 40 > w[0].1, "{b:?}");
             }
         }
+        // Each fragment ends where the next begins, not after.
+        for w in out.windows(2) {
+            assert!(
+                w[0].timecode_ms + w[0].duration_ms <= w[1].timecode_ms,
+                "audio lagging {lag_ms} ms: {} + {} > {}",
+                w[0].timecode_ms,
+                w[0].duration_ms,
+                w[1].timecode_ms
+            );
+        }
         // No audio frame dropped, none in two fragments.
         assert_eq!(f.audio_dropped, 0);
         while let Some(last) = f.flush() {
             out.push(last);
         }
         let total: usize = out.iter().map(|f| f.audio_frames).sum();
-        assert_eq!(total as i64, (next_audio - t0) / 64);
+        assert_eq!(total as i64, (next_audio - t0) / 33);
     }
 
     #[test]
@@ -594,9 +610,11 @@ mod tests {
             max_ms: 10_000,
         });
         f.set_audio(true);
-        // Audio before the first picture waits for it; what is older than it is dropped.
+        // Audio before the first picture waits for it (a flush, as when the video's codec
+        // becomes known, keeps it); what is older than the picture is dropped.
         assert!(f.push_audio(audio(t0 - 10)).is_none());
         assert!(f.push_audio(audio(t0 + 5)).is_none());
+        assert!(f.flush().is_none());
         assert_eq!(f.audio_dropped, 0, "kept until the first keyframe");
         let mut out = Vec::new();
         for i in 0..60 {

@@ -98,12 +98,18 @@ impl Timeline {
 
 impl Timeline {
     /// Maps a media time of another stream of the same pipeline (audio) on the current
-    /// anchor, without moving it; `None` before the first `wall` call. Times a little before
-    /// the anchor map before it.
-    pub fn project(&self, media: MediaTime) -> Option<WallMs> {
-        let (m0, w0) = self.anchor?;
+    /// anchor, without moving it; when nothing is anchored yet (the audio came first), this
+    /// media time anchors the timeline. Times a little before the anchor map before it.
+    pub fn project(&mut self, media: MediaTime, now: WallMs) -> WallMs {
+        let (m0, w0) = *self.anchor.get_or_insert_with(|| {
+            let start = match self.last_wall {
+                Some(last) if now <= last => WallMs(last.0 + 1),
+                _ => now,
+            };
+            (media, start)
+        });
         let delta_ms = (media.0 as i128 - m0.0 as i128) / 1_000_000;
-        Some(WallMs(w0.0 + delta_ms as i64))
+        WallMs(w0.0 + delta_ms as i64)
     }
 }
 
@@ -116,10 +122,17 @@ mod tests {
     #[test]
     fn other_streams_project_on_the_same_anchor() {
         let mut t = Timeline::new();
-        assert_eq!(t.project(MediaTime(0)), None);
         t.wall(MediaTime(1_000 * MS), WallMs(50_000));
-        assert_eq!(t.project(MediaTime(1_020 * MS)), Some(WallMs(50_020)));
-        assert_eq!(t.project(MediaTime(990 * MS)), Some(WallMs(49_990)));
+        assert_eq!(t.project(MediaTime(1_020 * MS), WallMs(9)), WallMs(50_020));
+        assert_eq!(t.project(MediaTime(990 * MS), WallMs(9)), WallMs(49_990));
+        // Audio first: it anchors, and the video follows on the same anchor.
+        let mut t = Timeline::new();
+        assert_eq!(
+            t.project(MediaTime(500 * MS), WallMs(70_000)),
+            WallMs(70_000)
+        );
+        assert_eq!(t.wall(MediaTime(520 * MS), WallMs(99_999)), WallMs(70_020));
+        assert_eq!(t.reanchors(), 0);
     }
 
     #[test]
