@@ -288,6 +288,84 @@ fn fragmented_input_with_two_tracks_is_read_by_its_data_offsets() {
     assert_eq!(decode_times(&twice[0]), decode_times(&once[0]));
 }
 
+/// The `trun` sample counts and total durations per track id of a joined file.
+fn trun_totals(file: &[u8]) -> std::collections::BTreeMap<u32, (u64, u64)> {
+    let mut totals = std::collections::BTreeMap::new();
+    for (kind, moof) in boxes(file) {
+        if kind != "moof" {
+            continue;
+        }
+        let mut id = 0;
+        let mut at = 0;
+        while at + 8 <= moof.len() {
+            let tag = &moof[at + 4..at + 8];
+            if tag == b"tfhd" {
+                id = u32::from_be_bytes(moof[at + 12..at + 16].try_into().unwrap());
+            }
+            if tag == b"trun" {
+                let count = u32::from_be_bytes(moof[at + 12..at + 16].try_into().unwrap());
+                let entry = |i: usize| at + 20 + 16 * i;
+                let duration: u64 = (0..count as usize)
+                    .map(|i| {
+                        u64::from(u32::from_be_bytes(
+                            moof[entry(i)..entry(i) + 4].try_into().unwrap(),
+                        ))
+                    })
+                    .sum();
+                let t = totals.entry(id).or_insert((0, 0));
+                t.0 += u64::from(count);
+                t.1 += duration;
+            }
+            // Walk into containers, over leaf boxes.
+            let size = u32::from_be_bytes(moof[at..at + 4].try_into().unwrap()) as usize;
+            at += if tag == b"traf" { 8 } else { size };
+        }
+    }
+    totals
+}
+
+#[test]
+fn a_law_is_carried_in_groups_not_byte_by_byte() {
+    // G.711 A-law at 8 kHz: the MP4 tables it one byte per sample; 50 frames of 20 ms.
+    let track = AudioTrack {
+        codec: AudioCodec::Alaw,
+        config: &[],
+        rate: 8000,
+        channels: 1,
+    };
+    let part = |start: i64, tag: u8| {
+        let video: Vec<Vec<u8>> = (0..25).map(|i| vec![tag + i as u8; 100]).collect();
+        let v: Vec<Sample> = (0..25)
+            .map(|i| Sample {
+                pts_ms: start + 40 * i as i64,
+                keyframe: i % 10 == 0,
+                data: &video[i],
+            })
+            .collect();
+        let audio: Vec<Vec<u8>> = (0..50).map(|i| vec![0xD5 ^ i as u8; 160]).collect();
+        let a: Vec<Sample> = (0..50)
+            .map(|i| Sample {
+                pts_ms: start + 20 * i as i64,
+                keyframe: true,
+                data: &audio[i],
+            })
+            .collect();
+        let video_track = VideoTrack {
+            width: 320,
+            height: 240,
+            codec: kvs_local::mp4::Codec::H264,
+            config: AVCC_A,
+        };
+        write(&video_track, &v, Some((&track, a.as_slice())))
+    };
+    let files = files(&join(&[part(0, 0), part(1000, 25)], 777).unwrap());
+    assert_eq!(files.len(), 1);
+    let totals = trun_totals(&files[0]);
+    // 2 × 8000 samples, in groups of at most 1024 (not 16 000 one-byte samples).
+    assert_eq!(totals[&2], (16, 16_000), "{totals:?}");
+    assert_eq!(totals[&1], (50, 2000));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

@@ -163,9 +163,36 @@ pub(super) fn track(
         width,
         height,
         delay_us: start_delay(trak, movie_timescale),
-        samples: sample_table(stbl)?,
+        samples: coalesce_pcm(sample_table(stbl)?),
         trex,
     }))
+}
+
+/// PCM (G.711 A-law) is tabled one sample per time step, a byte or two each: carried like
+/// that, a minute of 8 kHz audio is 480 000 `trun` entries. Runs of such samples that are
+/// contiguous in the file become samples of up to `PCM_GROUP` steps, as players read PCM.
+fn coalesce_pcm(samples: Vec<Sample>) -> Vec<Sample> {
+    const PCM_GROUP: u32 = 1024;
+    let pcm = samples.len() > 1
+        && samples
+            .iter()
+            .all(|s| s.duration == 1 && s.size == samples[0].size && s.size <= 8);
+    if !pcm {
+        return samples;
+    }
+    let mut out: Vec<Sample> = Vec::with_capacity(samples.len() / PCM_GROUP as usize + 1);
+    for s in samples {
+        match out.last_mut() {
+            Some(last)
+                if last.offset + u64::from(last.size) == s.offset && last.duration < PCM_GROUP =>
+            {
+                last.size += s.size;
+                last.duration += 1;
+            }
+            _ => out.push(s),
+        }
+    }
+    out
 }
 
 /// The leading empty edit of a track's edit list (`media_time` -1), in microseconds.

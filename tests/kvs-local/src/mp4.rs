@@ -128,6 +128,14 @@ fn timing(samples: &[Sample<'_>]) -> (Vec<i64>, Vec<u32>) {
     (dts, durations)
 }
 
+/// `stsz`'s two forms.
+enum Sizes {
+    /// One size per sample.
+    Each(Vec<u32>),
+    /// `count` samples of `size` bytes (PCM: a sample is one sample per channel).
+    Fixed { size: u32, count: u32 },
+}
+
 /// What a `trak` is made of, whatever its kind.
 struct TrackPlan<'a> {
     id: u32,
@@ -138,7 +146,8 @@ struct TrackPlan<'a> {
     cts: Option<Vec<i32>>,
     /// 1-based sync samples; `None` when every sample is one.
     sync: Option<Vec<u32>>,
-    sizes: Vec<u32>,
+    /// Sample sizes, one per sample.
+    sizes: Sizes,
     /// `stsd`'s one entry.
     entry: Vec<u8>,
     handler: &'a [u8; 4],
@@ -268,16 +277,18 @@ impl TrackPlan<'_> {
                     .0,
             )
         });
-        let n = self.sizes.len() as u32;
+        let (fixed, n, table) = match &self.sizes {
+            Sizes::Each(sizes) => (0, sizes.len() as u32, sizes.as_slice()),
+            Sizes::Fixed { size, count } => (*size, *count, &[][..]),
+        };
         let stsc = full(b"stsc", 0, 0, &Buf::default().u32(1).u32(1).u32(n).u32(1).0);
         let stsz = full(
             b"stsz",
             0,
             0,
-            &self
-                .sizes
+            &table
                 .iter()
-                .fold(Buf::default().u32(0).u32(n), |b, &s| b.u32(s))
+                .fold(Buf::default().u32(fixed).u32(n), |b, &s| b.u32(s))
                 .0,
         );
         let stco = if chunk_offset > u64::from(u32::MAX) {
@@ -356,7 +367,7 @@ fn video_plan<'a>(track: &VideoTrack<'_>, samples: &[Sample<'_>]) -> TrackPlan<'
                 .map(|(i, _)| i as u32 + 1)
                 .collect(),
         ),
-        sizes: samples.iter().map(|s| s.data.len() as u32).collect(),
+        sizes: Sizes::Each(samples.iter().map(|s| s.data.len() as u32).collect()),
         entry,
         handler: b"vide",
         handler_name: b"VideoHandler\0",
@@ -376,13 +387,25 @@ fn descriptor(tag: u8, body: &[u8]) -> Vec<u8> {
 
 fn audio_plan<'a>(track: &AudioTrack<'_>, samples: &[Sample<'_>], delay_ms: u32) -> TrackPlan<'a> {
     let channels = track.channels.max(1);
-    let durations: Vec<u32> = samples
-        .iter()
-        .map(|s| match track.codec {
-            AudioCodec::Aac => 1024,
-            AudioCodec::Alaw => (s.data.len() / usize::from(channels)) as u32,
-        })
-        .collect();
+    // AAC: a sample is a frame of 1024. A-law is PCM, which MP4 (as QuickTime before it)
+    // describes one sample per time step: a byte per channel, each lasting 1.
+    let (durations, sizes) = match track.codec {
+        AudioCodec::Aac => (
+            vec![1024; samples.len()],
+            Sizes::Each(samples.iter().map(|s| s.data.len() as u32).collect()),
+        ),
+        AudioCodec::Alaw => {
+            let bytes: usize = samples.iter().map(|s| s.data.len()).sum();
+            let count = (bytes / usize::from(channels)) as u32;
+            (
+                vec![1; count as usize],
+                Sizes::Fixed {
+                    size: u32::from(channels),
+                    count,
+                },
+            )
+        }
+    };
     let base = Buf::default()
         .bytes(&[0; 6])
         .u16(1)
@@ -417,7 +440,7 @@ fn audio_plan<'a>(track: &AudioTrack<'_>, samples: &[Sample<'_>], delay_ms: u32)
         durations,
         cts: None,
         sync: None,
-        sizes: samples.iter().map(|s| s.data.len() as u32).collect(),
+        sizes,
         entry,
         handler: b"soun",
         handler_name: b"SoundHandler\0",
