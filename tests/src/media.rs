@@ -118,7 +118,10 @@ pub fn decode_errors(path: &Path) -> Result<String> {
     let out = Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
+        // Each stream keeps its own time base: a live camera's jittered frame times would
+        // otherwise collide on the null muxer's nominal frame rate, a muxing complaint
+        // that says nothing about the media.
+        .args(["-enc_time_base", "-1", "-f", "null", "-"])
         .output()
         .context("running ffmpeg (scripts/install-deps installs ffmpeg)")?;
     let errors = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -18,6 +18,7 @@ pub mod s3;
 pub mod server;
 pub mod sigv4;
 pub mod store;
+mod transcode;
 
 pub use faults::Faults;
 pub use server::{AnswerAt, Config, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, Server};

@@ -9,8 +9,10 @@
 //! - file groups of frame captures: `<input name><NameModifier>.0000000.jpg`, … at the
 //!   capture rate, at most MaxCaptures.
 //!
-//! Outputs without a video description (audio-only renditions) are skipped: clips have no
-//! audio. Status goes SUBMITTED → PROGRESSING → COMPLETE or ERROR (with an error message),
+//! Audio: outputs with an AAC audio description carry the input's audio; an audio-only HLS
+//! output is an alternate rendition the video renditions name (`AudioRenditionSets`). An
+//! input without audio gives outputs without audio (see `transcode`). Status goes
+//! SUBMITTED → PROGRESSING → COMPLETE or ERROR (with an error message),
 //! and each change is written as an EventBridge "MediaConvert Job State Change" event to the
 //! events directory when one is configured (what an EventBridge rule would deliver).
 //!
@@ -27,6 +29,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::error::ApiError;
+use crate::transcode;
 
 /// Jobs transcoding at once (each is a gst-launch-1.0 process).
 const TRANSCODES: usize = 2;
@@ -61,7 +64,7 @@ fn bad_request(m: impl Into<String>) -> ApiError {
 }
 
 /// `s3://bucket/key` → the object's file under the S3 store.
-fn object_path(s3_root: &Path, url: &str) -> Option<PathBuf> {
+pub(crate) fn object_path(s3_root: &Path, url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("s3://")?;
     let (bucket, key) = rest.split_once('/')?;
     (!bucket.is_empty() && !key.contains("..")).then(|| s3_root.join(bucket).join(key))
@@ -230,7 +233,7 @@ impl Jobs {
             if let Some(j) = jobs.update(&id, |j| j["status"] = json!("PROGRESSING")) {
                 emit(&events, &j, &account_of(&j), &region_of(&j));
             }
-            let outcome = run(&settings_of(&jobs, &id), &input_path, &s3_root).await;
+            let outcome = transcode::run(&settings_of(&jobs, &id), &input_path, &s3_root).await;
             let done = jobs.update(&id, |j| match &outcome {
                 Ok(outputs) => {
                     j["status"] = json!("COMPLETE");
@@ -320,181 +323,4 @@ fn emit(dir: &Option<PathBuf>, job: &Value, account: &str, region: &str) {
     if let Err(e) = std::fs::write(dir.join(name), event.to_string()) {
         warn!("writing a MediaConvert event: {e}");
     }
-}
-
-/// The bitrate (bit/s) an output asks for, whatever its rate control.
-fn bitrate(output: &Value) -> u64 {
-    let h264 = &output["videoDescription"]["codecSettings"]["h264Settings"];
-    h264["bitrate"]
-        .as_u64()
-        .or(h264["maxBitrate"].as_u64())
-        .unwrap_or(2_000_000)
-}
-
-fn scale(output: &Value) -> String {
-    let v = &output["videoDescription"];
-    match (v["width"].as_u64(), v["height"].as_u64()) {
-        (Some(w), Some(h)) => {
-            format!("videoscale ! video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 ! ")
-        }
-        (None, Some(h)) => format!("videoscale ! video/x-raw,height={h} ! "),
-        _ => String::new(),
-    }
-}
-
-async fn gst(description: String) -> Result<(), String> {
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(300),
-        tokio::process::Command::new("gst-launch-1.0")
-            .kill_on_drop(true)
-            .arg("-q")
-            .args(shell_words(&description))
-            .output(),
-    )
-    .await
-    .map_err(|_| "transcoding took over 5 minutes".to_string())?
-    .map_err(|e| format!("gst-launch-1.0: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "gst-launch-1.0 failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Splits a pipeline description on spaces; quoted paths keep their spaces.
-fn shell_words(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in s.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
-    words
-}
-
-/// Runs every output group; the output group details on success.
-async fn run(settings: &Value, input: &Path, s3_root: &Path) -> Result<Vec<Value>, String> {
-    if !input.is_file() {
-        return Err(format!("the input {} does not exist", input.display()));
-    }
-    let name = input
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("output")
-        .to_string();
-    let src = format!(
-        "filesrc location=\"{}\" ! decodebin ! videoconvert ! ",
-        input.display()
-    );
-    let mut details = Vec::new();
-    for group in settings["outputGroups"].as_array().into_iter().flatten() {
-        let kind = group["outputGroupSettings"]["type"].as_str().unwrap_or("");
-        let (key, ext) = match kind {
-            "HLS_GROUP_SETTINGS" => ("hlsGroupSettings", "m3u8"),
-            "FILE_GROUP_SETTINGS" => ("fileGroupSettings", ""),
-            other => {
-                return Err(format!(
-                    "output group type {other} is not supported by kvs-local"
-                ));
-            }
-        };
-        let gs = &group["outputGroupSettings"][key];
-        let destination = gs["destination"]
-            .as_str()
-            .ok_or("an output group has no destination")?;
-        let dir = object_path(s3_root, destination)
-            .ok_or(format!("{destination} is not an s3:// URL"))?;
-        let dir = if destination.ends_with('/') {
-            dir
-        } else {
-            dir.parent().map(Path::to_path_buf).unwrap_or(dir)
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut output_details = Vec::new();
-        let mut renditions = Vec::new();
-        for output in group["outputs"].as_array().into_iter().flatten() {
-            if output["videoDescription"].is_null() {
-                continue; // audio-only: clips have no audio
-            }
-            let modifier = output["nameModifier"].as_str().unwrap_or("");
-            let base = format!("{name}{modifier}");
-            let kbps = bitrate(output) / 1000;
-            let encode = format!(
-                "{}x264enc bitrate={kbps} key-int-max=60 speed-preset=veryfast ! h264parse ! ",
-                scale(output)
-            );
-            let codec = output["videoDescription"]["codecSettings"]["codec"]
-                .as_str()
-                .unwrap_or("");
-            if ext == "m3u8" {
-                let seconds = gs["segmentLength"].as_u64().unwrap_or(6);
-                gst(format!(
-                    // hlssink, not hlssink2: the latter stalls now and then at end of stream.
-                    "{src}{encode}mpegtsmux ! hlssink location=\"{}\" playlist-location=\"{}\" target-duration={seconds} max-files=0 playlist-length=0",
-                    dir.join(format!("{base}_%05d.ts")).display(),
-                    dir.join(format!("{base}.m3u8")).display()
-                ))
-                .await?;
-                let v = &output["videoDescription"];
-                renditions.push((
-                    base.clone(),
-                    kbps * 1000,
-                    v["width"].as_u64(),
-                    v["height"].as_u64(),
-                ));
-            } else if codec == "FRAME_CAPTURE" {
-                let fc = &output["videoDescription"]["codecSettings"]["frameCaptureSettings"];
-                let (num, den) = (
-                    fc["framerateNumerator"].as_u64().unwrap_or(1),
-                    fc["framerateDenominator"].as_u64().unwrap_or(1),
-                );
-                let max = fc["maxCaptures"]
-                    .as_u64()
-                    .map_or(String::new(), |m| format!("identity eos-after={m} ! "));
-                gst(format!(
-                    "{src}{}videorate ! video/x-raw,framerate={num}/{den} ! {max}jpegenc ! multifilesink location=\"{}\"",
-                    scale(output),
-                    dir.join(format!("{base}.%07d.jpg")).display()
-                ))
-                .await?;
-            } else {
-                gst(format!(
-                    "{src}{encode}mp4mux ! filesink location=\"{}\"",
-                    dir.join(format!("{base}.mp4")).display()
-                ))
-                .await?;
-            }
-            output_details.push(json!({ "outputFilePaths": [format!("{destination}{base}")] }));
-        }
-        if ext == "m3u8" && !renditions.is_empty() {
-            let mut master = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
-            for (base, bandwidth, w, h) in &renditions {
-                let resolution = match (w, h) {
-                    (Some(w), Some(h)) => format!(",RESOLUTION={w}x{h}"),
-                    _ => String::new(),
-                };
-                master.push_str(&format!(
-                    "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth}{resolution}\n{base}.m3u8\n"
-                ));
-            }
-            std::fs::write(dir.join(format!("{name}.m3u8")), master).map_err(|e| e.to_string())?;
-        }
-        details.push(json!({ "type": kind, "outputDetails": output_details,
-                             "playlistFilePaths": if ext == "m3u8" { json!([format!("{destination}{name}.m3u8")]) } else { json!(null) } }));
-    }
-    Ok(details)
 }
