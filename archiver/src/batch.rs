@@ -207,9 +207,12 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Value {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/aws-events")
-            .join(name);
+        let path = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../tests/fixtures/aws-events")
+        .join(name);
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 
@@ -330,11 +333,14 @@ mod tests {
     #[test]
     fn the_published_completion_report_rows_decode() {
         // S3 Batch Operations' own report (bucket, key, version, status, ...) keys decode.
-        let text =
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
-                "../tests/fixtures/aws-events/s3-batch-ops-completion-report-failed-tasks.csv",
-            ))
-            .unwrap();
+        let text = std::fs::read_to_string(
+            std::path::PathBuf::from(
+                std::env::var("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../tests/fixtures/aws-events/s3-batch-ops-completion-report-failed-tasks.csv"),
+        )
+        .unwrap();
         let mut r = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)

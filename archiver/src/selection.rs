@@ -414,8 +414,11 @@ mod tests {
 
     #[test]
     fn the_published_inventory_manifest_reads() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/aws-events/s3-inventory-manifest-csv.json");
+        let path = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../tests/fixtures/aws-events/s3-inventory-manifest-csv.json");
         let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let inv = Inventory::parse(&v).unwrap();
         assert_eq!(inv.files_bucket, "example-inventory-destination-bucket");
@@ -450,9 +453,12 @@ mod tests {
             ("s3-inventory-manifest-orc.json", "fileFormat"),
             ("s3-inventory-manifest-parquet.json", "fileFormat"),
         ] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../tests/fixtures/aws-events")
-                .join(name);
+            let path = std::path::PathBuf::from(
+                std::env::var("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../tests/fixtures/aws-events")
+            .join(name);
             let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
             assert!(
                 Inventory::parse(&v).unwrap_err().starts_with(field),

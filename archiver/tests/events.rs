@@ -11,9 +11,11 @@ use kvs_edge_config::archiver::ArchiverConfig;
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/aws-events")
-        .join(name);
+    let path = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../tests/fixtures/aws-events")
+    .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -291,7 +293,10 @@ fn dry_run_prints_one_json_object_and_fails_on_malformed_input() {
             .output()
             .unwrap()
     };
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/aws-events");
+    let fixtures = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../tests/fixtures/aws-events");
     let out = run(fixtures
         .join("eventbridge-cw-alarm-state-change-single-metric.json")
         .to_str()

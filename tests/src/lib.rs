@@ -336,9 +336,13 @@ pub fn venv_python() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// The repository root (for scripts and fixtures).
+/// The repository root (for scripts and fixtures). Cargo says where the package is when it
+/// runs a test; the path compiled in is only the fallback (a shared target directory may
+/// hold binaries built from another checkout).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let package =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&package)
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
