@@ -205,7 +205,7 @@ impl Camera {
                             // times), so it goes through the timeline; presentation time
                             // follows at the unit's decode delay.
                             let decode = MediaTime(unit.pts.0 + DECODE_BIAS_NS - unit.decode_delay_ns.min(DECODE_BIAS_NS));
-                            let dts_ms = timeline.wall(decode, WallMs::now()).0;
+                            let dts_ms = timeline.wall(decode, unit.arrived).0;
                             let au = AccessUnit {
                                 pts_ms: dts_ms + (unit.decode_delay_ns / 1_000_000) as i64,
                                 dts_ms,
@@ -258,7 +258,7 @@ impl Camera {
                             }
                             // On the video's timeline: same pipeline clock, same bias.
                             let media = MediaTime(frame.pts.0 + DECODE_BIAS_NS);
-                            let pts = timeline.project(media, WallMs::now());
+                            let pts = timeline.project(media, frame.arrived);
                             let done = fragmenter.push_audio(AudioFrame { pts_ms: pts.0, data: frame.data });
                             self.emit(&out, done, &tracks).await;
                             self.stats.audio_dropped.store(fragmenter.audio_dropped, Ordering::Relaxed);
@@ -475,7 +475,7 @@ impl Camera {
             timecode_ms: f.timecode_ms,
             duration_ms: f.duration_ms,
             tracks,
-            bytes: f.bytes,
+            bytes: f.bytes.into(),
         };
         let journal = self.journal.clone();
         let outcome = tokio::task::spawn_blocking(move || {

@@ -123,7 +123,8 @@ pub struct Record {
     pub timecode_ms: i64,
     pub duration_ms: i64,
     pub tracks: Arc<TrackSet>,
-    pub bytes: Vec<u8>,
+    /// The Matroska bytes (shared, not copied, with whoever else holds them).
+    pub bytes: bytes::Bytes,
 }
 
 /// What the index knows of an unreleased fragment (no media bytes: RAM stays bounded).
@@ -195,6 +196,10 @@ pub struct Journal {
     /// When `released.log` was last fsynced.
     release_sync: Instant,
     stats: JournalStats,
+    /// The newest fragment's bytes while it is unreleased: the uploader, when it keeps up,
+    /// asks for it moments after it was written, and gets it without reading it back. One
+    /// fragment, so that RAM stays bounded when the uploader falls behind.
+    hot: Option<(u64, bytes::Bytes)>,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -223,14 +228,16 @@ fn encoded_len(r: &Record) -> u64 {
     (HEADER + FIXED + r.tracks.video.private.len() + audio + r.bytes.len()) as u64
 }
 
-/// Frames a record in one buffer (no intermediate payload copy: fragments are ~1 MB).
+/// A record's framing: everything before its Matroska bytes, which follow it on disk as they
+/// are (fragments are ~1 MB: they are written from where they lie, never copied into a record
+/// buffer). The CRC covers the whole payload, Matroska bytes included.
 /// Payload (version 2): version, seq, timecode, duration, width, height, video codec, its
 /// private data (length first), the audio part (`audio_bytes`), then the Matroska bytes.
-fn encode(seq: u64, r: &Record) -> Vec<u8> {
+fn encode_head(seq: u64, r: &Record) -> Vec<u8> {
     let video = &r.tracks.video;
     let audio = audio_bytes(r.tracks.audio.as_ref());
     let payload_len = FIXED + video.private.len() + audio.len() + r.bytes.len();
-    let mut out = Vec::with_capacity(HEADER + payload_len);
+    let mut out = Vec::with_capacity(HEADER + payload_len - r.bytes.len());
     out.extend_from_slice(RECORD_MAGIC);
     out.extend_from_slice(&(payload_len as u32).to_be_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
@@ -244,9 +251,18 @@ fn encode(seq: u64, r: &Record) -> Vec<u8> {
     out.extend_from_slice(&(video.private.len() as u32).to_be_bytes());
     out.extend_from_slice(&video.private);
     out.extend_from_slice(&audio);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[HEADER..]);
+    crc.update(&r.bytes);
+    out[8..12].copy_from_slice(&crc.finalize().to_be_bytes());
+    out
+}
+
+/// A whole record in one buffer (tests and tools; the journal writes head and bytes apart).
+#[cfg(test)]
+fn encode(seq: u64, r: &Record) -> Vec<u8> {
+    let mut out = encode_head(seq, r);
     out.extend_from_slice(&r.bytes);
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[8..12].copy_from_slice(&crc.to_be_bytes());
     out
 }
 
@@ -324,7 +340,7 @@ fn decode(payload: &[u8]) -> Option<(u64, Record)> {
                 },
                 audio,
             }),
-            bytes: payload.get(media..)?.to_vec(),
+            bytes: bytes::Bytes::copy_from_slice(payload.get(media..)?),
         },
     ))
 }
@@ -549,6 +565,7 @@ impl Journal {
             next_seq: max_seq.map_or(0, |m| m + 1),
             last_sync: Instant::now(),
             release_sync: Instant::now(),
+            hot: None,
             stats: JournalStats::default(),
         };
         // Records saved from quarantined segments go into a fresh segment, same sequence.
@@ -611,9 +628,21 @@ impl Journal {
             .ok_or_else(|| self.damaged(entry, "unreadable payload"))
     }
 
+    /// The Matroska bytes of `seq` when they are still in memory (the newest fragment,
+    /// unreleased): no file I/O.
+    pub fn hot_media(&self, seq: u64) -> Option<bytes::Bytes> {
+        self.hot
+            .as_ref()
+            .filter(|(hot, _)| *hot == seq)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
     /// Reads a fragment's Matroska bytes back (checksum verified) without copying them out
     /// of the read buffer: what the uploader sends.
     pub fn read_media(&self, entry: &Entry) -> Result<bytes::Bytes, JournalError> {
+        if let Some(bytes) = self.hot_media(entry.seq) {
+            return Ok(bytes);
+        }
         let buf = self.read_checked(entry)?;
         let start = media_offset(&buf[HEADER..])
             .map(|(at, _)| HEADER + at)
@@ -688,6 +717,7 @@ impl Journal {
                 Ok(()) => {
                     self.next_seq += 1;
                     self.stats.appended += 1;
+                    self.hot = Some((seq, record.bytes.clone()));
                     return Ok(Appended::Stored {
                         seq,
                         dropped_oldest: dropped,
@@ -762,7 +792,8 @@ impl Journal {
         record: &Record,
         force_sync: bool,
     ) -> Result<(), JournalError> {
-        let data = encode(seq, record);
+        let head = encode_head(seq, record);
+        let len = (head.len() + record.bytes.len()) as u64;
         if self
             .active
             .as_ref()
@@ -783,13 +814,16 @@ impl Journal {
         let (id, file) = self.active.as_mut().expect("opened above");
         let seg = self.segments.get_mut(id).expect("active segment is known");
         let offset = seg.bytes;
-        if let Err(e) = file.write_all(&data) {
+        let written = file
+            .write_all(&head)
+            .and_then(|()| file.write_all(&record.bytes));
+        if let Err(e) = written {
             // Leave no partial record behind.
             let _ = file.set_len(offset);
             return Err(io_err(&seg.path, e));
         }
-        seg.bytes += data.len() as u64;
-        self.stats.bytes_written += data.len() as u64;
+        seg.bytes += len;
+        self.stats.bytes_written += len;
         let sync = force_sync
             || match self.cfg.fsync {
                 FsyncPolicy::Always => true,
@@ -807,7 +841,7 @@ impl Journal {
                 timecode_ms: record.timecode_ms,
                 duration_ms: record.duration_ms,
                 tracks: record.tracks.clone(),
-                len: data.len() as u64,
+                len,
                 segment: *id,
                 offset,
             },
@@ -840,6 +874,9 @@ impl Journal {
     fn mark(&mut self, seq: u64) -> Result<bool, JournalError> {
         if self.entries.remove(&seq).is_none() {
             return Ok(false);
+        }
+        if self.hot.as_ref().is_some_and(|(hot, _)| *hot == seq) {
+            self.hot = None;
         }
         let path = self.cfg.dir.join("released.log");
         self.released
@@ -955,7 +992,7 @@ mod tests {
             timecode_ms: tc,
             duration_ms: 1000,
             tracks,
-            bytes: vec![(tc % 251) as u8; size],
+            bytes: vec![(tc % 251) as u8; size].into(),
         }
     }
 
@@ -1012,6 +1049,35 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_fragment_is_sent_from_memory_and_the_rest_read_back_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(JournalConfig {
+            segment_bytes: 1 << 20,
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        for tc in 0..2 {
+            j.append(&record(tc, 500), 0).unwrap();
+        }
+        // Damage both records on disk: only the older one is read from there.
+        let seg = segment_path(dir.path(), 0);
+        let mut data = fs::read(&seg).unwrap();
+        let len = data.len();
+        data[len - 10] ^= 0xFF;
+        data[HEADER + FIXED + 10] ^= 0xFF;
+        fs::write(&seg, &data).unwrap();
+        let entries: Vec<Entry> = j.pending().cloned().collect();
+        assert!(matches!(
+            j.read_media(&entries[0]),
+            Err(JournalError::Damaged { .. })
+        ));
+        assert_eq!(j.read_media(&entries[1]).unwrap(), record(1, 500).bytes);
+        // Released, it is gone from memory too.
+        j.release(entries[1].seq).unwrap();
+        assert!(j.hot.is_none());
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_and_nothing_else_lost() {
         let dir = three_records_in_one_segment();
         let seg = segment_path(dir.path(), 0);
@@ -1044,7 +1110,7 @@ mod tests {
         assert_eq!(r.tracks.video.codec, VideoCodec::H264);
         assert_eq!(r.tracks.video.private, [1, 77, 0, 30]);
         assert_eq!(r.tracks.audio, None);
-        assert_eq!(r.bytes, b"mkv");
+        assert_eq!(r.bytes, b"mkv".as_slice());
         assert_eq!(media_offset(&v1).map(|m| m.0), Some(v1.len() - 3));
         // And the current format round-trips H.265 with AAC, and without audio.
         let with_audio = Record {

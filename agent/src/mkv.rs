@@ -64,11 +64,19 @@ fn put_id(out: &mut Vec<u8>, id: u32) {
     out.extend_from_slice(&bytes[skip..]);
 }
 
-fn put_size(out: &mut Vec<u8>, size: u64) {
-    // The shortest encoding whose all-ones value (reserved for "unknown") is not hit.
-    let len = (1..=8)
+fn id_len(id: u32) -> u64 {
+    4 - u64::from(id.leading_zeros() / 8).min(3)
+}
+
+/// The shortest encoding whose all-ones value (reserved for "unknown") is not hit.
+fn size_len(size: u64) -> u64 {
+    (1..=8)
         .find(|&n| size < (1u64 << (7 * n)) - 1)
-        .expect("size below 2^56");
+        .expect("size below 2^56")
+}
+
+fn put_size(out: &mut Vec<u8>, size: u64) {
+    let len = size_len(size) as usize;
     let marked = size | (1u64 << (7 * len));
     out.extend_from_slice(&marked.to_be_bytes()[8 - len..]);
 }
@@ -236,23 +244,78 @@ pub(crate) fn cluster(
             });
         });
     }
-    master(&mut bytes, CLUSTER, |c| {
-        uint(c, TIMECODE, timecode_ms as u64);
-        for b in blocks {
-            let mut block = Vec::with_capacity(b.data.len() + 4);
-            block.push(0x80 | b.track as u8); // a one-byte track number
-            block.extend_from_slice(&((b.pts_ms - timecode_ms) as i16).to_be_bytes());
-            block.push(if b.keyframe { 0x80 } else { 0x00 });
-            block.extend_from_slice(b.data);
-            element(c, SIMPLE_BLOCK, &block);
-        }
-    });
+    // One pass into one allocation: a fragment is ~1 MB of frames, and building each block
+    // and then the Cluster as nested buffers copied every frame three times.
+    let block_len = |b: &Block<'_>| 4 + b.data.len() as u64;
+    let mut timecode = Vec::with_capacity(10);
+    uint(&mut timecode, TIMECODE, timecode_ms as u64);
+    let payload = timecode.len() as u64
+        + blocks
+            .iter()
+            .map(|b| id_len(SIMPLE_BLOCK) + size_len(block_len(b)) + block_len(b))
+            .sum::<u64>();
+    bytes.reserve_exact((id_len(CLUSTER) + size_len(payload) + payload) as usize);
+    put_id(&mut bytes, CLUSTER);
+    put_size(&mut bytes, payload);
+    bytes.extend_from_slice(&timecode);
+    for b in blocks {
+        put_id(&mut bytes, SIMPLE_BLOCK);
+        put_size(&mut bytes, block_len(b));
+        bytes.push(0x80 | b.track as u8); // a one-byte track number
+        bytes.extend_from_slice(&((b.pts_ms - timecode_ms) as i16).to_be_bytes());
+        bytes.push(if b.keyframe { 0x80 } else { 0x00 });
+        bytes.extend_from_slice(b.data);
+    }
     bytes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The Cluster as nested elements, the obvious way: what `cluster` must equal.
+    fn nested_cluster(timecode_ms: i64, blocks: &[Block<'_>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        master(&mut bytes, CLUSTER, |c| {
+            uint(c, TIMECODE, timecode_ms as u64);
+            for b in blocks {
+                let mut block = vec![0x80 | b.track as u8];
+                block.extend_from_slice(&((b.pts_ms - timecode_ms) as i16).to_be_bytes());
+                block.push(if b.keyframe { 0x80 } else { 0x00 });
+                block.extend_from_slice(b.data);
+                element(c, SIMPLE_BLOCK, &block);
+            }
+        });
+        bytes
+    }
+
+    proptest! {
+        #[test]
+        fn the_one_pass_cluster_is_the_nested_one(
+            timecode_ms in 0i64..1 << 42,
+            frames in proptest::collection::vec((1u64..=2, 0i64..3000, any::<bool>(), 0usize..20_000), 0..12),
+        ) {
+            let data: Vec<Vec<u8>> = frames.iter().map(|f| vec![0xAB; f.3]).collect();
+            let blocks: Vec<Block<'_>> = frames
+                .iter()
+                .zip(&data)
+                .map(|(f, d)| Block { track: f.0, pts_ms: timecode_ms + f.1, keyframe: f.2, data: d })
+                .collect();
+            let one_pass = cluster(timecode_ms, &blocks, &[]);
+            prop_assert_eq!(one_pass.len(), one_pass.capacity(), "one allocation, exactly sized");
+            prop_assert_eq!(one_pass, nested_cluster(timecode_ms, &blocks));
+        }
+    }
+
+    #[test]
+    fn id_lengths() {
+        assert_eq!(id_len(SIMPLE_BLOCK), 1);
+        assert_eq!(id_len(0x4286), 2);
+        assert_eq!(id_len(0x2A_D7B1), 3);
+        assert_eq!(id_len(CLUSTER), 4);
+    }
+
     #[test]
     fn sizes_avoid_the_unknown_marker() {
         let mut out = Vec::new();

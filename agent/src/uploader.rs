@@ -183,6 +183,26 @@ async fn with_journal<T: Send + 'static>(
         .expect("journal task does not panic")
 }
 
+/// `with_journal` for what only looks at the journal's index or memory (no file I/O): run
+/// in place when the journal is free, which it nearly always is, sparing a blocking-pool
+/// thread hop; off to the blocking pool when the camera holds it (writing a fragment).
+async fn with_journal_index<T: Send + 'static>(
+    journal: &Arc<Mutex<Journal>>,
+    f: impl FnOnce(&mut Journal) -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, JournalError> {
+    let mut f = Some(f);
+    let mut run = |j: &mut Journal| f.take().expect("run once")(j);
+    let done = match journal.try_lock() {
+        Ok(mut guard) => Some(run(&mut guard)),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(run(&mut p.into_inner())),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    match done {
+        Some(result) => result,
+        None => with_journal(journal, f.expect("not run")).await,
+    }
+}
+
 /// Paces sends to a fragment rate and a byte rate.
 struct RateCap {
     fragments: Vec<Instant>,
@@ -404,7 +424,7 @@ impl Uploader {
         let after = *pulled;
         let want = WINDOW - window.len();
         let known: Vec<u64> = window.iter().map(|s| s.seq).collect();
-        let result = with_journal(&self.journal, move |j| {
+        let result = with_journal_index(&self.journal, move |j| {
             let alive: Vec<bool> = known.iter().map(|s| j.get(*s).is_some()).collect();
             let new: Vec<(u64, i64, i64, Arc<TrackSet>)> = j
                 .pending_after(after)
@@ -545,12 +565,19 @@ impl Uploader {
                 && ready.as_ref().is_none_or(|(seq, _)| *seq != window[i].seq)
             {
                 let seq = window[i].seq;
-                match with_journal(&self.journal, move |j| match j.get(seq).cloned() {
-                    Some(e) => j.read_media(&e).map(Some),
-                    None => Ok(None),
-                })
-                .await
-                {
+                // The newest fragment is in memory; older ones are read back from disk.
+                let loaded =
+                    match with_journal_index(&self.journal, move |j| Ok(j.hot_media(seq))).await {
+                        Ok(Some(media)) => Ok(Some(media)),
+                        _ => {
+                            with_journal(&self.journal, move |j| match j.get(seq).cloned() {
+                                Some(e) => j.read_media(&e).map(Some),
+                                None => Ok(None),
+                            })
+                            .await
+                        }
+                    };
+                match loaded {
                     Ok(Some(media)) => ready = Some((seq, media)),
                     Ok(None) => {
                         // Dropped by the journal's budget meanwhile.

@@ -36,7 +36,7 @@ fn records(video: &Encoded, start_ms: i64) -> anyhow::Result<Vec<Record>> {
             timecode_ms: f.timecode_ms,
             duration_ms: f.duration_ms,
             tracks: tracks.clone(),
-            bytes: f.bytes,
+            bytes: f.bytes.into(),
         })
         .collect())
 }
