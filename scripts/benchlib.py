@@ -16,42 +16,39 @@ def build_release():
     subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], check=True)
 
 
-def sample_1080p():
-    """40 s of 1080p30 H.264 at 4 Mbit/s (made once, cached). Noise, so that the encoder
-    really spends the bitrate: a plain test pattern compresses to a twentieth of it."""
-    path = os.path.join(CACHE, "bench", "1080p30-4mbps-noise.mp4")
+def cached_sample(name, what, pipeline):
+    """The sample file `name`, cached under ~/.cache/kvs-edge/bench: encoded once by
+    `gst-launch-1.0 pipeline(out)`, whose arguments write the file `out`."""
+    path = os.path.join(CACHE, "bench", name)
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    print("bench: encoding 40 s of 1080p30 at 4 Mbit/s (once)…", file=sys.stderr)
-    subprocess.run(
-        ["gst-launch-1.0", "-q", "videotestsrc", "num-buffers=1200", "pattern=snow", "!",
-         "video/x-raw,format=I420,width=1920,height=1080,framerate=30/1", "!",
-         "x264enc", "speed-preset=ultrafast", "bitrate=4000", "key-int-max=30", "bframes=0", "!",
-         "video/x-h264,profile=main", "!", "mp4mux", "!", "filesink", f"location={path}.tmp"],
-        check=True)
+    print(f"bench: encoding {what} (once)…", file=sys.stderr)
+    subprocess.run(["gst-launch-1.0", "-q"] + pipeline(path + ".tmp"), check=True)
     os.rename(path + ".tmp", path)
     return path
+
+
+def sample_1080p():
+    """40 s of 1080p30 H.264 at 4 Mbit/s (made once, cached). Noise, so that the encoder
+    really spends the bitrate: a plain test pattern compresses to a twentieth of it."""
+    return cached_sample("1080p30-4mbps-noise.mp4", "40 s of 1080p30 at 4 Mbit/s", lambda out: [
+        "videotestsrc", "num-buffers=1200", "pattern=snow", "!",
+         "video/x-raw,format=I420,width=1920,height=1080,framerate=30/1", "!",
+         "x264enc", "speed-preset=ultrafast", "bitrate=4000", "key-int-max=30", "bframes=0", "!",
+         "video/x-h264,profile=main", "!", "mp4mux", "!", "filesink", f"location={out}"])
 
 
 def sample_1080p_h265_aac():
     """The same 40 s of 1080p30 noise as H.265 at 4 Mbit/s with a 48 kHz stereo AAC track at
     128 kbit/s: what most IP cameras sold today send (made once, cached)."""
-    path = os.path.join(CACHE, "bench", "1080p30-4mbps-noise-h265-aac.mp4")
-    if os.path.exists(path):
-        return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    print("bench: encoding 40 s of 1080p30 H.265 + AAC (once)…", file=sys.stderr)
-    subprocess.run(
-        ["gst-launch-1.0", "-q", "videotestsrc", "num-buffers=1200", "pattern=snow", "!",
+    return cached_sample("1080p30-4mbps-noise-h265-aac.mp4", "40 s of 1080p30 H.265 + AAC", lambda out: [
+        "videotestsrc", "num-buffers=1200", "pattern=snow", "!",
          "video/x-raw,format=I420,width=1920,height=1080,framerate=30/1", "!",
          "x265enc", "speed-preset=ultrafast", "bitrate=4000", "key-int-max=30", "option-string=bframes=0", "!",
-         "h265parse", "!", "mp4mux", "name=mux", "!", "filesink", f"location={path}.tmp",
+         "h265parse", "!", "mp4mux", "name=mux", "!", "filesink", f"location={out}",
          "audiotestsrc", "num-buffers=1875", "wave=pink-noise", "samplesperbuffer=1024", "!",
-         "audio/x-raw,rate=48000,channels=2", "!", "voaacenc", "bitrate=128000", "!", "aacparse", "!", "mux."],
-        check=True)
-    os.rename(path + ".tmp", path)
-    return path
+         "audio/x-raw,rate=48000,channels=2", "!", "voaacenc", "bitrate=128000", "!", "aacparse", "!", "mux."])
 
 
 def rss_mib(pid):

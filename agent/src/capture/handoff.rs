@@ -163,6 +163,20 @@ fn caps_changed(last: Option<&gst::Caps>, caps: &gst::CapsRef) -> bool {
     last.is_none_or(|c| !std::ptr::eq(c.as_ptr(), caps.as_ptr()) && c.as_ref() != caps)
 }
 
+/// The sample's caps when they differ from the last ones, which it then remembers (by
+/// reference, not a copy: the same pointer next time).
+fn changed_caps<'a>(
+    sample: &'a gst::SampleRef,
+    last: &mut Option<gst::Caps>,
+) -> Option<&'a gst::CapsRef> {
+    let caps = sample.caps()?;
+    if !caps_changed(last.as_ref(), caps) {
+        return None;
+    }
+    *last = sample.caps_owned();
+    Some(caps)
+}
+
 /// Hands the video appsink's access units over as `CaptureEvent::Unit`, with the codec
 /// configuration of the caps they came with.
 pub(super) fn attach_video(sink: &gst_app::AppSink, events: EventTx, stats: Arc<CaptureStats>) {
@@ -175,10 +189,7 @@ pub(super) fn attach_video(sink: &gst_app::AppSink, events: EventTx, stats: Arc<
                 let Some(buffer) = sample.buffer() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                if let Some(caps) = sample.caps()
-                    && caps_changed(last_caps.as_ref(), caps)
-                {
-                    last_caps = sample.caps_owned(); // a reference, not a copy: same pointer next time
+                if let Some(caps) = changed_caps(&sample, &mut last_caps) {
                     match codec_from_caps(caps) {
                         Ok(c) => codec = Some(Arc::new(c)),
                         Err(e) => {
@@ -273,10 +284,7 @@ pub(super) fn attach_audio(appsink: &gst_app::AppSink, events: EventTx) {
                 let Some(buffer) = sample.buffer() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                if let Some(caps) = sample.caps()
-                    && caps_changed(last_caps.as_ref(), caps)
-                {
-                    last_caps = sample.caps_owned(); // a reference, not a copy: same pointer next time
+                if let Some(caps) = changed_caps(&sample, &mut last_caps) {
                     config = match audio_config(caps) {
                         Ok(c) => Some(Arc::new(c)),
                         Err(e) => {
