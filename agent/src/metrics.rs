@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::camera::CameraStats;
 use crate::journal::{Journal, JournalStats};
+use crate::mqtt::LinkStats;
 use crate::timeline::WallMs;
 use crate::uploader::UploadStats;
 
@@ -244,16 +245,36 @@ const METRICS: &[Metric] = &[
 
 const R: Ordering = Ordering::Relaxed;
 
-/// Renders every camera's counters in the Prometheus text format.
-pub fn render(cameras: &[CameraMetrics], credentials_expire_in: Option<i64>) -> String {
+/// Renders every camera's counters in the Prometheus text format, with the credentials'
+/// expiry and the MQTT link's state when there are such things.
+pub fn render(
+    cameras: &[CameraMetrics],
+    credentials_expire_in: Option<i64>,
+    mqtt: Option<&LinkStats>,
+) -> String {
     let snapshots: Vec<Snapshot> = cameras.iter().map(Snapshot::of).collect();
     let mut out = String::new();
-    if let Some(secs) = credentials_expire_in {
+    if let Some(link) = mqtt {
         let _ = writeln!(
             out,
-            "# HELP kvs_edge_credentials_expiry_seconds Seconds until the AWS credentials in use expire.\n\
-             # TYPE kvs_edge_credentials_expiry_seconds gauge\nkvs_edge_credentials_expiry_seconds {secs}"
+            "# HELP kvs_edge_mqtt_connected 1 while the agent is connected to its MQTT broker (or AWS IoT Core).\n\
+             # TYPE kvs_edge_mqtt_connected gauge\nkvs_edge_mqtt_connected {}\n\
+             # HELP kvs_edge_mqtt_connections_total Connections made to the MQTT broker (a climbing count is a flapping link).\n\
+             # TYPE kvs_edge_mqtt_connections_total counter\nkvs_edge_mqtt_connections_total {}",
+            u8::from(link.connected.load(R)),
+            link.connections.load(R)
         );
+    }
+    // The family is always declared (dashboards and alert rules may refer to it); it has a
+    // sample only for credentials that expire (temporary ones, from the IoT credentials
+    // provider), none for static keys.
+    let _ = writeln!(
+        out,
+        "# HELP kvs_edge_credentials_expiry_seconds Seconds until the AWS credentials in use expire.\n\
+         # TYPE kvs_edge_credentials_expiry_seconds gauge"
+    );
+    if let Some(secs) = credentials_expire_in {
+        let _ = writeln!(out, "kvs_edge_credentials_expiry_seconds {secs}");
     }
     for (name, kind, help, value) in METRICS {
         let _ = writeln!(
@@ -356,15 +377,17 @@ pub async fn serve(
     listener: TcpListener,
     cameras: Registry,
     credentials: Arc<crate::credentials::CredentialSource>,
+    mqtt: Option<Arc<LinkStats>>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (cameras, credentials) = (cameras.clone(), credentials.clone());
+        let (cameras, credentials, mqtt) = (cameras.clone(), credentials.clone(), mqtt.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (cameras, credentials) = (cameras.clone(), credentials.clone());
+                let (cameras, credentials, mqtt) =
+                    (cameras.clone(), credentials.clone(), mqtt.clone());
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
                         Response::builder()
@@ -372,6 +395,7 @@ pub async fn serve(
                             .body(Full::new(Bytes::from(render(
                                 &cameras.cameras(),
                                 credentials.expires_in_secs(),
+                                mqtt.as_deref(),
                             ))))
                     } else {
                         Response::builder()

@@ -167,6 +167,27 @@ pub struct Context {
     pub control: Control,
     pub registry: Registry,
     pub credentials: Arc<CredentialSource>,
+    /// The connection's state, for `/metrics`.
+    pub link: Arc<LinkStats>,
+}
+
+/// Whether the agent is connected to its broker, and how often it connected: what the
+/// `kvs_edge_mqtt_*` metrics export (a device that cannot be commanded is worth an alert).
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub connected: std::sync::atomic::AtomicBool,
+    pub connections: std::sync::atomic::AtomicU64,
+}
+
+impl LinkStats {
+    fn set(&self, up: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if up && !self.connected.swap(true, Relaxed) {
+            self.connections.fetch_add(1, Relaxed);
+        } else if !up {
+            self.connected.store(false, Relaxed);
+        }
+    }
 }
 
 /// What the event-loop task reports.
@@ -311,6 +332,7 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
                         debug!(broker = %agent.cfg.host, port = agent.cfg.port, "MQTT: {e}");
                     }
                     agent.connected = false;
+                    agent.ctx.link.set(false);
                 }
                 Some(Link::Message(p)) => agent.message(p).await,
                 Some(Link::Closed) | None => break,
@@ -333,6 +355,7 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
         })
         .await;
     }
+    agent.ctx.link.set(false);
     driver.abort();
 }
 
@@ -364,6 +387,7 @@ impl Agent {
     async fn connected(&mut self) {
         info!(broker = %self.cfg.host, port = self.cfg.port, "MQTT connected");
         self.connected = true;
+        self.ctx.link.set(true);
         let mut filters = vec![self.topics.config_set.clone(), self.topics.commands.clone()];
         if let Some(s) = &self.shadow {
             filters.extend([

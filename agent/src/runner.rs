@@ -390,6 +390,10 @@ pub async fn start(
     let control = Control(requests_tx);
     let supervisor = tokio::spawn(fleet.supervise(requests_rx, ended_rx, shutdown.clone()));
 
+    let mqtt_link = cfg
+        .mqtt
+        .as_ref()
+        .map(|_| Arc::new(crate::mqtt::LinkStats::default()));
     let mut metrics_addr = None;
     let mut metrics_task = None;
     if let Some(addr) = cfg.metrics.listen {
@@ -402,6 +406,7 @@ pub async fn start(
             listener,
             registry.clone(),
             credentials.clone(),
+            mqtt_link.clone(),
         )));
     }
     let mqtt_task = cfg.mqtt.clone().map(|m| {
@@ -413,6 +418,7 @@ pub async fn start(
                 control: control.clone(),
                 registry: registry.clone(),
                 credentials: credentials.clone(),
+                link: mqtt_link.clone().unwrap_or_default(),
             },
             shutdown.clone(),
         ))

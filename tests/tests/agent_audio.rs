@@ -140,7 +140,7 @@ async fn every_playable_layout_from_ip_cameras_reaches_getclip_and_opus_is_refus
     );
     assert_eq!(opus.camera_stats.fragments.load(Ordering::Relaxed), 0);
     // The metrics name each track's codec.
-    let text = kvs_edge_agent::metrics::render(&running.cameras(), None);
+    let text = kvs_edge_agent::metrics::render(&running.cameras(), None, None);
     assert!(
         text.contains("kvs_edge_track_info{camera=\"pcmu-cam\",track=\"audio\",codec=\"alaw\""),
         "{text}"

@@ -163,7 +163,7 @@ async fn an_unsupported_codec_is_refused_clearly_and_the_other_camera_streams_on
     );
     assert_eq!(door.camera_stats.fragments.load(Ordering::Relaxed), 0);
     // Metrics say so; the failed camera is retried slowly (not in a tight loop).
-    let text = kvs_edge_agent::metrics::render(&running.cameras(), None);
+    let text = kvs_edge_agent::metrics::render(&running.cameras(), None, None);
     assert!(
         text.contains("kvs_edge_camera_failed{camera=\"door\",stream=\"door\"} 1"),
         "{text}"
