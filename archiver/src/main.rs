@@ -150,9 +150,11 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| "info".into());
+    // Colour only on a terminal: journald, Lambda's log stream and files get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let cfg = match config(args.config.as_ref()) {

@@ -941,6 +941,12 @@ pub fn alarm_event(name: &str, stream: &str, at_ms: i64) -> serde_json::Value {
 /// succeeded.
 pub fn run_archiver(config: &Path, args: &[&str]) -> Result<(Vec<serde_json::Value>, bool)> {
     let out = archiver_configured(config)?.args(args).output()?;
+    // Its log goes to a pipe here, as to journald or Lambda's log stream: no colour codes.
+    ensure!(
+        !out.stderr.contains(&0x1b),
+        "the archiver wrote ANSI escape codes into a pipe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = String::from_utf8(out.stdout)?
         .lines()
         .map(serde_json::from_str)
