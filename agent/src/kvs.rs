@@ -41,7 +41,12 @@ fn api(op: &'static str, stream: &str, e: impl std::error::Error) -> KvsError {
     let mut reason = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        reason.push_str(&format!(": {s}"));
+        // The SDK's operation errors repeat their inner error's text: said once.
+        let text = s.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
         source = s.source();
     }
     KvsError::Api {

@@ -32,7 +32,13 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(&format!(": {s}"));
+        // The SDK's operation errors repeat their inner error's text ("ResourceNotFound
+        // Exception: …" twice): each piece is said once.
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out
@@ -329,6 +335,39 @@ pub async fn put_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_piece_once() {
+        // As the SDK nests them: "service error", the operation error, the exception.
+        let e = Layer(
+            "service error",
+            Some(Box::new(Layer(
+                "ResourceNotFoundException: The requested stream x is not found or not active.",
+                Some(Box::new(Layer(
+                    "The requested stream x is not found or not active.",
+                    Some(Box::new(Layer("connection reset", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "service error: ResourceNotFoundException: The requested stream x is not found or \
+             not active.: connection reset"
+        );
+    }
 
     #[test]
     fn tags_are_url_encoded() {

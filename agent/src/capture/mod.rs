@@ -110,6 +110,19 @@ pub struct Capture {
     events: handoff::EventRx,
 }
 
+/// An error message as one line: the element, the error, GStreamer's details (which name the
+/// file or device).
+fn describe_error(e: &gst::message::Error) -> String {
+    format!(
+        "{}: {}{}",
+        e.src()
+            .map(|s| s.path_string().to_string())
+            .unwrap_or_default(),
+        e.error(),
+        e.debug().map(|d| format!(" ({d})")).unwrap_or_default()
+    )
+}
+
 /// The application message that ends the bus thread.
 const STOP: &str = "kvs-edge-capture-stop";
 
@@ -151,8 +164,22 @@ impl Capture {
         handoff::attach_video(&sink, tx.clone(), stats);
 
         let bus = pipeline.bus().ok_or_else(|| build_err("no bus".into()))?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            // The element's own error (a file that is not there, a device that is busy) is on
+            // the bus: say it, not only that a state change failed.
+            let reason = bus
+                .pop_filtered(&[gst::MessageType::Error])
+                .and_then(|msg| match msg.view() {
+                    gst::MessageView::Error(e) => Some(describe_error(e)),
+                    _ => None,
+                })
+                .unwrap_or_else(|| e.to_string());
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(CaptureError::Start(reason));
+        }
+        // Messages posted meanwhile wait on the bus for this thread.
         let bus_tx = tx;
-        std::thread::Builder::new()
+        let watcher = std::thread::Builder::new()
             .name("capture-bus".into())
             .spawn(move || {
                 // Ends at the first terminal message, or at the stop message the Capture
@@ -165,25 +192,17 @@ impl Capture {
                             break;
                         }
                         gst::MessageView::Eos(_) => CaptureEvent::Eos,
-                        gst::MessageView::Error(e) => CaptureEvent::Error(format!(
-                            "{}: {}{}",
-                            e.src()
-                                .map(|s| s.path_string().to_string())
-                                .unwrap_or_default(),
-                            e.error(),
-                            e.debug().map(|d| format!(" ({d})")).unwrap_or_default()
-                        )),
+                        gst::MessageView::Error(e) => CaptureEvent::Error(describe_error(e)),
                         _ => continue,
                     };
                     let _ = bus_tx.blocking_send(event);
                     break;
                 }
-            })
-            .map_err(|e| build_err(e.to_string()))?;
-
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| CaptureError::Start(format!("{e}: see the error event")))?;
+            });
+        if let Err(e) = watcher {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(build_err(e.to_string()));
+        }
         Ok(Capture { pipeline, events })
     }
 
@@ -225,4 +244,26 @@ impl Drop for Capture {
 pub enum AudioPolicy {
     Send,
     Drop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvs_edge_config::agent::SourceConfig;
+
+    #[test]
+    fn a_source_that_cannot_start_says_why() {
+        let source = SourceConfig::File {
+            path: "/nonexistent/front-door.mp4".into(),
+            looping: false,
+            realtime: false,
+        };
+        let description = pipeline_description(&source, "", None);
+        let e = match Capture::start(&description, Arc::default(), AudioPolicy::Send) {
+            Ok(_) => panic!("a missing file started"),
+            Err(e) => e.to_string(),
+        };
+        // GStreamer's own words, with the file: not only "failed to change its state".
+        assert!(e.contains("front-door.mp4") && e.contains("filesrc"), "{e}");
+    }
 }
