@@ -26,7 +26,20 @@ struct Args {
 
 fn load(path: &PathBuf) -> Result<AgentConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    AgentConfig::from_toml(&path.display().to_string(), &text).map_err(|e| e.to_string())
+    let mut cfg =
+        AgentConfig::from_toml(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    // StateDirectory= with several directories gives them colon-separated: the first.
+    let systemd = std::env::var("STATE_DIRECTORY")
+        .ok()
+        .and_then(|v| v.split(':').next().map(PathBuf::from));
+    if let Some(file) = cfg.use_state_directory(systemd) {
+        tracing::info!(
+            "state in {} (systemd's STATE_DIRECTORY), not {} (the configuration's state_dir)",
+            cfg.state_dir.display(),
+            file.display()
+        );
+    }
+    Ok(cfg)
 }
 
 /// Caps glibc's per-thread malloc arenas: with a GStreamer pipeline per camera the agent
@@ -81,7 +94,13 @@ async fn agent_main() -> ExitCode {
         if let Some(note) = note {
             println!("# {note}");
         }
-        println!("# configuration version {version}\n{cfg:#?}");
+        match cfg.effective_toml() {
+            Ok(toml) => println!("# configuration version {version} (secrets redacted)\n{toml}"),
+            Err(e) => {
+                eprintln!("kvs-edge-agent: printing the configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         return ExitCode::SUCCESS;
     }
     let stall_after = cfg.stall_after();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AwsSettings, ConfigError};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Identifies this device in logs and (later) MQTT topics.
@@ -41,7 +41,7 @@ pub struct AgentConfig {
 /// The watchdog is pinged only while every camera's capture, fragmenter, journal and
 /// uploader make progress; a stage with work that has done nothing for `stall_secs`
 /// stops the pings (and systemd restarts the agent once `WatchdogSec=` passes).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogConfig {
     /// Default: the upload ack timeout + the longest backoff + 60 s, so that an uploader
@@ -72,7 +72,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// Where AWS credentials come from.
-#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialsConfig {
     /// The AWS SDK's default chain: environment, shared config/credentials files (profiles),
@@ -131,7 +131,7 @@ impl fmt::Debug for CredentialsConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9464`); off when absent.
@@ -139,7 +139,7 @@ pub struct MetricsConfig {
 }
 
 /// The MQTT broker the agent reports to (topics under `<prefix>/<device_id>/`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     pub host: String,
@@ -164,7 +164,7 @@ pub struct MqttConfig {
 /// TLS to the broker: a CA file (system roots when absent), a client certificate for mutual
 /// TLS (AWS IoT Core's device certificate), and ALPN protocols (AWS IoT on port 443 needs
 /// `x-amzn-mqtt-ca`, which is the default there).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttTls {
     pub ca_path: Option<PathBuf>,
@@ -176,7 +176,7 @@ pub struct MqttTls {
 
 /// AWS IoT Device Shadow mode: desired configuration from
 /// `$aws/things/<thing_name>/shadow/name/<name>/…`, reported back after it is applied.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
     pub thing_name: String,
@@ -698,6 +698,26 @@ impl AgentConfig {
     }
 
     /// The AWS SDK's endpoint variables apply when the file sets no endpoint.
+    /// The configuration as TOML, as it would run (defaults filled in, the environment and
+    /// systemd's directories applied), with secrets (`secret_access_key`, `session_token`,
+    /// passwords, passwords inside RTSP URLs) replaced by `***`: what `--check` prints.
+    pub fn effective_toml(&self) -> Result<String, String> {
+        let mut value = toml::Value::try_from(self).map_err(|e| e.to_string())?;
+        redact_secrets(&mut value);
+        toml::to_string_pretty(&value).map_err(|e| e.to_string())
+    }
+
+    /// systemd's `STATE_DIRECTORY` (from `StateDirectory=` in the unit), when set, is where
+    /// the state goes whatever the file says: the unit's sandbox allows writing only there.
+    /// Returns the file's setting when it was overridden, for the log.
+    pub fn use_state_directory(&mut self, state_directory: Option<PathBuf>) -> Option<PathBuf> {
+        let dir = state_directory.filter(|d| !d.as_os_str().is_empty())?;
+        if dir == self.state_dir {
+            return None;
+        }
+        Some(std::mem::replace(&mut self.state_dir, dir))
+    }
+
     fn apply_environment(&mut self) {
         if self.aws.endpoint_url.is_none() {
             self.aws.endpoint_url = ["AWS_ENDPOINT_URL_KINESIS_VIDEO", "AWS_ENDPOINT_URL"]
@@ -938,6 +958,19 @@ impl AgentConfig {
                     if path.as_os_str().is_empty() {
                         return Err(err(at("source.path"), "must not be empty".into()));
                     }
+                    // Said now (and by --check), not as a pipeline that fails to start.
+                    match std::fs::metadata(path) {
+                        Ok(m) if m.is_dir() => {
+                            return Err(err(
+                                at("source.path"),
+                                format!("{} is a directory, not a media file", path.display()),
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            return Err(err(at("source.path"), format!("{}: {e}", path.display())));
+                        }
+                    }
                 }
                 SourceConfig::V4l2 {
                     width,
@@ -964,6 +997,27 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Settings whose values are secrets, wherever they are.
+const SECRET_KEYS: &[&str] = &["secret_access_key", "session_token", "password"];
+
+fn redact_secrets(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                match v {
+                    toml::Value::String(s) if SECRET_KEYS.contains(&key.as_str()) => {
+                        *s = "***".into();
+                    }
+                    toml::Value::String(s) if s.starts_with("rtsp") => *s = redact_url(s),
+                    other => redact_secrets(other),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
     }
 }
 
@@ -1050,6 +1104,78 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.stall_after(), std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_file_source_must_be_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone.mp4");
+        let with = |path: &std::path::Path| {
+            MINIMAL.replace(
+                "source = { type = \"test\" }",
+                &format!(
+                    "source = {{ type = \"file\", path = \"{}\" }}",
+                    path.display()
+                ),
+            )
+        };
+        let e = AgentConfig::from_toml("agent.toml", &with(&missing)).unwrap_err();
+        assert_eq!(e.path, "cameras[0].source.path");
+        assert!(
+            e.message.contains("gone.mp4") && e.message.contains("No such file"),
+            "{e}"
+        );
+        let e = AgentConfig::from_toml("agent.toml", &with(dir.path())).unwrap_err();
+        assert!(e.message.contains("is a directory"), "{e}");
+        std::fs::write(&missing, b"media").unwrap();
+        AgentConfig::from_toml("agent.toml", &with(&missing)).unwrap();
+    }
+
+    #[test]
+    fn the_effective_toml_reads_back_the_same_without_its_secrets() {
+        let text = format!(
+            "{MINIMAL}\n[[cameras]]\nname = \"gate\"\nstream_name = \"gate\"\n\
+             source = {{ type = \"rtsp\", url = \"rtsp://admin:hunter2@10.0.0.5/stream1\", \
+             username = \"admin\", password = \"hunter2\" }}\n"
+        );
+        let cfg = AgentConfig::from_toml("agent.toml", &text).unwrap();
+        let effective = cfg.effective_toml().unwrap();
+        assert!(!effective.contains("kvslocal-secret"), "{effective}");
+        assert!(!effective.contains("hunter2"), "{effective}");
+        assert!(
+            effective.contains("fragment_duration_ms = 2000"),
+            "defaults shown: {effective}"
+        );
+        // It is a configuration: read back, it is the same but for the secrets.
+        let back = AgentConfig::from_toml("effective.toml", &effective).unwrap();
+        assert_eq!(back.cameras.len(), 2);
+        assert_eq!(back.cameras[0], cfg.cameras[0]);
+        assert_eq!(back.upload, cfg.upload);
+        assert_eq!(back.journal, cfg.journal);
+    }
+
+    #[test]
+    fn systemds_state_directory_wins_over_the_files() {
+        let mut cfg = AgentConfig::from_toml(
+            "agent.toml",
+            &format!("state_dir = \"kvs-edge-state\"\n{MINIMAL}"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.use_state_directory(Some("/var/lib/kvs-edge-agent".into())),
+            Some(PathBuf::from("kvs-edge-state"))
+        );
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/kvs-edge-agent"));
+        assert_eq!(
+            cfg.use_state_directory(None),
+            None,
+            "nothing set: the file's"
+        );
+        assert_eq!(
+            cfg.use_state_directory(Some("/var/lib/kvs-edge-agent".into())),
+            None,
+            "the same: nothing to say"
+        );
     }
 
     #[test]

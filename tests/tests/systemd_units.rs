@@ -125,6 +125,29 @@ fn the_example_configurations_pass_the_binaries_own_checks() -> anyhow::Result<(
         stdout.contains(&creds.join("iot-key.pem").display().to_string()),
         "credential:iot-key.pem resolved: {stdout}"
     );
+    // What it prints is the effective configuration as TOML: it loads again, with the
+    // unit's state directory.
+    let effective = kvs_edge_config::AgentConfig::from_toml("effective.toml", &stdout)?;
+    assert_eq!(effective.state_dir, dir.path());
+    // A state_dir in the file gives way to the unit's StateDirectory=.
+    let with_state = dir.path().join("with-state.toml");
+    std::fs::write(
+        &with_state,
+        format!(
+            "state_dir = \"kvs-edge-state\"\n{}",
+            std::fs::read_to_string(repo_root().join("systemd/agent.toml"))?
+        ),
+    )?;
+    let out = Command::new(agent_binary()?)
+        .arg("--check")
+        .arg("--config")
+        .arg(&with_state)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env("STATE_DIRECTORY", dir.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let effective = kvs_edge_config::AgentConfig::from_toml("effective.toml", &stdout)?;
+    assert_eq!(effective.state_dir, dir.path(), "{stdout}");
     // Without the credentials (no LoadCredential=), the check names the setting.
     let out = Command::new(agent_binary()?)
         .arg("--check")
