@@ -18,6 +18,7 @@ use media::types::{
 };
 use thiserror::Error;
 use tokio::time::Instant;
+use tracing::info;
 
 use crate::plan::{self, Fragment};
 use crate::retry;
@@ -25,6 +26,18 @@ use crate::store::error_chain;
 
 /// How often ListFragments is asked while waiting for the post-roll.
 const POLL: Duration = Duration::from_secs(2);
+
+/// How often a long wait for ingestion says it is still waiting.
+const SAY_EVERY: Duration = Duration::from_secs(30);
+
+/// How long, from `now`, to wait for a window ending at `end` to be ingested: until `wait`
+/// after its end. A window that ended longer ago than that is not waited for at all (what
+/// is not in the stream by then will not come), one in the future until its end and `wait`.
+pub fn patience(end: DateTime<Utc>, now: DateTime<Utc>, wait: Duration) -> Duration {
+    (end + chrono::Duration::from_std(wait).unwrap_or_default() - now)
+        .to_std()
+        .unwrap_or_default()
+}
 
 /// GetClip's answers about the media of a range rather than the request: the codec private
 /// data or the tracks change inside it ("Video playback track requirements"), or a fragment
@@ -94,14 +107,39 @@ impl Kvs {
         wait: Duration,
     ) -> Result<(Vec<Fragment>, bool), String> {
         let list = self.media(stream, ApiName::ListFragments).await?;
-        let until_end = (end - Utc::now()).to_std().unwrap_or_default();
-        let deadline = Instant::now() + until_end + wait;
+        let patience = patience(end, Utc::now(), wait);
+        let deadline = Instant::now() + patience;
+        let mut said: Option<Instant> = None;
         loop {
             let all = self.list_fragments(&list, stream, start, end).await?;
             let window = plan::in_window(all, ms(start), ms(end));
             let ingested = plan::ingested_to(&window, ms(end));
             if ingested || Instant::now() >= deadline {
                 return Ok((window, !ingested));
+            }
+            // Say what is awaited, at the start and then now and then: a window that ends
+            // in the future can take minutes.
+            if said.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
+                let so_far = window
+                    .iter()
+                    .map(|f| f.start_ms + f.duration_ms)
+                    .max()
+                    .and_then(DateTime::from_timestamp_millis)
+                    .map_or_else(
+                        || "no video yet".to_string(),
+                        |t| format!("video up to {}", t.to_rfc3339()),
+                    );
+                info!(
+                    stream,
+                    "waiting for the window to be ingested up to its end, {} ({so_far}); \
+                     clipping what exists at {} at the latest",
+                    end.to_rfc3339(),
+                    (Utc::now()
+                        + chrono::Duration::from_std(deadline - Instant::now())
+                            .unwrap_or_default())
+                    .to_rfc3339()
+                );
+                said = Some(Instant::now());
             }
             tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
         }
@@ -193,5 +231,33 @@ impl Kvs {
             _ => ClipError::Failed(format!("{what}: {}", error_chain(&e))),
         })?;
         Ok(out.payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_recent_or_future_window_is_waited_for() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let wait = Duration::from_secs(120);
+        let at = |secs: i64| now + chrono::Duration::seconds(secs);
+        assert_eq!(patience(at(-600), now, wait), Duration::ZERO, "long past");
+        assert_eq!(
+            patience(at(-120), now, wait),
+            Duration::ZERO,
+            "just past the wait"
+        );
+        assert_eq!(
+            patience(at(-30), now, wait),
+            Duration::from_secs(90),
+            "recent"
+        );
+        assert_eq!(
+            patience(at(300), now, wait),
+            Duration::from_secs(420),
+            "in the future"
+        );
     }
 }
