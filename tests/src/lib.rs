@@ -348,6 +348,22 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// One `GET /metrics` of an agent's metrics listener: the whole HTTP response.
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> Result<String> {
+    Ok(tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr)?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok::<_, std::io::Error>(out)
+    })
+    .await??)
+}
+
 /// A free TCP port on loopback, for servers we start as processes.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -122,18 +122,7 @@ async fn test_source_streams_every_fragment_and_the_clip_plays() -> anyhow::Resu
     wait(&cam.upload_stats, "4 fragments", |s| persisted(s) >= 4).await;
 
     // Metrics are served while streaming.
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(metrics_addr)?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok::<_, std::io::Error>(out)
-    })
-    .await??;
+    let body = scrape_metrics(metrics_addr).await?;
     assert!(
         body.contains("kvs_edge_fragments_persisted_total{camera=\"cam\",stream=\"agent-cam\"}"),
         "{body}"

@@ -110,18 +110,7 @@ fn the_dashboard_is_valid_and_its_queries_parse() -> Result<()> {
 async fn scrape_until(addr: std::net::SocketAddr, ready: impl Fn(&str) -> bool) -> Result<String> {
     let started = Instant::now();
     loop {
-        let body = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(addr)?;
-            write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok::<_, std::io::Error>(out)
-        })
-        .await??;
+        let body = scrape_metrics(addr).await?;
         if ready(&body) {
             return Ok(body);
         }

@@ -163,10 +163,30 @@ fn caps_changed(last: Option<&gst::Caps>, caps: &gst::CapsRef) -> bool {
     last.is_none_or(|c| !std::ptr::eq(c.as_ptr(), caps.as_ptr()) && c.as_ref() != caps)
 }
 
+/// Calls `each` with every sample of `appsink` that holds a buffer, in its streaming thread.
+fn on_samples(
+    appsink: &gst_app::AppSink,
+    mut each: impl FnMut(&gst::Sample, &gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError>
+    + Send
+    + 'static,
+) {
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                match sample.buffer() {
+                    Some(buffer) => each(&sample, buffer),
+                    None => Ok(gst::FlowSuccess::Ok),
+                }
+            })
+            .build(),
+    );
+}
+
 /// The sample's caps when they differ from the last ones, which it then remembers (by
 /// reference, not a copy: the same pointer next time).
 fn changed_caps<'a>(
-    sample: &'a gst::SampleRef,
+    sample: &'a gst::Sample,
     last: &mut Option<gst::Caps>,
 ) -> Option<&'a gst::CapsRef> {
     let caps = sample.caps()?;
@@ -182,58 +202,50 @@ fn changed_caps<'a>(
 pub(super) fn attach_video(sink: &gst_app::AppSink, events: EventTx, stats: Arc<CaptureStats>) {
     let mut codec: Option<Arc<CodecConfig>> = None;
     let mut last_caps: Option<gst::Caps> = None;
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                if let Some(caps) = changed_caps(&sample, &mut last_caps) {
-                    match codec_from_caps(caps) {
-                        Ok(c) => codec = Some(Arc::new(c)),
-                        Err(e) => {
-                            codec = None;
-                            let _ = events.blocking_send(CaptureEvent::BadCodec(e));
-                        }
-                    }
+    on_samples(sink, move |sample, buffer| {
+        if let Some(caps) = changed_caps(sample, &mut last_caps) {
+            match codec_from_caps(caps) {
+                Ok(c) => codec = Some(Arc::new(c)),
+                Err(e) => {
+                    codec = None;
+                    let _ = events.blocking_send(CaptureEvent::BadCodec(e));
                 }
-                let Some(codec) = codec.clone() else {
-                    stats.dropped_no_codec.fetch_add(1, Ordering::Relaxed);
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let pts = buffer.pts().or(buffer.dts());
-                let running = match (sample.segment(), pts) {
-                    (Some(seg), Some(pts)) => seg
-                        .downcast_ref::<gst::ClockTime>()
-                        .and_then(|s| s.to_running_time(pts))
-                        .unwrap_or(pts),
-                    (_, Some(pts)) => pts,
-                    _ => return Ok(gst::FlowSuccess::Ok),
-                };
-                let decode_delay_ns = match (buffer.pts(), buffer.dts()) {
-                    (Some(p), Some(d)) if p > d => (p - d).nseconds(),
-                    _ => 0,
-                };
-                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                stats.frames.fetch_add(1, Ordering::Relaxed);
-                let unit = CapturedUnit {
-                    pts: MediaTime(running.nseconds()),
-                    decode_delay_ns,
-                    keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-                    data: map.as_slice().to_vec(),
-                    codec,
-                    arrived: WallMs::now(),
-                };
-                // Back-pressure: the consumer only fragments and queues, so waiting here
-                // is short; a closed channel means the capture is being stopped.
-                events
-                    .blocking_send(CaptureEvent::Unit(unit))
-                    .map_err(|_| gst::FlowError::Flushing)?;
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+            }
+        }
+        let Some(codec) = codec.clone() else {
+            stats.dropped_no_codec.fetch_add(1, Ordering::Relaxed);
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        let pts = buffer.pts().or(buffer.dts());
+        let running = match (sample.segment(), pts) {
+            (Some(seg), Some(pts)) => seg
+                .downcast_ref::<gst::ClockTime>()
+                .and_then(|s| s.to_running_time(pts))
+                .unwrap_or(pts),
+            (_, Some(pts)) => pts,
+            _ => return Ok(gst::FlowSuccess::Ok),
+        };
+        let decode_delay_ns = match (buffer.pts(), buffer.dts()) {
+            (Some(p), Some(d)) if p > d => (p - d).nseconds(),
+            _ => 0,
+        };
+        let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        let unit = CapturedUnit {
+            pts: MediaTime(running.nseconds()),
+            decode_delay_ns,
+            keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+            data: map.as_slice().to_vec(),
+            codec,
+            arrived: WallMs::now(),
+        };
+        // Back-pressure: the consumer only fragments and queues, so waiting here
+        // is short; a closed channel means the capture is being stopped.
+        events
+            .blocking_send(CaptureEvent::Unit(unit))
+            .map_err(|_| gst::FlowError::Flushing)?;
+        Ok(gst::FlowSuccess::Ok)
+    });
 }
 
 /// The codec configuration the parser announces in its caps (`codec_data`).
@@ -277,46 +289,37 @@ pub(super) fn attach_audio(appsink: &gst_app::AppSink, events: EventTx) {
     let mut config: Option<Arc<AudioConfig>> = None;
     let mut woken_for = NO_KEYFRAME;
     let mut last_caps: Option<gst::Caps> = None;
-    appsink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                if let Some(caps) = changed_caps(&sample, &mut last_caps) {
-                    config = match audio_config(caps) {
-                        Ok(c) => Some(Arc::new(c)),
-                        Err(e) => {
-                            let _ = events.blocking_send(CaptureEvent::Notice(format!(
-                                "the audio is left out: {e}"
-                            )));
-                            None
-                        }
-                    };
+    on_samples(appsink, move |sample, buffer| {
+        if let Some(caps) = changed_caps(sample, &mut last_caps) {
+            config = match audio_config(caps) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    let _ = events
+                        .blocking_send(CaptureEvent::Notice(format!("the audio is left out: {e}")));
+                    None
                 }
-                let (Some(config), Some(pts)) = (config.clone(), buffer.pts()) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let running = sample
-                    .segment()
-                    .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
-                    .and_then(|seg| seg.to_running_time(pts))
-                    .unwrap_or(pts);
-                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                let frame = CapturedAudio {
-                    pts: MediaTime(running.nseconds()),
-                    data: map.as_slice().to_vec(),
-                    config,
-                    arrived: WallMs::now(),
-                };
-                events
-                    .send_audio(frame, &mut woken_for)
-                    .map_err(|_| gst::FlowError::Flushing)?;
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+            };
+        }
+        let (Some(config), Some(pts)) = (config.clone(), buffer.pts()) else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        let running = sample
+            .segment()
+            .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+            .and_then(|seg| seg.to_running_time(pts))
+            .unwrap_or(pts);
+        let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+        let frame = CapturedAudio {
+            pts: MediaTime(running.nseconds()),
+            data: map.as_slice().to_vec(),
+            config,
+            arrived: WallMs::now(),
+        };
+        events
+            .send_audio(frame, &mut woken_for)
+            .map_err(|_| gst::FlowError::Flushing)?;
+        Ok(gst::FlowSuccess::Ok)
+    });
 }
 
 #[cfg(test)]
