@@ -142,11 +142,28 @@ impl Filter {
             _ => String::new(),
         };
         if !self.streams.is_empty() && p.get(1) == Some(&Part::Field("stream".into())) {
-            return self
+            // With what follows the stream (`clips/cam1/`), cam1's prefix does not hold
+            // cam10's clips.
+            let after = match p.get(2) {
+                Some(Part::Text(t)) => t.as_str(),
+                _ => "",
+            };
+            let mut prefixes: Vec<String> = self
                 .streams
                 .iter()
-                .map(|s| format!("{literal}{s}"))
+                .map(|s| format!("{literal}{s}{after}"))
                 .collect();
+            prefixes.sort();
+            prefixes.dedup();
+            // Where one prefix still lies inside another (no text after the stream), the
+            // outer listing covers both: list it once.
+            let mut out: Vec<String> = Vec::new();
+            for prefix in prefixes {
+                if !out.iter().any(|o| prefix.starts_with(o.as_str())) {
+                    out.push(prefix);
+                }
+            }
+            return out;
         }
         vec![literal]
     }
@@ -383,7 +400,25 @@ mod tests {
             assert!(!f.accepts(&format!("{stem}{sibling}"), None), "{sibling}");
         }
         assert!(!f.accepts(&format!("transcoded/{stem}/mp4/x.mp4"), None));
-        assert_eq!(f.prefixes(), vec!["clips/cam-a".to_string()]);
+        assert_eq!(f.prefixes(), vec!["clips/cam-a/".to_string()]);
+        // cam1's listing never holds cam10's clips, and a stream named twice is listed once.
+        let both = Filter {
+            streams: vec!["cam10".into(), "cam1".into(), "cam1".into()],
+            ..f.clone()
+        };
+        assert_eq!(
+            both.prefixes(),
+            vec!["clips/cam1/".to_string(), "clips/cam10/".to_string()]
+        );
+        let glued = Filter {
+            key_template: "clips/{stream}{yyyy}.mp4".into(),
+            ..both.clone()
+        };
+        assert_eq!(
+            glued.prefixes(),
+            vec!["clips/cam1".to_string()],
+            "one listing covers both"
+        );
 
         let by_pattern = Filter {
             key_template: TEMPLATE.into(),
