@@ -78,9 +78,13 @@ pub fn decode_key(encoded: &str) -> Result<String, String> {
         .map_err(|e| format!("key {encoded:?}: not URL-encoded UTF-8: {e}"))
 }
 
-/// The columns of the replay's completion report (no header row, like S3 Batch Operations').
+/// The columns of the replay's completion report, S3 Batch Operations' own (no header row, as
+/// theirs): tools built for their reports read ours. As in the rows S3 writes, column 5
+/// holds the HTTP status (200: the task ran) and column 6 the result code, although their
+/// manifest's ReportSchema names the two the other way round; the MediaConvert job id is in
+/// the ResultMessage (`submitted: job 1700000000000-abc123`).
 pub const REPORT_SCHEMA: &str =
-    "Bucket, Key, VersionId, TaskStatus, ResultCode, ResultString, JobId";
+    "Bucket, Key, VersionId, TaskStatus, ErrorCode, HTTPStatusCode, ResultMessage";
 
 /// One row of the completion report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +97,11 @@ pub struct ReportRow {
     pub job: Option<String>,
 }
 
+/// Where the job id starts in a ResultMessage.
+const JOB_MARK: &str = ": job ";
+
 impl ReportRow {
-    /// The CSV fields, in `REPORT_SCHEMA` order.
+    /// The CSV fields, in the order S3 Batch Operations writes them.
     pub fn fields(&self) -> [String; 7] {
         [
             self.bucket.clone(),
@@ -106,13 +113,22 @@ impl ReportRow {
                 "failed"
             }
             .into(),
+            "200".into(),
             self.code.as_str().into(),
-            self.result.clone(),
-            self.job.clone().unwrap_or_default(),
+            self.message(),
         ]
     }
 
-    /// A row read back (to resume); the problem names the column.
+    /// The ResultMessage: what happened, and the job when there is one.
+    pub fn message(&self) -> String {
+        match &self.job {
+            Some(job) => format!("{}{JOB_MARK}{job}", self.result),
+            None => self.result.clone(),
+        }
+    }
+
+    /// A row read back (to resume); the problem names the column. Rows of the report's
+    /// first format (result code in column 5, the job id in column 7) read too.
     pub fn from_fields(fields: &[&str]) -> Result<ReportRow, String> {
         if fields.len() != 7 {
             return Err(format!(
@@ -120,16 +136,28 @@ impl ReportRow {
                 fields.len()
             ));
         }
-        let code = ResultCode::parse(fields[4])
-            .ok_or_else(|| format!("ResultCode: {:?} is not a result code", fields[4]))?;
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let (code, result, job) = match (ResultCode::parse(fields[5]), ResultCode::parse(fields[4]))
+        {
+            (Some(code), _) => {
+                let (result, job) = match fields[6].rsplit_once(JOB_MARK) {
+                    Some((result, job)) => (result.to_string(), opt(job)),
+                    None => (fields[6].to_string(), None),
+                };
+                (code, result, job)
+            }
+            (None, Some(code)) => (code, fields[5].to_string(), opt(fields[6])),
+            (None, None) => {
+                return Err(format!("ResultCode: {:?} is not a result code", fields[5]));
+            }
+        };
         Ok(ReportRow {
             bucket: fields[0].to_string(),
             key: decode_key(fields[1])?,
             version: opt(fields[2]),
             code,
-            result: fields[5].to_string(),
-            job: opt(fields[6]),
+            result,
+            job,
         })
     }
 }
@@ -306,7 +334,7 @@ mod tests {
         let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
         assert!(
             text.starts_with(
-                "clips,clips/cam%201/2024/x%2By%2C%22z%22.mp4,,failed,TemporaryFailure,"
+                "clips,clips/cam%201/2024/x%2By%2C%22z%22.mp4,,failed,200,TemporaryFailure,"
             ),
             "{text}"
         );
@@ -322,12 +350,47 @@ mod tests {
                 .contains("6 columns")
         );
         let mut bad = fields.clone();
-        bad[4] = "Maybe";
+        bad[5] = "Maybe";
         assert!(
             ReportRow::from_fields(&bad)
                 .unwrap_err()
                 .starts_with("ResultCode")
         );
+    }
+
+    #[test]
+    fn rows_carry_the_job_in_the_message_and_old_rows_still_read() {
+        let row = ReportRow {
+            bucket: "clips".into(),
+            key: "clips/cam1/a.mp4".into(),
+            version: Some("v1".into()),
+            code: ResultCode::Succeeded,
+            result: "submitted".into(),
+            job: Some("1700000000000-abc123".into()),
+        };
+        let fields = row.fields();
+        assert_eq!(
+            fields[3..],
+            [
+                "succeeded",
+                "200",
+                "Succeeded",
+                "submitted: job 1700000000000-abc123"
+            ]
+        );
+        let back: Vec<&str> = fields.iter().map(String::as_str).collect();
+        assert_eq!(ReportRow::from_fields(&back).unwrap(), row);
+        // The first format: code, text, job id.
+        let old = [
+            "clips",
+            "clips/cam1/a.mp4",
+            "v1",
+            "succeeded",
+            "Succeeded",
+            "submitted",
+            "1700000000000-abc123",
+        ];
+        assert_eq!(ReportRow::from_fields(&old).unwrap(), row);
     }
 
     #[test]
@@ -351,6 +414,20 @@ mod tests {
             .collect();
         assert_eq!(keys.len(), 6);
         assert_eq!(keys[0], "image_14975");
+        // Whole rows of S3's own report read as ours do: the same columns.
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        for rec in r.records() {
+            let rec = rec.unwrap();
+            let fields: Vec<&str> = rec.iter().collect();
+            let row = ReportRow::from_fields(&fields).unwrap();
+            assert_eq!(
+                (row.bucket.as_str(), row.code),
+                ("awsexamplebucket1", ResultCode::PermanentFailure)
+            );
+            assert!(row.result.starts_with("Lambda returned function error"));
+        }
         assert_eq!(decode_key("a+b%2Fc").unwrap(), "a b/c");
         assert!(decode_key("%FF").is_err());
     }

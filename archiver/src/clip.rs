@@ -334,6 +334,26 @@ impl Archiver {
         }
     }
 
+    /// What a run of MediaConvert jobs needs, checked before the first one: the role
+    /// MediaConvert assumes, and the account's endpoint (DescribeEndpoints answers). The
+    /// template was read and parsed when the archiver was made.
+    pub async fn check_transcoding(&self) -> Result<String, String> {
+        let t = self
+            .transcoder
+            .as_ref()
+            .ok_or("transcoding is off ([transcode] mode)")?;
+        if t.settings.role_arn.as_deref().is_none_or(str::is_empty) {
+            return Err(
+                "transcode.role_arn: required (the IAM role MediaConvert assumes to read the \
+                 clips and write the outputs)"
+                    .into(),
+            );
+        }
+        t.mc.endpoint()
+            .await
+            .map_err(|e| format!("MediaConvert DescribeEndpoints: {e}"))
+    }
+
     /// The MediaConvert template for jobs from now on (a replay run's choice).
     pub fn use_template(&mut self, template: Template) {
         if let Some(t) = self.transcoder.as_mut() {
@@ -369,7 +389,12 @@ impl Archiver {
         let Some(stem) = key.strip_suffix(".mp4") else {
             return Err(ReplayError::permanent(format!("{key}: not a clip (.mp4)")));
         };
-        let s3_err = |e: StoreError| ReplayError::temporary(e.to_string());
+        // A record that is not JSON stays so: permanent (an operator must look), unlike an
+        // S3 error, which a rerun may not meet.
+        let s3_err = |e: StoreError| match e {
+            StoreError::NotJson { .. } => ReplayError::permanent(e.to_string()),
+            e => ReplayError::temporary(e.to_string()),
+        };
         let record_key = format!("{stem}.job.json");
         let record = store::get_json(&self.s3, bucket, &record_key)
             .await

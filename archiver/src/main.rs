@@ -359,6 +359,17 @@ fn replay(mut cfg: ArchiverConfig, r: ReplayArgs) -> ExitCode {
             archiver.use_template(t);
         }
         archiver.set_retries(r.attempts, std::time::Duration::from_millis(250));
+        // What every task needs is checked once, before the first: a missing role or an
+        // unreachable endpoint is one clear error, not a report full of failed tasks.
+        if !opts.dry_run {
+            match archiver.check_transcoding().await {
+                Ok(endpoint) => tracing::info!(endpoint, "MediaConvert answers"),
+                Err(e) => {
+                    eprintln!("kvs-edge-archiver: replay: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         match replay::run(std::sync::Arc::new(archiver), input, filter, opts, stop).await {
             Ok(outcome) => {
                 if !outcome.summary["report"].is_null() {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -233,6 +233,22 @@ struct Report {
     rows: csv::Writer<std::fs::File>,
 }
 
+/// A run id: when it started, readable, and a random part, so that two runs started in the
+/// same second (two report directories) never share one: the run id keys the MediaConvert
+/// idempotency tokens, and a shared one made the second run submit nothing.
+fn new_run_id(now: DateTime<Utc>) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness, per process and per instance.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!(
+        "replay-{}-{:08x}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        random as u32
+    )
+}
+
 impl Report {
     fn csv_path(dir: &Path) -> PathBuf {
         dir.join("report.csv")
@@ -267,7 +283,7 @@ impl Report {
                 ));
             }
             (Some(r), _) | (None, Some(r)) => r,
-            (None, None) => format!("replay-{}", Utc::now().format("%Y%m%dT%H%M%SZ")),
+            (None, None) => new_run_id(Utc::now()),
         };
         let csv_path = Report::csv_path(dir);
         let mut done = HashSet::new();
@@ -785,11 +801,7 @@ pub async fn batch_invocation(archiver: &Archiver, inv: &crate::batch::Invocatio
             )
             .await;
         let row = row(t, &r);
-        let text = match (&row.job, row.code) {
-            (Some(job), ResultCode::Succeeded) => format!("{}: job {job}", row.result),
-            _ => row.result,
-        };
-        results.push((t.task_id.clone(), row.code, text));
+        results.push((t.task_id.clone(), row.code, row.message()));
     }
     crate::batch::response(inv, &results)
 }
@@ -807,6 +819,22 @@ mod tests {
             result: "r".into(),
             job: Some("j".into()),
         }
+    }
+
+    #[test]
+    fn runs_started_in_the_same_second_have_their_own_ids() {
+        let now = Utc::now();
+        let (a, b) = (new_run_id(now), new_run_id(now));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(&format!("replay-{}-", now.format("%Y%m%dT%H%M%SZ"))),
+            "{a}"
+        );
+        // Two report directories opened at once.
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_, r1) = Report::open(d1.path(), None).unwrap();
+        let (_, r2) = Report::open(d2.path(), None).unwrap();
+        assert_ne!(r1.run, r2.run);
     }
 
     #[test]
@@ -859,7 +887,7 @@ mod tests {
         drop(report);
         let text = std::fs::read_to_string(&csv).unwrap();
         assert!(
-            text.ends_with("\nclips,c.mp4,,succeeded,Succeeded,r,j\n"),
+            text.ends_with("\nclips,c.mp4,,succeeded,200,Succeeded,r: job j\n"),
             "{text}"
         );
 

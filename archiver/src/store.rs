@@ -25,6 +25,13 @@ pub enum StoreError {
     },
     #[error("reading the clip: {0}")]
     Source(String),
+    /// The object is there but is not JSON: no retry will change that.
+    #[error("s3://{bucket}/{key} is not JSON: {reason}")]
+    NotJson {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
 }
 
 /// The full chain of an SDK error (the top level alone says "service error").
@@ -149,7 +156,11 @@ pub async fn get_json(
         .map_err(|e| err("GetObject", error_chain(&e)))?;
     serde_json::from_slice(&body.into_bytes())
         .map(Some)
-        .map_err(|e| err("GetObject", format!("not JSON: {e}")))
+        .map_err(|e| StoreError::NotJson {
+            bucket: bucket.into(),
+            key: key.into(),
+            reason: e.to_string(),
+        })
 }
 
 /// What an upload did.

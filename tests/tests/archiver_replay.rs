@@ -92,11 +92,17 @@ fn report_rows(dir: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
     for rec in r.records() {
         let rec = rec?;
         assert_eq!(rec.len(), 7, "{rec:?}");
-        assert_eq!(&rec[0], "clips");
+        assert!(rec[0].ends_with("clips"), "{rec:?}");
+        // S3 Batch Operations' columns: the HTTP status, the result code, the message
+        // (which ends with the job id).
+        assert_eq!(&rec[4], "200");
         rows.push((
             kvs_edge_archiver::batch::decode_key(&rec[1]).map_err(anyhow::Error::msg)?,
-            rec[4].to_string(),
-            rec[6].to_string(),
+            rec[5].to_string(),
+            rec[6]
+                .rsplit_once(": job ")
+                .map_or("", |(_, job)| job)
+                .to_string(),
         ));
     }
     Ok(rows)
@@ -349,6 +355,146 @@ async fn throttling_and_server_errors_are_absorbed_by_retries() -> anyhow::Resul
         (json!(100), json!(10))
     );
     assert_eq!(jobs_by_clip(&local.url())?.len(), 110);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_job_records_fail_for_good_and_runs_never_share_an_id() -> anyhow::Result<()> {
+    let (local, s3, cfg) = paused_local().await?;
+    let clips: Vec<_> = (0..3).map(|i| clip(i, "2024-04-01T00:00:00Z")).collect();
+    let broken = format!("{}.job.json", clips[0].1.trim_end_matches(".mp4"));
+    seed(&s3, "clips", &clips, &[(broken, "{not json".to_string())]).await?;
+
+    // Two report directories started at once: two runs, each submitting every clip.
+    let runs: Vec<PathBuf> = ["report-a", "report-b"]
+        .iter()
+        .map(|d| local.dir.path().join(d))
+        .collect();
+    let children = runs
+        .iter()
+        .map(|report| {
+            archiver_configured(&cfg)?
+                .args(["replay", "--report", report.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for mut child in children {
+        // A task failed for good: exit status 1.
+        assert_eq!(child.wait()?.code(), Some(1));
+    }
+    let (a, b) = (summary(&runs[0])?, summary(&runs[1])?);
+    assert_ne!(a["run"], b["run"], "one run id each");
+    for report in &runs {
+        let rows = report_rows(report)?;
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let bad = rows.iter().find(|r| r.0 == clips[0].1).unwrap();
+        assert_eq!(
+            bad.1, "PermanentFailure",
+            "a record that is not JSON stays so"
+        );
+        assert_eq!(
+            rows.iter().filter(|r| r.1 == "Succeeded").count(),
+            2,
+            "{rows:?}"
+        );
+        let text = std::fs::read_to_string(report.join("report.csv"))?;
+        assert!(text.contains("is not JSON"), "the reason is said: {text}");
+    }
+    let jobs = jobs_by_clip(&local.url())?;
+    assert_eq!(jobs.len(), 2);
+    assert!(
+        jobs.values().all(|j| j.len() == 2),
+        "each run submitted: {jobs:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configuration_replays_offline_and_what_it_needs_is_checked_first()
+-> anyhow::Result<()> {
+    let local = Local::start_with(|c| {
+        c.buckets = vec!["kvs-edge-clips".into()];
+        c.paused_queues = vec!["Default".into()];
+    })
+    .await?;
+    let s3 = local_s3(&local);
+    let template = "clips/{stream}/{yyyy}/{mm}/{dd}/{alarm}-{start}-{end}.mp4";
+    let at = chrono::DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z")?.to_utc();
+    let key = kvs_edge_archiver::decide::clip_key(
+        template,
+        "garage-cam",
+        "motion",
+        at,
+        at + chrono::Duration::seconds(180),
+    );
+    seed(
+        &s3,
+        "kvs-edge-clips",
+        &[("garage-cam".into(), key.clone())],
+        &[],
+    )
+    .await?;
+    // The example as it is, but for kvs-local's port.
+    let example = std::fs::read_to_string(repo_root().join("archiver/examples/local.toml"))?
+        .replace("http://127.0.0.1:4567", &local.url());
+    let cfg = local.dir.path().join("example.toml");
+    std::fs::write(&cfg, &example)?;
+    let report = local.dir.path().join("report");
+    let out = archiver_configured(&cfg)?
+        .args(["replay", "--report", report.to_str().unwrap()])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = report_rows(&report)?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        (key.as_str(), "Succeeded")
+    );
+    assert!(!rows[0].2.is_empty(), "the job id is in the message");
+
+    // Without the role, or with MediaConvert unreachable: one clear error, before any task.
+    for (broken, says) in [
+        (
+            example.replace(
+                "role_arn = \"arn:aws:iam::000000000000:role/MediaConvertRole\"\n",
+                "",
+            ),
+            "transcode.role_arn",
+        ),
+        (
+            // The last line is [transcode]'s endpoint: a port nobody listens on.
+            format!(
+                "{}endpoint_url = \"http://127.0.0.1:{}\"\n",
+                &example[..example.rfind("endpoint_url = ").unwrap()],
+                free_port()?
+            ),
+            "DescribeEndpoints",
+        ),
+    ] {
+        let cfg = local.dir.path().join("broken.toml");
+        std::fs::write(&cfg, &broken)?;
+        let report = local.dir.path().join(format!("report-{says}"));
+        let out = archiver_configured(&cfg)?
+            .args([
+                "replay",
+                "--report",
+                report.to_str().unwrap(),
+                "--attempts",
+                "1",
+            ])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!report.join("report.csv").exists(), "no task ran");
+    }
     Ok(())
 }
 
