@@ -223,9 +223,12 @@ impl Camera {
                             // (A first keyframe drops the early audio older than it.)
                             self.stats.audio_dropped.store(fragmenter.audio_dropped, Ordering::Relaxed);
                             match pushed {
-                                Ok(done) => {
+                                Ok(mut done) => {
                                     backoff.reset();
-                                    self.emit(&out, done, &tracks).await;
+                                    while let Some(f) = done {
+                                        self.emit(&out, Some(f), &tracks).await;
+                                        done = fragmenter.next_ready();
+                                    }
                                 }
                                 Err(MkvError::NeedKeyframe(_)) => {
                                     self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
@@ -259,8 +262,12 @@ impl Camera {
                             // On the video's timeline: same pipeline clock, same bias.
                             let media = MediaTime(frame.pts.0 + DECODE_BIAS_NS);
                             let pts = timeline.project(media, frame.arrived);
-                            let done = fragmenter.push_audio(AudioFrame { pts_ms: pts.0, data: frame.data });
-                            self.emit(&out, done, &tracks).await;
+                            let mut done = fragmenter.push_audio(AudioFrame { pts_ms: pts.0, data: frame.data });
+                            // Late audio can complete several held fragments at once.
+                            while let Some(f) = done {
+                                self.emit(&out, Some(f), &tracks).await;
+                                done = fragmenter.next_ready();
+                            }
                             self.stats.audio_dropped.store(fragmenter.audio_dropped, Ordering::Relaxed);
                         }
                         Some(CaptureEvent::Eos) => break "end of stream",

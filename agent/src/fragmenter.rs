@@ -6,7 +6,10 @@
 //! time order. KVS wants every frame of a fragment after every frame of the previous one, and
 //! audio may arrive after the video of the same moment: so a fragment cut at a keyframe is
 //! held until the audio has reached that keyframe (or video has run `AUDIO_WAIT_MS` past it:
-//! the audio is late or gone, and the fragment goes without what did not come). Audio may
+//! the audio is late or gone, and the fragment goes without what did not come). Several
+//! fragments can be held at once (audio late by more than a fragment, on a loaded device):
+//! a fragment sent without its audio changes the stream's tracks, and GetClip refuses a
+//! range where they change. Audio may
 //! also run ahead (a slower video encoder): what is at or past a cut belongs to the next
 //! fragment, and audio before the first picture waits for it. Audio too late for its
 //! fragment, or older than the first picture, is dropped and counted.
@@ -16,7 +19,10 @@ use thiserror::Error;
 use crate::mkv::{self, AUDIO_TRACK, Block, MAX_BLOCK_OFFSET_MS, MAX_FRAGMENT_BYTES, VIDEO_TRACK};
 
 /// How long a cut fragment waits for its audio, in video time.
-pub const AUDIO_WAIT_MS: i64 = 1000;
+pub const AUDIO_WAIT_MS: i64 = 3000;
+
+/// At most this many fragments wait for their audio; an older one goes without it.
+pub const MAX_HELD: usize = 8;
 
 /// How much audio is kept while no picture has come yet.
 pub const EARLY_AUDIO_MS: i64 = 10_000;
@@ -114,7 +120,10 @@ pub struct Fragmenter {
     last_audio: Option<i64>,
     /// Whether the stream has audio: cut fragments then wait for it.
     audio: bool,
-    held: Option<Held>,
+    /// Cut fragments waiting for their audio, oldest first.
+    held: std::collections::VecDeque<Held>,
+    /// Fragments complete and not yet handed out (`next_ready`).
+    ready: std::collections::VecDeque<Fragment>,
     /// Audio frames that came too late (or before the first keyframe) and were dropped.
     pub audio_dropped: u64,
 }
@@ -130,7 +139,8 @@ impl Fragmenter {
             last_dts: None,
             last_audio: None,
             audio: false,
-            held: None,
+            held: Default::default(),
+            ready: Default::default(),
             audio_dropped: 0,
         }
     }
@@ -164,11 +174,14 @@ impl Fragmenter {
                 got: au.dts_ms,
             });
         }
-        // A held fragment whose audio is this late goes without the rest of it.
-        let mut done = match &self.held {
-            Some(h) if au.dts_ms > h.until + AUDIO_WAIT_MS => self.release(),
-            _ => None,
-        };
+        // Held fragments whose audio is this late go without the rest of it.
+        while self
+            .held
+            .front()
+            .is_some_and(|h| au.dts_ms > h.until + AUDIO_WAIT_MS)
+        {
+            self.release_oldest();
+        }
         let Some(first) = self.pending.video.first() else {
             if !au.keyframe {
                 return Err(MkvError::NeedKeyframe(au.pts_ms));
@@ -187,7 +200,7 @@ impl Fragmenter {
                     .sum::<usize>();
             self.pts_range = (au.pts_ms, au.pts_ms);
             self.pending.video.push(au);
-            return Ok(done);
+            return Ok(self.next_ready());
         };
         let (first_pts, first_dts) = (first.pts_ms, first.dts_ms);
         let span = self.pts_range.1.max(au.pts_ms) - self.pts_range.0.min(au.pts_ms);
@@ -198,16 +211,16 @@ impl Fragmenter {
             let ahead = parts.audio.partition_point(|a| a.pts_ms < au.pts_ms);
             self.pending.audio = parts.audio.split_off(ahead);
             if self.audio {
-                // Wait for the audio to reach this keyframe; an older held one goes now.
-                if let Some(older) = self.release() {
-                    done = Some(older);
+                // Wait for the audio to reach this keyframe (behind those already waiting).
+                if self.held.len() >= MAX_HELD {
+                    self.release_oldest();
                 }
-                self.held = Some(Held {
+                self.held.push_back(Held {
                     parts,
                     until: au.pts_ms,
                 });
             } else {
-                done = build(parts);
+                self.ready.extend(build(parts));
             }
             self.pending_bytes = self.pending.audio.iter().map(|a| a.data.len()).sum();
             self.pts_range = (au.pts_ms, au.pts_ms);
@@ -229,7 +242,7 @@ impl Fragmenter {
         self.last_dts = Some(au.dts_ms);
         self.pending_bytes += au.data.len();
         self.pending.video.push(au);
-        Ok(done)
+        Ok(self.next_ready())
     }
 
     /// Adds an audio frame; returns the fragment it completed (a held one its audio has now
@@ -241,9 +254,12 @@ impl Fragmenter {
             return None;
         }
         self.last_audio = Some(frame.pts_ms);
-        if let Some(h) = &mut self.held
-            && frame.pts_ms < h.until
-        {
+        // The audio has passed these held fragments' ends: they are complete.
+        while self.held.front().is_some_and(|h| frame.pts_ms >= h.until) {
+            self.release_oldest();
+        }
+        if let Some(h) = self.held.front_mut() {
+            // Before the oldest held fragment's end: its audio (or older than it: too late).
             if h.parts
                 .video
                 .first()
@@ -253,7 +269,7 @@ impl Fragmenter {
             } else {
                 self.audio_dropped += 1;
             }
-            return None;
+            return self.next_ready();
         }
         match self.pending_start_ms() {
             Some(start) if frame.pts_ms >= start => {
@@ -272,12 +288,19 @@ impl Fragmenter {
                 self.pending.audio.push(frame);
             }
         }
-        // The audio has passed the held fragment's end: it is complete.
-        self.release()
+        self.next_ready()
     }
 
-    fn release(&mut self) -> Option<Fragment> {
-        self.held.take().and_then(|h| build(h.parts))
+    /// A complete fragment not handed out yet: `push` and `push_audio` return the first one,
+    /// call this until `None` for the rest (a late audio frame can complete several).
+    pub fn next_ready(&mut self) -> Option<Fragment> {
+        self.ready.pop_front()
+    }
+
+    fn release_oldest(&mut self) {
+        if let Some(h) = self.held.pop_front() {
+            self.ready.extend(build(h.parts));
+        }
     }
 
     /// Drops what is pending (after an error the GOP cannot be sent); returns how many
@@ -293,8 +316,11 @@ impl Fragmenter {
     /// change): call it until it returns `None`. Audio without a picture yet stays for the
     /// first keyframe.
     pub fn flush(&mut self) -> Option<Fragment> {
-        if let Some(held) = self.release() {
-            return Some(held);
+        while !self.held.is_empty() {
+            self.release_oldest();
+        }
+        if let Some(f) = self.next_ready() {
+            return Some(f);
         }
         if self.pending.video.is_empty() {
             return None;
@@ -603,6 +629,54 @@ mod tests {
     }
 
     #[test]
+    fn audio_later_than_a_whole_fragment_still_lands_in_its_own() {
+        // A loaded device: the audio arrives 1.5 s after the video of the same moment, with
+        // 1 s fragments. Several fragments wait at once; none goes without its audio (a
+        // fragment without it changes the tracks, and GetClip refuses the range).
+        let t0 = 1_700_000_000_000;
+        let mut f = Fragmenter::new(FragmenterConfig {
+            target_ms: 1000,
+            max_ms: 10_000,
+        });
+        f.set_audio(true);
+        let mut out = Vec::new();
+        let mut next_audio = t0;
+        for i in 0..150 {
+            let t = t0 + i * 40;
+            out.extend(f.push(au(t, i % 25 == 0)).unwrap());
+            while let Some(more) = f.next_ready() {
+                out.push(more);
+            }
+            while next_audio <= t - 1500 {
+                out.extend(f.push_audio(audio(next_audio)));
+                while let Some(more) = f.next_ready() {
+                    out.push(more);
+                }
+                next_audio += 33;
+            }
+        }
+        assert_eq!(out.len(), 4, "cut at 1..5 s, the last still waiting");
+        // The audio catches up by the end.
+        while next_audio <= t0 + 149 * 40 {
+            out.extend(f.push_audio(audio(next_audio)));
+            while let Some(more) = f.next_ready() {
+                out.push(more);
+            }
+            next_audio += 33;
+        }
+        while let Some(last) = f.flush() {
+            out.push(last);
+        }
+        assert_eq!(f.audio_dropped, 0);
+        for (k, frag) in out.iter().enumerate() {
+            assert_eq!(frag.timecode_ms, t0 + k as i64 * 1000);
+            assert!(frag.audio_frames > 0, "fragment {k} without audio");
+        }
+        let total: usize = out.iter().map(|f| f.audio_frames).sum();
+        assert_eq!(total as i64, (next_audio - t0) / 33);
+    }
+
+    #[test]
     fn a_fragment_does_not_wait_for_audio_that_stops() {
         let t0 = 1_000_000;
         let mut f = Fragmenter::new(FragmenterConfig {
@@ -617,10 +691,11 @@ mod tests {
         assert!(f.flush().is_none());
         assert_eq!(f.audio_dropped, 0, "kept until the first keyframe");
         let mut out = Vec::new();
-        for i in 0..60 {
+        for i in 0..110 {
             out.extend(f.push(au(t0 + i * 40, i % 25 == 0)).unwrap());
         }
-        // The cut at 1 s was held; video ran AUDIO_WAIT_MS past it: released without audio.
+        // The cut at 1 s was held; video ran AUDIO_WAIT_MS past it: released without audio
+        // (the cuts at 2, 3 and 4 s still wait).
         assert_eq!(out.len(), 1);
         assert_eq!(f.audio_dropped, 1, "the frame before the first picture");
         assert_eq!((out[0].timecode_ms, out[0].audio_frames), (t0, 1));
