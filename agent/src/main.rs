@@ -52,7 +52,23 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// `--man-page`: the manual page (roff), made from the command line's own definition, for
+/// the Debian package (`scripts/package-deb`).
+fn man_page() -> ExitCode {
+    use clap::CommandFactory;
+    match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvs-edge-agent: writing the manual page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--man-page") {
+        return man_page();
+    }
     limit_malloc_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -145,7 +145,23 @@ fn read_input(input: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// `--man-page`: the manual page (roff), made from the command line's own definition, for
+/// the Debian package (`scripts/package-deb`).
+fn man_page() -> ExitCode {
+    use clap::CommandFactory;
+    match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvs-edge-archiver: writing the manual page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--man-page") {
+        return man_page();
+    }
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())

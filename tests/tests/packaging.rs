@@ -1,7 +1,8 @@
 //! Packaging, on the binaries this build made:
 //! - `scripts/package-deb` (`make deb`): the package holds the binaries, units, example
-//!   configurations and conffiles, declares its GStreamer dependencies, and its postinst
-//!   enables and starts nothing (run here with a systemctl that records what it is asked);
+//!   configurations and conffiles, manual pages, declares its GStreamer dependencies, its
+//!   postinst enables and starts nothing (run here with a systemctl that records what it is
+//!   asked), and Debian's own checker, lintian, finds no error and no warning in it;
 //! - `scripts/package-lambda` (`make lambda`): a zip with an executable `bootstrap` that
 //!   Amazon Linux 2023's glibc can run, which serves the Lambda Runtime API configured the
 //!   way infra/kvs-edge.yaml configures it (`KVS_EDGE_ARCHIVER_CONFIG_TOML`).
@@ -119,6 +120,42 @@ fn the_deb_has_binaries_units_examples_and_a_postinst_that_starts_nothing() -> a
     let asked = std::fs::read_to_string(&calls).unwrap_or_default();
     assert_eq!(asked.trim(), "--system daemon-reload", "{asked}");
     assert!(String::from_utf8_lossy(&run.stdout).contains("systemctl enable --now kvs-edge-agent"));
+    // The prerm stops the services the way debhelper's snippets do.
+    let prerm = std::fs::read_to_string(control.join("prerm"))?;
+    assert!(
+        prerm.contains("deb-systemd-invoke stop kvs-edge-agent.service"),
+        "{prerm}"
+    );
+    assert!(!prerm.contains("systemctl"), "{prerm}");
+    Ok(())
+}
+
+#[test]
+fn lintian_finds_no_error_and_no_warning_in_the_deb() -> anyhow::Result<()> {
+    let out_dir = tempfile::tempdir()?;
+    let deb = package("package-deb", &["--compress", "gzip"], out_dir.path())?;
+    let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
+    let listing = String::from_utf8(listing.stdout)?;
+    for page in ["kvs-edge-agent.1.gz", "kvs-edge-archiver.1.gz"] {
+        assert!(
+            listing.contains(&format!("./usr/share/man/man1/{page}")),
+            "{page} in:\n{listing}"
+        );
+    }
+    let out = Command::new("lintian")
+        .args(["--tag-display-limit", "0", "--fail-on", "error,warning"])
+        .arg(&deb)
+        .output()
+        .map_err(|e| anyhow::anyhow!("lintian (scripts/install-deps installs it): {e}"))?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && !said
+                .lines()
+                .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "lintian:\n{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
