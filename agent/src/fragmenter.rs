@@ -639,31 +639,25 @@ mod tests {
             max_ms: 10_000,
         });
         f.set_audio(true);
+        /// Audio frames every 33 ms up to `until`, with what they complete.
+        fn audio_until(f: &mut Fragmenter, next: &mut i64, until: i64, out: &mut Vec<Fragment>) {
+            while *next <= until {
+                out.extend(f.push_audio(audio(*next)));
+                out.extend(std::iter::from_fn(|| f.next_ready()));
+                *next += 33;
+            }
+        }
         let mut out = Vec::new();
         let mut next_audio = t0;
         for i in 0..150 {
             let t = t0 + i * 40;
             out.extend(f.push(au(t, i % 25 == 0)).unwrap());
-            while let Some(more) = f.next_ready() {
-                out.push(more);
-            }
-            while next_audio <= t - 1500 {
-                out.extend(f.push_audio(audio(next_audio)));
-                while let Some(more) = f.next_ready() {
-                    out.push(more);
-                }
-                next_audio += 33;
-            }
+            out.extend(std::iter::from_fn(|| f.next_ready()));
+            audio_until(&mut f, &mut next_audio, t - 1500, &mut out);
         }
         assert_eq!(out.len(), 4, "cut at 1..5 s, the last still waiting");
         // The audio catches up by the end.
-        while next_audio <= t0 + 149 * 40 {
-            out.extend(f.push_audio(audio(next_audio)));
-            while let Some(more) = f.next_ready() {
-                out.push(more);
-            }
-            next_audio += 33;
-        }
+        audio_until(&mut f, &mut next_audio, t0 + 149 * 40, &mut out);
         while let Some(last) = f.flush() {
             out.push(last);
         }
