@@ -201,12 +201,48 @@ enum Link {
 
 /// Drives rumqttc's event loop in its own task (its `poll` is never cancelled), reconnecting
 /// with backoff and reporting connection changes and incoming messages.
+/// A connection must stay up this long before its loss counts as a fresh failure: a broker
+/// that drops the agent right after connecting (a retained message it cannot read, a
+/// duplicate client id) is then retried with growing waits, not in a tight loop.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// The reconnect policy: backoff that resets only once a connection has proven stable.
+struct Reconnect {
+    backoff: Backoff,
+    up_since: Option<std::time::Instant>,
+}
+
+impl Reconnect {
+    fn new() -> Reconnect {
+        Reconnect {
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            up_since: None,
+        }
+    }
+
+    fn connected(&mut self, now: std::time::Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// The wait before the next attempt, after the connection (or an attempt) failed.
+    fn lost(&mut self, now: std::time::Instant) -> Duration {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) >= STABLE_AFTER)
+        {
+            self.backoff.reset();
+        }
+        self.backoff.next_delay()
+    }
+}
+
 async fn drive(mut events: EventLoop, link: mpsc::UnboundedSender<Link>) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut reconnect = Reconnect::new();
     loop {
         let report = match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
+                reconnect.connected(std::time::Instant::now());
                 Link::Up
             }
             Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p),
@@ -225,8 +261,9 @@ async fn drive(mut events: EventLoop, link: mpsc::UnboundedSender<Link>) {
                 if link.send(Link::Down(e.to_string())).is_err() {
                     return;
                 }
-                // The next poll reconnects; waiting first keeps a dead broker from a hot loop.
-                tokio::time::sleep(backoff.next_delay()).await;
+                // The next poll reconnects; waiting first keeps a dead broker (or one that
+                // drops every fresh connection) from a hot loop.
+                tokio::time::sleep(reconnect.lost(std::time::Instant::now())).await;
                 continue;
             }
         };
@@ -486,6 +523,11 @@ impl Agent {
 
     /// `config/set`: validate, persist, apply, answer.
     async fn config_set(&mut self, payload: &[u8]) {
+        if payload.is_empty() {
+            // How operators delete a retained message: nothing to apply, nothing to answer.
+            info!("config/set: an empty message (a retained one being cleared): ignored");
+            return;
+        }
         match remote::handle_set(&self.ctx.config, self.ctx.version, payload) {
             Ok(accepted) => {
                 match self
@@ -908,6 +950,29 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_waits_grow_until_a_connection_proves_stable() {
+        let t0 = std::time::Instant::now();
+        let mut r = Reconnect::new();
+        // Dropped a second after every connection (a retained message it cannot read):
+        // the waits grow to the cap instead of staying at the first one.
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            r.connected(now);
+            now += Duration::from_secs(1);
+            let wait = r.lost(now);
+            waits.push(wait);
+            now += wait;
+        }
+        assert!(waits[0] <= Duration::from_millis(500), "{waits:?}");
+        assert!(waits[9] >= Duration::from_secs(15), "{waits:?}");
+        // A connection that stayed up a while starts the waits over.
+        r.connected(now);
+        let wait = r.lost(now + STABLE_AFTER);
+        assert!(wait <= Duration::from_millis(500), "{wait:?}");
+    }
 
     #[test]
     fn topics_follow_the_prefix_and_device() {

@@ -180,6 +180,9 @@ pub fn handle_set(
             ),
         ));
     }
+    // A UTF-8 byte order mark (some editors and tools on Windows write one) is not JSON,
+    // but it says nothing either: skipped.
+    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
     let value: Value = serde_json::from_slice(payload)
         .map_err(|e| reject(&None, None, "", format!("not a JSON document: {e}")))?;
     let Value::Object(mut doc) = value else {
@@ -465,6 +468,17 @@ mod tests {
             base().cameras.iter().find(|c| c.name == "door").unwrap()
         );
         assert_eq!(a.config.upload, base().upload);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_json_is_taken() {
+        let with_bom = [
+            b"\xEF\xBB\xBF".as_slice(),
+            br#"{"version": 4, "cameras": {"front": {"encoder": {"bitrate_kbps": 900}}}}"#,
+        ]
+        .concat();
+        let a = handle_set(&base(), 3, &with_bom).unwrap();
+        assert_eq!(a.version, 4);
     }
 
     #[test]

@@ -135,6 +135,9 @@ async fn config_set_accepts_rejects_and_survives_a_restart() -> anyhow::Result<(
         .await?;
     assert_eq!(rejected["token"], "t2");
     assert_eq!(rejected["path"], "cameras.cam.encoder.bitrate_kbps");
+    // An empty message (how operators clear a retained one) is ignored: the next answer is
+    // the stale document's, not a rejection of the empty one.
+    mq.publish(&set, Vec::new(), false).await?;
     // Stale: rejected.
     mq.publish(
         &set,
