@@ -352,12 +352,15 @@ fn from_document(current: &AgentConfig, mut doc: Value) -> Result<AgentConfig, C
         #[serde(default)]
         cameras: BTreeMap<String, CameraConfig>,
     }
-    let remote: Remote = serde_path_to_error::deserialize(doc).map_err(|e| {
-        let path = e.path().to_string();
-        remote_error(
-            if path == "." { String::new() } else { path },
-            e.inner().to_string(),
-        )
+    let remote: Remote = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
+        let mut path = e.path().to_string();
+        if path == "." {
+            path.clear();
+        }
+        if let Some(field) = source_culprit(&doc, &path) {
+            path = format!("{path}.{field}");
+        }
+        remote_error(path, e.inner().to_string())
     })?;
     let mut next = current.clone();
     next.upload = remote.upload;
@@ -372,6 +375,28 @@ fn from_document(current: &AgentConfig, mut doc: Value) -> Result<AgentConfig, C
         e
     })?;
     Ok(next)
+}
+
+/// The field of a camera's `source` that an error at `cameras.<name>.source` is about. serde
+/// reads an internally tagged object (`{"type": "test", …}`) through a buffer, and its
+/// errors lose the field's name (`invalid value: integer -5, expected u32`): the field is
+/// the one whose absence changes the outcome.
+fn source_culprit(doc: &Value, path: &str) -> Option<String> {
+    let name = path.strip_prefix("cameras.")?.strip_suffix(".source")?;
+    let source = doc.get("cameras")?.get(name)?.get("source")?.as_object()?;
+    let parse = |o: &Map<String, Value>| {
+        serde_json::from_value::<SourceConfig>(Value::Object(o.clone())).map_err(|e| e.to_string())
+    };
+    let original = parse(source).err()?;
+    source
+        .keys()
+        .filter(|k| k.as_str() != "type")
+        .find(|key| {
+            let mut without = source.clone();
+            without.remove(key.as_str());
+            parse(&without).err().as_ref() != Some(&original)
+        })
+        .cloned()
 }
 
 /// serde reads a struct from an array of its fields in order; in a document that is only
@@ -468,6 +493,21 @@ mod tests {
             base().cameras.iter().find(|c| c.name == "door").unwrap()
         );
         assert_eq!(a.config.upload, base().upload);
+    }
+
+    #[test]
+    fn a_wrong_source_setting_is_named_inside_the_source() {
+        let e =
+            set(r#"{"version": 4, "cameras": {"front": {"source": {"type": "test", "fps": -5}}}}"#)
+                .unwrap_err();
+        assert_eq!(e.path, "cameras.front.source.fps", "{e:?}");
+        let e = set(r#"{"version": 4, "cameras": {"door": {"source": {"type": "rtsp", "url": "rtsp://h/x", "latency_ms": "low"}}}}"#)
+            .unwrap_err();
+        assert_eq!(e.path, "cameras.door.source.latency_ms", "{e:?}");
+        // The tag itself is named as it is.
+        let e = set(r#"{"version": 4, "cameras": {"front": {"source": {"type": "webcam"}}}}"#)
+            .unwrap_err();
+        assert_eq!(e.path, "cameras.front.source.type", "{e:?}");
     }
 
     #[test]
