@@ -589,7 +589,17 @@ impl Default for EncoderConfig {
 impl AgentConfig {
     /// Parses and validates `agent.toml`; `source_name` appears in every error.
     pub fn from_toml(source_name: &str, text: &str) -> Result<AgentConfig, ConfigError> {
-        let mut cfg: AgentConfig = crate::from_toml(source_name, text)?;
+        let mut cfg: AgentConfig = crate::from_toml(source_name, text).map_err(|mut e| {
+            // `cameras[0].source (line 7, column 10)` → `cameras[0].source.fps (…)`.
+            let (field, place) = e.path.split_once(" (").unwrap_or((e.path.as_str(), ""));
+            if let Some(culprit) = toml_source_culprit(text, field) {
+                e.path = match place {
+                    "" => format!("{field}.{culprit}"),
+                    place => format!("{field}.{culprit} ({place}"),
+                };
+            }
+            e
+        })?;
         cfg.apply_environment();
         let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         cfg.resolve_credentials(source_name, creds.as_deref())?;
@@ -1000,6 +1010,44 @@ impl AgentConfig {
     }
 }
 
+/// The setting of `cameras[N].source` an error there is about: serde reads the tagged
+/// `source` table through a buffer, and its errors lose the setting's name. It is the one
+/// whose absence changes the outcome.
+fn toml_source_culprit(text: &str, path: &str) -> Option<String> {
+    let index: usize = path
+        .strip_prefix("cameras[")?
+        .strip_suffix("].source")?
+        .parse()
+        .ok()?;
+    let doc: toml::Table = toml::from_str(text).ok()?;
+    let source = doc.get("cameras")?.get(index)?.get("source")?;
+    match serde_json::to_value(source).ok()? {
+        serde_json::Value::Object(source) => source_culprit(&source),
+        _ => None,
+    }
+}
+
+/// Of a `source` object's settings, the one whose absence changes how reading it ends: the
+/// one an error without a field name is about (the TOML file's and config/set's).
+pub(crate) fn source_culprit(
+    source: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    let parse = |o: &serde_json::Map<String, serde_json::Value>| {
+        serde_json::from_value::<SourceConfig>(serde_json::Value::Object(o.clone()))
+            .map_err(|e| e.to_string())
+    };
+    let original = parse(source).err()?;
+    source
+        .keys()
+        .filter(|k| k.as_str() != "type")
+        .find(|key| {
+            let mut without = source.clone();
+            without.remove(key.as_str());
+            parse(&without).err().as_ref() != Some(&original)
+        })
+        .cloned()
+}
+
 /// Settings whose values are secrets, wherever they are.
 const SECRET_KEYS: &[&str] = &["secret_access_key", "session_token", "password"];
 
@@ -1104,6 +1152,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.stall_after(), std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_wrong_source_setting_is_named_inside_the_source() {
+        let text = MINIMAL.replace(
+            "source = { type = \"test\" }",
+            "source = { type = \"test\", fps = -5 }",
+        );
+        let e = AgentConfig::from_toml("agent.toml", &text).unwrap_err();
+        assert!(e.path.starts_with("cameras[0].source.fps (line "), "{e}");
     }
 
     #[test]

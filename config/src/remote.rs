@@ -384,19 +384,7 @@ fn from_document(current: &AgentConfig, mut doc: Value) -> Result<AgentConfig, C
 fn source_culprit(doc: &Value, path: &str) -> Option<String> {
     let name = path.strip_prefix("cameras.")?.strip_suffix(".source")?;
     let source = doc.get("cameras")?.get(name)?.get("source")?.as_object()?;
-    let parse = |o: &Map<String, Value>| {
-        serde_json::from_value::<SourceConfig>(Value::Object(o.clone())).map_err(|e| e.to_string())
-    };
-    let original = parse(source).err()?;
-    source
-        .keys()
-        .filter(|k| k.as_str() != "type")
-        .find(|key| {
-            let mut without = source.clone();
-            without.remove(key.as_str());
-            parse(&without).err().as_ref() != Some(&original)
-        })
-        .cloned()
+    crate::agent::source_culprit(source)
 }
 
 /// serde reads a struct from an array of its fields in order; in a document that is only
