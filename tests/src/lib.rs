@@ -18,7 +18,7 @@ pub mod certs;
 pub mod lambda_api;
 mod media;
 
-pub use media::{Stream, decode_errors, ffprobe, ffprobe_streams, mkvinfo};
+pub use media::{Stream, decode_errors, ffprobe, ffprobe_streams, kinds, mkvinfo};
 
 pub use kvs_local::{Config, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, Faults, Server};
 
@@ -482,17 +482,8 @@ pub fn recorded_file(path: &Path, pipeline: &str) -> Result<PathBuf> {
 /// kvs-local at `url`, one 160×120 test camera `cam` (x264 at 500 kbit/s) streaming to
 /// `stream` in 1 s fragments, and `mqtt` (the `[mqtt]` tables) appended.
 pub fn mqtt_agent_toml(url: &str, state: &Path, stream: &str, mqtt: &str) -> String {
-    format!(
+    let cameras = format!(
         r#"
-        device_id = "garage-pi"
-        state_dir = "{}"
-        [aws]
-        region = "us-east-1"
-        endpoint_url = "{url}"
-        [credentials]
-        kind = "static"
-        access_key_id = "{DEFAULT_ACCESS_KEY}"
-        secret_access_key = "{DEFAULT_SECRET_KEY}"
         [[cameras]]
         name = "cam"
         stream_name = "{stream}"
@@ -501,8 +492,11 @@ pub fn mqtt_agent_toml(url: &str, state: &Path, stream: &str, mqtt: &str) -> Str
         source = {{ type = "test", width = 160, height = 120, fps = 20 }}
         create_stream = {{ retention_period_hours = 1 }}
         {mqtt}
-        "#,
-        state.display()
+        "#
+    );
+    format!(
+        "device_id = \"garage-pi\"\n{}",
+        agent_toml(url, &cameras, state)
     )
 }
 

@@ -61,6 +61,14 @@ pub struct Stream {
     pub channels: u32,
 }
 
+/// What ffprobe sees in a media file: (kind, codec) per stream, in file order.
+pub fn kinds(streams: &[Stream]) -> Vec<(&str, &str)> {
+    streams
+        .iter()
+        .map(|s| (s.kind.as_str(), s.codec.as_str()))
+        .collect()
+}
+
 /// Every stream of a media file (ffprobe, counting packets), in file order.
 pub fn ffprobe_streams(path: &Path) -> Result<Vec<Stream>> {
     let out = Command::new("ffprobe")

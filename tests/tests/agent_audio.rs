@@ -69,14 +69,6 @@ fn persisted(s: &kvs_edge_agent::uploader::UploadStats) -> u64 {
     s.fragments_persisted.load(Ordering::Relaxed)
 }
 
-/// What ffprobe sees in a media file: (kind, codec) per stream.
-fn kinds(streams: &[Stream]) -> Vec<(&str, &str)> {
-    streams
-        .iter()
-        .map(|s| (s.kind.as_str(), s.codec.as_str()))
-        .collect()
-}
-
 /// A clip's video and audio start together and last as long, within one `fragment_s`.
 fn aligned(path: &Path, fragment_s: f64) -> anyhow::Result<Vec<Stream>> {
     let streams = ffprobe_streams(path)?;

@@ -200,11 +200,7 @@ async fn a_test_pattern_with_a_tone_sends_video_and_aac_audio() -> anyhow::Resul
     let mkv = local.dir.path().join("tone.mkv");
     std::fs::write(&mkv, get_media(&local.archived(), "tone", &[number]).await?)?;
     let streams = ffprobe_streams(&mkv)?;
-    let kinds: Vec<(&str, &str)> = streams
-        .iter()
-        .map(|s| (s.kind.as_str(), s.codec.as_str()))
-        .collect();
-    assert_eq!(kinds, [("video", "h264"), ("audio", "aac")]);
+    assert_eq!(kinds(&streams), [("video", "h264"), ("audio", "aac")]);
     assert!(
         (streams[0].start - streams[1].start).abs() < 0.1,
         "audio and video start together: {streams:?}"
@@ -222,11 +218,7 @@ async fn a_test_pattern_with_a_tone_sends_video_and_aac_audio() -> anyhow::Resul
     let path = local.dir.path().join("tone.mp4");
     std::fs::write(&path, mp4)?;
     let streams = ffprobe_streams(&path)?;
-    let kinds: Vec<(&str, &str)> = streams
-        .iter()
-        .map(|s| (s.kind.as_str(), s.codec.as_str()))
-        .collect();
-    assert_eq!(kinds, [("video", "h264"), ("audio", "aac")]);
+    assert_eq!(kinds(&streams), [("video", "h264"), ("audio", "aac")]);
     assert!(
         (streams[0].start - streams[1].start).abs() < 0.1
             && (streams[0].duration - streams[1].duration).abs() < 0.5,

@@ -43,11 +43,7 @@ fn make_demo_streams_a_tone_and_prints_a_clip_with_audio() -> anyhow::Result<()>
     );
     let clip = std::path::PathBuf::from(field("clip on disk")?);
     let streams = ffprobe_streams(&clip)?;
-    let kinds: Vec<(&str, &str)> = streams
-        .iter()
-        .map(|s| (s.kind.as_str(), s.codec.as_str()))
-        .collect();
-    assert_eq!(kinds, [("video", "h264"), ("audio", "aac")]);
+    assert_eq!(kinds(&streams), [("video", "h264"), ("audio", "aac")]);
     let hls = field("HLS")?;
     let master = std::path::PathBuf::from(hls.split_whitespace().next().unwrap_or_default());
     let playlist = std::fs::read_to_string(&master)?;
