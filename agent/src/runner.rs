@@ -77,6 +77,8 @@ pub struct Running {
     pub registry: Registry,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub control: Control,
+    /// The MQTT connection's state, when `[mqtt]` is configured.
+    pub mqtt_link: Option<Arc<crate::mqtt::LinkStats>>,
     supervisor: JoinHandle<Vec<JoinHandle<()>>>,
     metrics_task: Option<JoinHandle<()>>,
     /// Publishes "stopped" on shutdown, so it is waited for (briefly).
@@ -428,6 +430,7 @@ pub async fn start(
         registry,
         metrics_addr,
         control,
+        mqtt_link,
         supervisor,
         metrics_task,
         mqtt_task,

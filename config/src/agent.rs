@@ -150,6 +150,11 @@ pub struct MqttConfig {
     pub prefix: String,
     /// Default: `kvs-edge-<device_id>`.
     pub client_id: Option<String>,
+    /// `"5"` (default) or `"3.1.1"` for brokers that speak only that. MQTT 5 is what lets
+    /// the agent see a retained command sent while it is connected, keep messages too large
+    /// for it at the broker, and answer on a request's response topic (docs/mqtt.md).
+    #[serde(default)]
+    pub protocol: MqttProtocol,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
     /// Publish per-camera stats this often.
@@ -197,6 +202,16 @@ impl MqttTls {
             self.alpn.clone()
         }
     }
+}
+
+/// The MQTT protocol version the agent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub enum MqttProtocol {
+    #[default]
+    #[serde(rename = "5")]
+    V5,
+    #[serde(rename = "3.1.1")]
+    V311,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -1327,6 +1342,14 @@ mod tests {
         );
         assert!(tls.alpn_for(8883).is_empty());
         assert_eq!(m.shadow.unwrap().name, "kvs-edge");
+        assert_eq!(m.protocol, MqttProtocol::V5, "MQTT 5 unless asked");
+        let m = with("[mqtt]\nhost = \"h\"\nprotocol = \"3.1.1\"")
+            .unwrap()
+            .mqtt
+            .unwrap();
+        assert_eq!(m.protocol, MqttProtocol::V311);
+        let e = with("[mqtt]\nhost = \"h\"\nprotocol = \"4\"").unwrap_err();
+        assert!(e.path.starts_with("mqtt.protocol"), "{e:?}");
         let e = with("[mqtt]\nhost = \"h\"\n[mqtt.tls]\ncert_path = \"d.pem\"").unwrap_err();
         assert_eq!(e.path, "mqtt.tls");
         let e = with("[mqtt]\nhost = \"h\"\n[mqtt.shadow]\nthing_name = \"a/#\"").unwrap_err();

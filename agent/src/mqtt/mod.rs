@@ -16,10 +16,20 @@
 //! <camera>/snapshot                   a JPEG of the latest keyframe
 //! ```
 //!
-//! With `[mqtt.shadow]`, the desired configuration also comes from an AWS IoT named shadow
-//! and is reported back after it is applied. The broker being unreachable never affects
-//! streaming: publishes are dropped while disconnected, the connection is retried with
-//! backoff, and everything retained is republished on every (re)connect.
+//! MQTT 5 (the default) adds "retain as published" subscriptions, a packet size limit the
+//! broker honours, and request/response: an answer also goes to a request's response topic
+//! with its correlation data (`link`). With `[mqtt.shadow]`, the desired configuration also
+//! comes from an AWS IoT named shadow and is reported back after it is applied (`shadow`).
+//! The broker being unreachable never affects streaming: publishes are dropped while
+//! disconnected, the connection is retried with backoff, and everything retained is
+//! republished on every (re)connect.
+
+mod link;
+mod shadow;
+mod topics;
+
+pub use link::{Message, Reply};
+pub use topics::{ShadowTopics, Topics};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,98 +39,17 @@ use std::time::Duration;
 use kvs_edge_config::AgentConfig;
 use kvs_edge_config::agent::MqttConfig;
 use kvs_edge_config::remote;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
-    TlsConfiguration, Transport,
-};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::camera::CameraCommand;
 use crate::control::{self, Alarm, Command, Plan};
 use crate::credentials::CredentialSource;
 use crate::metrics::{CameraMetrics, Registry, Snapshot};
 use crate::runner::Control;
 use crate::timeline::WallMs;
-
-/// Incoming packets larger than this end the connection (rumqttc's limit); documents and
-/// commands have their own, smaller limits and are answered with a rejection.
-const MAX_INCOMING: usize = 1024 * 1024;
-/// Snapshots are the largest messages we send.
-const MAX_OUTGOING: usize = 8 * 1024 * 1024;
-
-/// The topics of one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    base: String,
-    pub available: String,
-    pub stats: String,
-    pub events: String,
-    pub config_set: String,
-    pub config_state: String,
-    pub config_accepted: String,
-    pub config_rejected: String,
-    /// `<base>/+/+/set`: every camera's commands.
-    pub commands: String,
-}
-
-impl Topics {
-    pub fn new(prefix: &str, device: &str) -> Topics {
-        let base = format!("{prefix}/{device}");
-        Topics {
-            available: format!("{base}/available"),
-            stats: format!("{base}/stats"),
-            events: format!("{base}/events"),
-            config_set: format!("{base}/config/set"),
-            config_state: format!("{base}/config/state"),
-            config_accepted: format!("{base}/config/accepted"),
-            config_rejected: format!("{base}/config/rejected"),
-            commands: format!("{base}/+/+/set"),
-            base,
-        }
-    }
-
-    /// `<base>/<camera>/<leaf>`.
-    pub fn camera(&self, camera: &str, leaf: &str) -> String {
-        format!("{}/{camera}/{leaf}", self.base)
-    }
-
-    /// (camera, feature) of a command topic.
-    pub fn command<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
-        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
-        let rest = rest.strip_suffix("/set")?;
-        let (camera, feature) = rest.split_once('/')?;
-        (!camera.is_empty() && !feature.contains('/')).then_some((camera, feature))
-    }
-}
-
-/// An AWS IoT named shadow's topics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowTopics {
-    pub get: String,
-    pub get_accepted: String,
-    pub get_rejected: String,
-    pub update: String,
-    pub update_delta: String,
-    pub update_rejected: String,
-}
-
-impl ShadowTopics {
-    pub fn new(thing: &str, name: &str) -> ShadowTopics {
-        let base = format!("$aws/things/{thing}/shadow/name/{name}");
-        ShadowTopics {
-            get: format!("{base}/get"),
-            get_accepted: format!("{base}/get/accepted"),
-            get_rejected: format!("{base}/get/rejected"),
-            update: format!("{base}/update"),
-            update_delta: format!("{base}/update/delta"),
-            update_rejected: format!("{base}/update/rejected"),
-        }
-    }
-}
 
 /// Frame and byte counts per camera at the previous stats message, for rates.
 type Rates = HashMap<String, (Instant, u64, u64)>;
@@ -190,128 +119,12 @@ impl LinkStats {
     }
 }
 
-/// What the event-loop task reports.
-enum Link {
-    Up,
-    Down(String),
-    Message(Publish),
-    /// The DISCONNECT went out (after a clean stop).
-    Closed,
-}
-
-/// Drives rumqttc's event loop in its own task (its `poll` is never cancelled), reconnecting
-/// with backoff and reporting connection changes and incoming messages.
-/// A connection must stay up this long before its loss counts as a fresh failure: a broker
-/// that drops the agent right after connecting (a retained message it cannot read, a
-/// duplicate client id) is then retried with growing waits, not in a tight loop.
-const STABLE_AFTER: Duration = Duration::from_secs(30);
-
-/// The reconnect policy: backoff that resets only once a connection has proven stable.
-struct Reconnect {
-    backoff: Backoff,
-    up_since: Option<std::time::Instant>,
-}
-
-impl Reconnect {
-    fn new() -> Reconnect {
-        Reconnect {
-            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
-            up_since: None,
-        }
-    }
-
-    fn connected(&mut self, now: std::time::Instant) {
-        self.up_since = Some(now);
-    }
-
-    /// The wait before the next attempt, after the connection (or an attempt) failed.
-    fn lost(&mut self, now: std::time::Instant) -> Duration {
-        if self
-            .up_since
-            .take()
-            .is_some_and(|since| now.duration_since(since) >= STABLE_AFTER)
-        {
-            self.backoff.reset();
-        }
-        self.backoff.next_delay()
-    }
-}
-
-async fn drive(mut events: EventLoop, link: mpsc::UnboundedSender<Link>) {
-    let mut reconnect = Reconnect::new();
-    loop {
-        let report = match events.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                reconnect.connected(std::time::Instant::now());
-                Link::Up
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                // Queued is not sent: poll on until the broker closes the connection, so the
-                // DISCONNECT (and what precedes it) really went out and no will fires.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while events.poll().await.is_ok() {}
-                })
-                .await;
-                let _ = link.send(Link::Closed);
-                return;
-            }
-            Ok(_) => continue,
-            Err(e) => {
-                if link.send(Link::Down(e.to_string())).is_err() {
-                    return;
-                }
-                // The next poll reconnects; waiting first keeps a dead broker (or one that
-                // drops every fresh connection) from a hot loop.
-                tokio::time::sleep(reconnect.lost(std::time::Instant::now())).await;
-                continue;
-            }
-        };
-        if link.send(report).is_err() {
-            return;
-        }
-    }
-}
-
-/// The client options: identity, last will, limits and transport (TLS when configured).
-pub fn options(cfg: &MqttConfig, device: &str) -> Result<MqttOptions, String> {
-    let topics = Topics::new(&cfg.prefix, device);
-    let client_id = cfg
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("kvs-edge-{device}"));
-    let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
-    opts.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
-    opts.set_last_will(LastWill::new(
-        &topics.available,
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(tls) = &cfg.tls {
-        let identity = tls.cert_path.as_deref().zip(tls.key_path.as_deref());
-        let config = crate::tls::client_config(tls.ca_path.as_deref(), identity)
-            .map_err(|e| format!("mqtt.tls: {e}"))?;
-        let mut config = (*config).clone();
-        config.alpn_protocols = tls
-            .alpn_for(cfg.port)
-            .into_iter()
-            .map(String::into_bytes)
-            .collect();
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(config),
-        )));
-    }
-    Ok(opts)
-}
-
 /// The MQTT side of a running agent.
 struct Agent {
     cfg: MqttConfig,
     topics: Topics,
     shadow: Option<ShadowTopics>,
-    client: AsyncClient,
+    client: link::Client,
     ctx: Context,
     connected: bool,
     /// Active alarms by (camera, id).
@@ -328,16 +141,13 @@ struct Agent {
 
 /// Runs the MQTT side until `shutdown`; then publishes "stopped" and disconnects.
 pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bool>) {
-    let opts = match options(&cfg, &ctx.config.device_id) {
-        Ok(o) => o,
+    let (client, mut link, driver) = match link::start(&cfg, &ctx.config.device_id) {
+        Ok(started) => started,
         Err(e) => {
-            error!("MQTT disabled: {e}");
+            error!("MQTT disabled: {e:#}");
             return;
         }
     };
-    let (client, events) = AsyncClient::new(opts, 256);
-    let (link_tx, mut link) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(drive(events, link_tx));
     let mut stats = tokio::time::interval(Duration::from_secs(cfg.stats_interval_secs));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut agent = Agent {
@@ -361,8 +171,8 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
         let next_alarm_end = agent.alarms.values().map(|a| a.end_ms).min();
         tokio::select! {
             change = link.recv() => match change {
-                Some(Link::Up) => agent.connected().await,
-                Some(Link::Down(e)) => {
+                Some(link::Event::Up) => agent.connected().await,
+                Some(link::Event::Down(e)) => {
                     if agent.connected {
                         warn!(broker = %agent.cfg.host, port = agent.cfg.port, "MQTT connection lost: {e}");
                     } else {
@@ -371,8 +181,8 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
                     agent.connected = false;
                     agent.ctx.link.set(false);
                 }
-                Some(Link::Message(p)) => agent.message(p).await,
-                Some(Link::Closed) | None => break,
+                Some(link::Event::Message(m)) => agent.message(m).await,
+                Some(link::Event::Closed) | None => break,
             },
             _ = stats.tick() => agent.tick(),
             _ = sleep_until_ms(next_alarm_end) => agent.end_alarms(),
@@ -381,11 +191,11 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
     }
     if agent.connected {
         agent.stopping();
-        let _ = agent.client.try_disconnect();
+        let _ = agent.client.disconnect();
         // Wait (bounded) until the DISCONNECT, and so everything before it, went out.
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
             while let Some(l) = link.recv().await {
-                if matches!(l, Link::Closed) {
+                if matches!(l, link::Event::Closed) {
                     return;
                 }
             }
@@ -413,9 +223,22 @@ impl Agent {
         }
         if let Err(e) = self
             .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .publish(topic, link::Qos::AtLeastOnce, retain, payload)
         {
             warn!(topic, "MQTT publish dropped: {e}");
+        }
+    }
+
+    /// Answers a request (MQTT 5) on its response topic too; `result` says how it went.
+    fn answer(&self, reply: Option<&Reply>, result: &str, payload: &Value) {
+        let Some(reply) = reply.filter(|_| self.connected) else {
+            return;
+        };
+        if let Err(e) = self
+            .client
+            .answer(reply, result, "application/json", payload.to_string())
+        {
+            warn!(topic = %reply.topic, "MQTT answer dropped: {e}");
         }
     }
 
@@ -434,10 +257,8 @@ impl Agent {
                 s.update_rejected.clone(),
             ]);
         }
-        for f in filters {
-            if let Err(e) = self.client.try_subscribe(&f, QoS::AtLeastOnce) {
-                warn!(filter = %f, "MQTT subscribe failed: {e}");
-            }
+        if let Err(e) = self.client.subscribe(&filters) {
+            warn!(?filters, "MQTT subscribe failed: {e}");
         }
         self.publish(&self.topics.available, true, "online");
         self.publish_config_state();
@@ -472,7 +293,7 @@ impl Agent {
         );
         let _ = self
             .client
-            .try_publish(&self.topics.stats, QoS::AtMostOnce, false, payload);
+            .publish(&self.topics.stats, link::Qos::AtMostOnce, false, payload);
         self.publish_statuses();
     }
 
@@ -489,27 +310,30 @@ impl Agent {
         self.publish(&self.topics.available, true, "stopped");
     }
 
-    async fn message(&mut self, p: Publish) {
+    async fn message(&mut self, p: Message) {
+        let reply = p.reply.as_ref();
         if p.topic == self.topics.config_set {
-            self.config_set(&p.payload).await;
+            self.config_set(&p.payload, reply).await;
         } else if let Some((camera, feature)) = self.topics.command(&p.topic) {
             let (camera, feature) = (camera.to_string(), feature.to_string());
+            if p.payload.is_empty() && feature != "snapshot" {
+                // How a retained message is deleted; nothing to do.
+                return;
+            }
             if p.retain {
                 // A retained command would act again on every reconnect: settings that
                 // flip back after a restart are what this design exists to prevent.
+                // (MQTT 5 shows the flag on live messages too; 3.1.1 only on subscribing.)
                 self.reject_command(
                     &camera,
                     &feature,
                     None,
                     "retained commands are ignored: publish commands without the retain flag",
+                    reply,
                 );
                 return;
             }
-            if p.payload.is_empty() && feature != "snapshot" {
-                // How a retained message is deleted; nothing to do.
-                return;
-            }
-            self.command(&camera, &feature, &p.payload).await;
+            self.command(&camera, &feature, &p.payload, reply).await;
         } else if let Some(s) = self.shadow.clone() {
             if p.topic == s.update_delta {
                 self.shadow_delta(&p.payload).await;
@@ -522,7 +346,7 @@ impl Agent {
     }
 
     /// `config/set`: validate, persist, apply, answer.
-    async fn config_set(&mut self, payload: &[u8]) {
+    async fn config_set(&mut self, payload: &[u8], reply: Option<&Reply>) {
         if payload.is_empty() {
             // How operators delete a retained message: nothing to apply, nothing to answer.
             info!("config/set: an empty message (a retained one being cleared): ignored");
@@ -541,24 +365,21 @@ impl Agent {
                             "applied": plan,
                         });
                         self.publish(&self.topics.config_accepted, false, answer.to_string());
+                        self.answer(reply, "accepted", &answer);
                         self.report_to_shadow(None);
                     }
-                    Err(reason) => self.publish(
-                        &self.topics.config_rejected,
-                        false,
-                        json!({"token": accepted.token, "version": accepted.version, "path": "", "reason": reason})
-                            .to_string(),
-                    ),
+                    Err(reason) => {
+                        let answer = json!({"token": accepted.token, "version": accepted.version, "path": "", "reason": reason});
+                        self.publish(&self.topics.config_rejected, false, answer.to_string());
+                        self.answer(reply, "rejected", &answer);
+                    }
                 }
             }
             Err(r) => {
                 info!(version = ?r.version, "config/set rejected: {r}");
-                self.publish(
-                    &self.topics.config_rejected,
-                    false,
-                    json!({"token": r.token, "version": r.version, "path": r.path, "reason": r.reason})
-                        .to_string(),
-                );
+                let answer = json!({"token": r.token, "version": r.version, "path": r.path, "reason": r.reason});
+                self.publish(&self.topics.config_rejected, false, answer.to_string());
+                self.answer(reply, "rejected", &answer);
             }
         }
     }
@@ -609,12 +430,18 @@ impl Agent {
         Ok(plan)
     }
 
-    async fn command(&mut self, camera: &str, feature: &str, payload: &[u8]) {
+    async fn command(
+        &mut self,
+        camera: &str,
+        feature: &str,
+        payload: &[u8],
+        reply: Option<&Reply>,
+    ) {
         let request =
             match control::parse(&self.ctx.config, camera, feature, payload, WallMs::now()) {
                 Ok(r) => r,
                 Err(refusal) => {
-                    self.reject_command(camera, feature, refusal.token, &refusal.reason);
+                    self.reject_command(camera, feature, refusal.token, &refusal.reason, reply);
                     return;
                 }
             };
@@ -625,7 +452,7 @@ impl Agent {
                     Ok(n) => n,
                     Err(e) => {
                         let reason = format!("{}: {}", e.path, e.message);
-                        self.reject_command(camera, feature, token, &reason);
+                        self.reject_command(camera, feature, token, &reason, reply);
                         return;
                     }
                 };
@@ -635,8 +462,14 @@ impl Agent {
                         // The state topics are the answer; publish them even when unchanged.
                         self.publish_feature_states(camera);
                         self.report_to_shadow(None);
+                        let state = self.feature_state(camera, feature);
+                        self.answer(
+                            reply,
+                            "accepted",
+                            &json!({"token": token, "camera": camera, "feature": feature, "state": state}),
+                        );
                     }
-                    Err(reason) => self.reject_command(camera, feature, token, &reason),
+                    Err(reason) => self.reject_command(camera, feature, token, &reason, reply),
                 }
             }
             Command::Alarm(alarm) => {
@@ -646,7 +479,8 @@ impl Agent {
                     .command(camera, CameraCommand::Alarm(alarm.clone()))
                     .await
                 {
-                    self.reject_command(camera, feature, token, "the camera is not streaming");
+                    let why = "the camera is not streaming";
+                    self.reject_command(camera, feature, token, why, reply);
                     return;
                 }
                 let key = (camera.to_string(), alarm.id.clone());
@@ -655,7 +489,8 @@ impl Agent {
                     None => "new",
                 };
                 self.alarms.insert(key, alarm.clone());
-                self.event(kind, camera, &alarm);
+                let event = self.event(kind, camera, &alarm);
+                self.answer(reply, "accepted", &json!({"token": token, "event": event}));
             }
             Command::Snapshot => {
                 let (tx, rx) = oneshot::channel();
@@ -665,42 +500,59 @@ impl Agent {
                     .command(camera, CameraCommand::Snapshot(tx))
                     .await
                 {
-                    self.reject_command(camera, feature, token, "the camera is not streaming");
+                    let why = "the camera is not streaming";
+                    self.reject_command(camera, feature, token, why, reply);
                     return;
                 }
                 // Decoding takes a moment: answer from a task, keep handling messages.
                 let (client, connected) = (self.client.clone(), self.connected);
                 let topic = self.topics.camera(camera, "snapshot");
                 let rejected = self.topics.camera(camera, "snapshot/rejected");
+                let reply = reply.cloned();
                 tokio::spawn(async move {
-                    let (topic, payload) =
-                        match tokio::time::timeout(Duration::from_secs(20), rx).await {
-                            Ok(Ok(Ok(jpeg))) => (topic, jpeg),
-                            Ok(Ok(Err(e))) => (
-                                rejected,
-                                json!({"token": token, "reason": e.to_string()})
-                                    .to_string()
-                                    .into_bytes(),
-                            ),
-                            _ => (
-                                rejected,
-                                json!({"token": token, "reason": "no snapshot within 20 s"})
-                                    .to_string()
-                                    .into_bytes(),
-                            ),
-                        };
-                    if connected {
-                        let _ = client
-                            .publish(topic, QoS::AtLeastOnce, false, payload)
-                            .await;
+                    if !connected {
+                        return;
+                    }
+                    let reason = match tokio::time::timeout(Duration::from_secs(20), rx).await {
+                        Ok(Ok(Ok(jpeg))) => {
+                            // The JPEG goes to the snapshot topic, and to a response topic.
+                            let sent = client
+                                .publish(&topic, link::Qos::AtLeastOnce, false, jpeg.clone())
+                                .and_then(|()| match &reply {
+                                    Some(r) => client.answer(r, "accepted", "image/jpeg", jpeg),
+                                    None => Ok(()),
+                                });
+                            match sent {
+                                Ok(()) => return,
+                                Err(e) => format!("the snapshot cannot be sent: {e}"),
+                            }
+                        }
+                        Ok(Ok(Err(e))) => e.to_string(),
+                        _ => "no snapshot within 20 s".to_string(),
+                    };
+                    info!(topic = %rejected, "snapshot rejected: {reason}");
+                    let answer = json!({"token": token, "reason": reason}).to_string();
+                    let _ =
+                        client.publish(&rejected, link::Qos::AtLeastOnce, false, answer.clone());
+                    if let Some(r) = &reply {
+                        let _ = client.answer(r, "rejected", "application/json", answer);
                     }
                 });
             }
         }
     }
 
-    fn reject_command(&self, camera: &str, feature: &str, token: Option<String>, reason: &str) {
+    fn reject_command(
+        &self,
+        camera: &str,
+        feature: &str,
+        token: Option<String>,
+        reason: &str,
+        reply: Option<&Reply>,
+    ) {
         info!(camera, feature, "command rejected: {reason}");
+        let answer = json!({ "token": token, "reason": reason });
+        self.answer(reply, "rejected", &answer);
         // Keep the reply topic a single, wildcard-free level whatever arrived.
         let safe = |s: &str| !s.is_empty() && !s.contains(['+', '#', '/', '\0']);
         if !safe(camera) || !safe(feature) {
@@ -709,11 +561,20 @@ impl Agent {
         self.publish(
             &self.topics.camera(camera, &format!("{feature}/rejected")),
             false,
-            json!({ "token": token, "reason": reason }).to_string(),
+            answer.to_string(),
         );
     }
 
-    fn event(&self, kind: &str, camera: &str, alarm: &Alarm) {
+    /// A feature's state after a command, as its `state` topic shows it.
+    fn feature_state(&self, camera: &str, feature: &str) -> Option<String> {
+        let cam = self.ctx.config.cameras.iter().find(|c| c.name == camera)?;
+        control::feature_states(cam)
+            .into_iter()
+            .find(|(f, _)| *f == feature)
+            .map(|(_, v)| v)
+    }
+
+    fn event(&self, kind: &str, camera: &str, alarm: &Alarm) -> Value {
         let stream = self
             .ctx
             .config
@@ -735,6 +596,7 @@ impl Agent {
         });
         info!(camera, id = %alarm.id, "event {kind}");
         self.publish(&self.topics.events, false, event.to_string());
+        event
     }
 
     fn end_alarms(&mut self) {
@@ -847,159 +709,5 @@ impl Agent {
                 }
             }
         }
-    }
-
-    /// `update/delta`: the desired fields that differ from what was reported.
-    async fn shadow_delta(&mut self, payload: &[u8]) {
-        let Ok(doc) = serde_json::from_slice::<Value>(payload) else {
-            warn!("shadow delta is not JSON: ignored");
-            return;
-        };
-        let version = doc["version"].as_u64().unwrap_or(0);
-        if version != 0 && version <= self.shadow_version {
-            debug!(version, "stale shadow delta ignored");
-            return;
-        }
-        self.shadow_version = self.shadow_version.max(version);
-        self.apply_shadow(&doc["state"], version, false).await;
-    }
-
-    /// `get/accepted`: the whole shadow; apply its desired state, learn what is reported.
-    async fn shadow_document(&mut self, payload: &[u8]) {
-        let Ok(doc) = serde_json::from_slice::<Value>(payload) else {
-            warn!("shadow document is not JSON: ignored");
-            return;
-        };
-        let version = doc["version"].as_u64().unwrap_or(0);
-        self.shadow_version = self.shadow_version.max(version);
-        self.shadow_reported = doc["state"]["reported"].clone();
-        let desired = doc["state"]["desired"].clone();
-        self.apply_shadow(&desired, version, true).await;
-    }
-
-    async fn apply_shadow(&mut self, desired: &Value, version: u64, always_report: bool) {
-        if desired.is_null() {
-            if always_report {
-                self.report_to_shadow(None);
-            }
-            return;
-        }
-        // Desired states copied from config/set documents may carry these; they mean nothing here.
-        let mut desired = desired.clone();
-        if let Some(o) = desired.as_object_mut() {
-            o.remove("version");
-            o.remove("token");
-            o.remove("rejected");
-        }
-        let next = match remote::apply_patch(&self.ctx.config, &desired) {
-            Ok(n) => n,
-            Err(e) => {
-                info!(
-                    version,
-                    "shadow desired state rejected: {}: {}", e.path, e.message
-                );
-                let rejection = json!({"version": version, "path": e.path, "reason": e.message});
-                self.publish(
-                    &self.topics.config_rejected,
-                    false,
-                    json!({"token": format!("shadow:{version}"), "version": version, "path": e.path, "reason": e.message})
-                        .to_string(),
-                );
-                self.report_to_shadow(Some(rejection));
-                return;
-            }
-        };
-        if next == self.ctx.config {
-            // Nothing to do. Reporting again would only echo (and a redacted secret would
-            // differ from the desired one forever): report only when asked to.
-            if always_report {
-                self.report_to_shadow(None);
-            }
-            return;
-        }
-        match self.commit(next, self.ctx.version, "shadow").await {
-            Ok(_) => self.report_to_shadow(None),
-            Err(reason) => {
-                self.report_to_shadow(Some(json!({"version": version, "reason": reason})))
-            }
-        }
-    }
-
-    /// Reports the effective configuration (only what changed, nulls for what went away),
-    /// and the last rejection (or null).
-    fn report_to_shadow(&mut self, rejected: Option<Value>) {
-        let Some(s) = self.shadow.clone() else {
-            return;
-        };
-        let mut reported = remote::redacted(&self.ctx.config);
-        reported["rejected"] = rejected.unwrap_or(Value::Null);
-        remote::strip_nulls(&mut reported);
-        let patch = remote::diff(&self.shadow_reported, &reported);
-        if patch.as_object().is_some_and(|o| o.is_empty()) {
-            return;
-        }
-        self.publish(
-            &s.update,
-            false,
-            json!({ "state": { "reported": patch } }).to_string(),
-        );
-        self.shadow_reported = reported;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_waits_grow_until_a_connection_proves_stable() {
-        let t0 = std::time::Instant::now();
-        let mut r = Reconnect::new();
-        // Dropped a second after every connection (a retained message it cannot read):
-        // the waits grow to the cap instead of staying at the first one.
-        let mut now = t0;
-        let mut waits = Vec::new();
-        for _ in 0..10 {
-            r.connected(now);
-            now += Duration::from_secs(1);
-            let wait = r.lost(now);
-            waits.push(wait);
-            now += wait;
-        }
-        assert!(waits[0] <= Duration::from_millis(500), "{waits:?}");
-        assert!(waits[9] >= Duration::from_secs(15), "{waits:?}");
-        // A connection that stayed up a while starts the waits over.
-        r.connected(now);
-        let wait = r.lost(now + STABLE_AFTER);
-        assert!(wait <= Duration::from_millis(500), "{wait:?}");
-    }
-
-    #[test]
-    fn topics_follow_the_prefix_and_device() {
-        let t = Topics::new("kvs-edge", "garage-pi");
-        assert_eq!(t.available, "kvs-edge/garage-pi/available");
-        assert_eq!(t.config_set, "kvs-edge/garage-pi/config/set");
-        assert_eq!(t.commands, "kvs-edge/garage-pi/+/+/set");
-        assert_eq!(
-            t.camera("front", "bitrate/state"),
-            "kvs-edge/garage-pi/front/bitrate/state"
-        );
-        assert_eq!(
-            t.command("kvs-edge/garage-pi/front/bitrate/set"),
-            Some(("front", "bitrate"))
-        );
-        for not_a_command in [
-            "kvs-edge/garage-pi/config/set",
-            "kvs-edge/garage-pi/front/bitrate/state",
-            "kvs-edge/other/front/bitrate/set",
-            "kvs-edge/garage-pi//bitrate/set",
-        ] {
-            assert_eq!(t.command(not_a_command), None, "{not_a_command}");
-        }
-        let s = ShadowTopics::new("pi-7", "kvs-edge");
-        assert_eq!(
-            s.update_delta,
-            "$aws/things/pi-7/shadow/name/kvs-edge/update/delta"
-        );
     }
 }
