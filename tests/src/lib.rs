@@ -731,6 +731,43 @@ pub async fn list_all_fragments(
     Ok(all)
 }
 
+/// The agent run in the test's process (`runner::start`), stopped as systemd would.
+pub struct InProcessAgent {
+    pub running: kvs_edge_agent::runner::Running,
+    stop: tokio::sync::watch::Sender<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl InProcessAgent {
+    pub async fn start(cfg: kvs_edge_config::AgentConfig) -> anyhow::Result<InProcessAgent> {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = kvs_edge_agent::runner::start(cfg, shutdown.clone()).await?;
+        Ok(InProcessAgent {
+            running,
+            stop,
+            shutdown,
+        })
+    }
+
+    pub fn camera(&self, name: &str) -> Option<kvs_edge_agent::metrics::CameraMetrics> {
+        self.running
+            .cameras()
+            .into_iter()
+            .find(|c| c.camera == name)
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            self.running.wait(self.shutdown, Duration::from_secs(20)),
+        )
+        .await
+        .context("the agent did not stop within 60 s")?;
+        Ok(())
+    }
+}
+
 /// mosquitto on a loopback port (free, or a given one to restart on), stopped by PID when
 /// dropped. Readiness is its own "running" log line.
 pub struct Mosquitto {

@@ -15,11 +15,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kvs_edge_agent::runner::{self, Running};
 use kvs_edge_config::AgentConfig;
 use kvs_edge_tests::*;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 const BOUND: Duration = Duration::from_secs(60);
 const BASE: &str = "kvs-edge/garage-pi";
@@ -32,9 +30,7 @@ fn oversized() -> Vec<u8> {
 struct Rig {
     broker: Mosquitto,
     _local: Local,
-    running: Running,
-    stop: watch::Sender<bool>,
-    shutdown: watch::Receiver<bool>,
+    agent: InProcessAgent,
     watch: MqttWatch,
 }
 
@@ -54,8 +50,7 @@ impl Rig {
         let mqtt = format!("{}protocol = \"{protocol}\"\n", plain_mqtt(broker.port));
         let toml = mqtt_agent_toml(&local.url(), &state, "mqtt5-cam", &mqtt);
         let cfg = AgentConfig::from_toml("mqtt5.toml", &toml)?;
-        let (stop, shutdown) = watch::channel(false);
-        let running = runner::start(cfg, shutdown.clone()).await?;
+        let agent = InProcessAgent::start(cfg).await?;
         // "online" follows the agent's SUBSCRIBE on the same connection: it is subscribed.
         watch
             .wait_for(BOUND, |t, p| {
@@ -65,26 +60,38 @@ impl Rig {
         Ok(Rig {
             broker,
             _local: local,
-            running,
-            stop,
-            shutdown,
+            agent,
             watch,
         })
     }
 
     fn connections(&self) -> u64 {
-        let link = self.running.mqtt_link.as_ref().expect("[mqtt] configured");
-        link.connections.load(Ordering::Relaxed)
+        let link = self.agent.running.mqtt_link.as_ref();
+        link.expect("[mqtt] configured")
+            .connections
+            .load(Ordering::Relaxed)
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.stop.send_replace(true);
-        tokio::time::timeout(
-            BOUND,
-            self.running.wait(self.shutdown, Duration::from_secs(20)),
-        )
-        .await?;
-        Ok(())
+        self.agent.stop().await
+    }
+
+    /// Publishes `message` to the camera's `feature` as an MQTT 5 request with correlation
+    /// data (`mosquitto_pub`), and returns the answer on `reply` as `mosquitto_sub` prints
+    /// it: (correlation data, user properties, content type, payload or its length).
+    fn request_with_properties(
+        &self,
+        feature: &str,
+        reply: &str,
+        correlation: &str,
+        message: &str,
+        length_only: bool,
+    ) -> anyhow::Result<[String; 4]> {
+        let port = self.broker.port;
+        let sub = Sub::start(port, reply, length_only)?;
+        let topic = format!("{BASE}/cam/{feature}/set");
+        publish_request(port, &topic, reply, correlation, message)?;
+        sub.message()
     }
 }
 
@@ -264,15 +271,8 @@ async fn mqtt5_answers_requests_and_keeps_what_it_cannot_read_at_the_broker() ->
     );
 
     // A command as a request: correlation data back, the outcome as a user property.
-    let sub = Sub::start(port, "ops/replies/c", false)?;
-    publish_request(
-        port,
-        &format!("{BASE}/cam/bitrate/set"),
-        "ops/replies/c",
-        "c-42",
-        "900",
-    )?;
-    let [correlation, properties, content_type, payload] = sub.message()?;
+    let [correlation, properties, content_type, payload] =
+        rig.request_with_properties("bitrate", "ops/replies/c", "c-42", "900", false)?;
     assert_eq!(correlation, "c-42");
     assert_eq!(properties, "result:accepted");
     assert_eq!(content_type, "application/json");
@@ -282,30 +282,16 @@ async fn mqtt5_answers_requests_and_keeps_what_it_cannot_read_at_the_broker() ->
         (Some("bitrate"), Some("900")),
         "{payload}"
     );
-    let sub = Sub::start(port, "ops/replies/d", false)?;
-    publish_request(
-        port,
-        &format!("{BASE}/cam/fps/set"),
-        "ops/replies/d",
-        "c-43",
-        "fast",
-    )?;
-    let [correlation, properties, _, payload] = sub.message()?;
+    let [correlation, properties, _, payload] =
+        rig.request_with_properties("fps", "ops/replies/d", "c-43", "fast", false)?;
     assert_eq!(
         (correlation.as_str(), properties.as_str()),
         ("c-43", "result:rejected")
     );
     assert!(payload.contains("reason"), "{payload}");
     // A snapshot as a request: the JPEG itself is the answer.
-    let sub = Sub::start(port, "ops/replies/e", true)?;
-    publish_request(
-        port,
-        &format!("{BASE}/cam/snapshot/set"),
-        "ops/replies/e",
-        "c-44",
-        "",
-    )?;
-    let [correlation, properties, content_type, length] = sub.message()?;
+    let [correlation, properties, content_type, length] =
+        rig.request_with_properties("snapshot", "ops/replies/e", "c-44", "", true)?;
     assert_eq!(
         (correlation.as_str(), properties.as_str()),
         ("c-44", "result:accepted")
@@ -322,12 +308,10 @@ async fn mqtt5_answers_requests_and_keeps_what_it_cannot_read_at_the_broker() ->
         .await?;
     assert!(r.contains("retained"), "{r}");
     rig.watch.publish(&streaming, "", true).await?; // deleted, as operators do
-    let cam = rig
-        .running
-        .cameras()
-        .into_iter()
-        .find(|c| c.camera == "cam");
-    assert!(cam.is_some(), "the camera still streams");
+    assert!(
+        rig.agent.camera("cam").is_some(),
+        "the camera still streams"
+    );
 
     // All of it on the first connection: the oversized message never cost one.
     assert_eq!(rig.connections(), 1, "reconnections");

@@ -9,52 +9,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kvs_edge_agent::metrics::CameraMetrics;
-use kvs_edge_agent::runner::{self, Running};
 use kvs_edge_config::AgentConfig;
 use kvs_edge_tests::*;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 const BOUND: Duration = Duration::from_secs(60);
 const BASE: &str = "kvs-edge/garage-pi";
 
 fn toml(url: &str, state: &Path, broker_port: u16) -> String {
     mqtt_agent_toml(url, state, "ctl-cam", &plain_mqtt(broker_port))
-}
-
-struct Agent {
-    running: Running,
-    stop: watch::Sender<bool>,
-    shutdown: watch::Receiver<bool>,
-}
-
-impl Agent {
-    async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
-        let (stop, shutdown) = watch::channel(false);
-        let running = runner::start(cfg, shutdown.clone()).await?;
-        Ok(Agent {
-            running,
-            stop,
-            shutdown,
-        })
-    }
-
-    fn camera(&self, name: &str) -> Option<CameraMetrics> {
-        self.running
-            .cameras()
-            .into_iter()
-            .find(|c| c.camera == name)
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.stop.send_replace(true);
-        tokio::time::timeout(
-            BOUND,
-            self.running.wait(self.shutdown, Duration::from_secs(20)),
-        )
-        .await?;
-        Ok(())
-    }
 }
 
 /// Waits until the camera has had `n` more fragments PERSISTED.
@@ -95,7 +58,7 @@ fn restarts(cam: &CameraMetrics) -> u64 {
 async fn config_set_accepts_rejects_and_survives_a_restart() -> anyhow::Result<()> {
     init_logs();
     let (broker, _local, file, mut mq) = rig().await?;
-    let agent = Agent::start(file.clone()).await?;
+    let agent = InProcessAgent::start(file.clone()).await?;
     let cam = agent.camera("cam").expect("cam runs");
 
     let initial = mq.json_on(BOUND, &format!("{BASE}/config/state")).await?;
@@ -206,7 +169,7 @@ async fn config_set_accepts_rejects_and_survives_a_restart() -> anyhow::Result<(
     agent.stop().await?;
 
     // Restart with the same file: the accepted configuration (version 3) comes back.
-    let agent = Agent::start(file).await?;
+    let agent = InProcessAgent::start(file).await?;
     let state_doc = mq
         .wait_for(BOUND, |t, p| {
             t == format!("{BASE}/config/state") && p.contains("\"version\":3")
@@ -263,7 +226,7 @@ async fn commands_change_settings_mark_alarms_and_take_snapshots() -> anyhow::Re
     let topic = |leaf: &str| format!("{BASE}/cam/{leaf}");
     // A command someone left retained: the agent is told on subscribing, and must not act.
     mq.publish(&topic("streaming/set"), "OFF", true).await?;
-    let agent = Agent::start(file).await?;
+    let agent = InProcessAgent::start(file).await?;
     let cam = agent.camera("cam").expect("cam runs");
     let r = mq.json_on(BOUND, &topic("streaming/rejected")).await?;
     assert!(r["reason"].as_str().unwrap().contains("retained"), "{r}");
@@ -384,7 +347,7 @@ async fn commands_change_settings_mark_alarms_and_take_snapshots() -> anyhow::Re
 async fn hostile_payloads_are_answered_and_streaming_continues() -> anyhow::Result<()> {
     init_logs();
     let (broker, _local, file, mut mq) = rig().await?;
-    let agent = Agent::start(file).await?;
+    let agent = InProcessAgent::start(file).await?;
     let cam = agent.camera("cam").expect("cam runs");
     more_persisted(&cam, 1).await?;
 
