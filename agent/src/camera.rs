@@ -482,7 +482,7 @@ impl Camera {
             timecode_ms: f.timecode_ms,
             duration_ms: f.duration_ms,
             tracks,
-            bytes: f.bytes.into(),
+            bytes: crate::recycle::bytes(f.bytes),
         };
         let journal = self.journal.clone();
         let outcome = tokio::task::spawn_blocking(move || {

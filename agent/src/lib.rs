@@ -26,6 +26,7 @@ pub mod mqtt;
 pub mod net;
 pub mod persisted;
 pub mod putmedia;
+mod recycle;
 pub mod runner;
 pub mod snapshot;
 pub mod systemd;

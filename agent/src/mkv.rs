@@ -230,9 +230,9 @@ pub(crate) fn cluster(
     blocks: &[Block<'_>],
     tags: &[(String, String)],
 ) -> Vec<u8> {
-    let mut bytes = Vec::new();
+    let mut tag_bytes = Vec::new();
     if !tags.is_empty() {
-        master(&mut bytes, TAGS, |t| {
+        master(&mut tag_bytes, TAGS, |t| {
             master(t, TAG, |tag| {
                 element(tag, TARGETS, &[]);
                 for (name, value) in tags {
@@ -244,8 +244,8 @@ pub(crate) fn cluster(
             });
         });
     }
-    // One pass into one allocation: a fragment is ~1 MB of frames, and building each block
-    // and then the Cluster as nested buffers copied every frame three times.
+    // One pass into one (reused) buffer: a fragment is ~1 MB of frames, and building each
+    // block and then the Cluster as nested buffers copied every frame three times.
     let block_len = |b: &Block<'_>| 4 + b.data.len() as u64;
     let mut timecode = Vec::with_capacity(10);
     uint(&mut timecode, TIMECODE, timecode_ms as u64);
@@ -254,7 +254,10 @@ pub(crate) fn cluster(
             .iter()
             .map(|b| id_len(SIMPLE_BLOCK) + size_len(block_len(b)) + block_len(b))
             .sum::<u64>();
-    bytes.reserve_exact((id_len(CLUSTER) + size_len(payload) + payload) as usize);
+    let mut bytes = crate::recycle::take(
+        tag_bytes.len() + (id_len(CLUSTER) + size_len(payload) + payload) as usize,
+    );
+    bytes.extend_from_slice(&tag_bytes);
     put_id(&mut bytes, CLUSTER);
     put_size(&mut bytes, payload);
     bytes.extend_from_slice(&timecode);
