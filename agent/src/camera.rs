@@ -28,6 +28,7 @@ use crate::timeline::{MediaTime, Timeline, WallMs};
 /// timeline only uses differences.
 const DECODE_BIAS_NS: u64 = 10_000_000_000;
 use crate::journal::{Appended, Journal, Record};
+use crate::policy::{Gate, WindowEvent, WindowRequest};
 
 #[derive(Debug, Default)]
 pub struct CameraStats {
@@ -59,12 +60,16 @@ pub enum CameraCommand {
     Alarm(Alarm),
     /// A JPEG of the latest keyframe.
     Snapshot(oneshot::Sender<Result<Vec<u8>, SnapshotError>>),
+    /// Send a window of the recording (the `new` event, or why not).
+    Upload(WindowRequest, oneshot::Sender<Result<WindowEvent, String>>),
 }
 
 pub struct Camera {
     pub cfg: CameraConfig,
     pub stats: Arc<CameraStats>,
     pub journal: Arc<std::sync::Mutex<Journal>>,
+    /// The upload policy, shared with the uploader: window requests go there.
+    pub gate: Arc<Gate>,
     /// True while the journal refuses fragments (to log a burst once).
     pub denying: std::sync::atomic::AtomicBool,
     /// Configuration changes for this camera (the runner restarts the whole camera for
@@ -317,6 +322,15 @@ impl Camera {
                             info!(camera = %cam.name, id = %alarm.id, label = %alarm.label, "alarm: tagging fragments until {}", alarm.end_ms);
                             marks.alarms.retain(|a| a.id != alarm.id);
                             marks.alarms.push(alarm);
+                        }
+                        CameraCommand::Upload(request, reply) => {
+                            let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+                            let answer = self.gate.request(request, &journal, WallMs::now().0);
+                            drop(journal);
+                            if let Ok(w) = &answer {
+                                info!(camera = %cam.name, id = %w.id, start = w.start_ms, end = w.end_ms, available = w.fragments_available, "upload window accepted");
+                            }
+                            let _ = reply.send(answer);
                         }
                         CameraCommand::Snapshot(reply) => {
                             let frame = marks.keyframe.clone();

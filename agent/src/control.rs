@@ -34,6 +34,12 @@ pub enum Command {
     Patch(Value),
     Alarm(Alarm),
     Snapshot,
+    /// Send the recording's `[start_ms, end_ms)` to KVS (`upload/set`).
+    Upload {
+        id: String,
+        start_ms: i64,
+        end_ms: i64,
+    },
 }
 
 /// A command with the token to echo back.
@@ -51,13 +57,14 @@ pub struct Refusal {
 }
 
 /// The command topics of a camera: `<prefix>/<device>/<camera>/<feature>/set`.
-pub const FEATURES: [&str; 7] = [
+pub const FEATURES: [&str; 8] = [
     "streaming",
     "bitrate",
     "resolution",
     "fps",
     "fragment_duration",
     "alarm",
+    "upload",
     "snapshot",
 ];
 
@@ -93,7 +100,7 @@ pub fn parse(
         },
     };
     let (value, token) = match value {
-        Value::Object(mut o) if feature != "alarm" => {
+        Value::Object(mut o) if feature != "alarm" && feature != "upload" => {
             let token = take_token(&mut o).map_err(|r| refuse(&None, r))?;
             let value = o.remove("value").unwrap_or(Value::Null);
             if let Some(k) = o.keys().next() {
@@ -152,6 +159,7 @@ pub fn parse(
             Command::Patch(patch(json!({ "fragment_duration_ms": ms })))
         }
         "alarm" => Command::Alarm(alarm(&value, now).map_err(|r| refuse(&token, r))?),
+        "upload" => upload(&value).map_err(|r| refuse(&token, r))?,
         "snapshot" => match &value {
             Value::Null => Command::Snapshot,
             Value::String(s) if s.is_empty() => Command::Snapshot,
@@ -209,6 +217,58 @@ fn picture_source(cam: &CameraConfig) -> Result<(), String> {
     }
 }
 
+/// `{"id", "start", "end"}`: times as RFC 3339 (`2026-12-03T10:00:00Z`) or milliseconds
+/// since the epoch.
+fn upload(value: &Value) -> Result<Command, String> {
+    let Value::Object(o) = value else {
+        return Err(r#"expected {"id", "start", "end"}"#.into());
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["id", "start", "end"].contains(&k.as_str()))
+    {
+        return Err(format!("unknown field {k:?}"));
+    }
+    let id = match o.get("id") {
+        Some(Value::String(s)) => event_id(s)?,
+        None | Some(Value::Null) => return Err("id: required".into()),
+        Some(_) => return Err("id: must be a string".into()),
+    };
+    let time = |key: &str| -> Result<i64, String> {
+        let ms = match o.get(key) {
+            None | Some(Value::Null) => return Err(format!("{key}: required")),
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_millis()),
+            Some(_) => None,
+        };
+        // After 2001 and before 2286: anything else is seconds, or a typo.
+        ms.filter(|ms| (1_000_000_000_000..10_000_000_000_000).contains(ms))
+            .ok_or_else(|| {
+                format!("{key}: expected an RFC 3339 time or milliseconds since the epoch")
+            })
+    };
+    Ok(Command::Upload {
+        id,
+        start_ms: time("start")?,
+        end_ms: time("end")?,
+    })
+}
+
+/// An alarm's or upload window's id: 1-64 of `[A-Za-z0-9_.:-]` (it names a topic's events
+/// and the archiver's S3 keys).
+fn event_id(id: &str) -> Result<String, String> {
+    if !(1..=64).contains(&id.len())
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    {
+        return Err("id: must be 1-64 characters of [a-zA-Z0-9_.:-]".into());
+    }
+    Ok(id.to_string())
+}
+
 fn alarm(value: &Value, now: WallMs) -> Result<Alarm, String> {
     let Value::Object(o) = value else {
         return Err(r#"expected {"id", "label", "pre_s", "post_s"}"#.into());
@@ -236,14 +296,7 @@ fn alarm(value: &Value, now: WallMs) -> Result<Alarm, String> {
                 .ok_or_else(|| format!("{key}: must be a whole number of seconds, 0 to 3600")),
         }
     };
-    let id = text("id", None)?;
-    if !(1..=64).contains(&id.len())
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
-    {
-        return Err("id: must be 1-64 characters of [a-zA-Z0-9_.:-]".into());
-    }
+    let id = event_id(&text("id", None)?)?;
     let label = text("label", Some("alarm"))?;
     if label.chars().count() > 64 || label.chars().any(char::is_control) {
         return Err("label: must be at most 64 printable characters".into());
@@ -333,6 +386,7 @@ pub fn plan(old: &AgentConfig, new: &AgentConfig) -> Plan {
             (Some(before), true) => {
                 if before.stream_name != cam.stream_name
                     || before.create_stream != cam.create_stream
+                    || before.upload_policy != cam.upload_policy
                     || old.upload != new.upload
                 {
                     p.restart.push(cam.name.clone());

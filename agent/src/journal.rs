@@ -962,11 +962,12 @@ impl Journal {
     }
 }
 
+/// Journals and records for tests here and in the modules that read journals.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn cfg(dir: &Path) -> JournalConfig {
+    pub fn cfg(dir: &Path) -> JournalConfig {
         JournalConfig {
             dir: dir.to_path_buf(),
             fsync: FsyncPolicy::Always,
@@ -978,7 +979,7 @@ mod tests {
         }
     }
 
-    fn record(tc: i64, size: usize) -> Record {
+    pub fn record(tc: i64, size: usize) -> Record {
         let tracks = Arc::new(TrackSet {
             video: CodecConfig {
                 codec: VideoCodec::H264,
@@ -995,6 +996,20 @@ mod tests {
             bytes: vec![(tc % 251) as u8; size].into(),
         }
     }
+
+    /// A journal in `dir` (small segments, fsync always).
+    pub fn open(dir: &Path) -> Journal {
+        Journal::open(cfg(dir))
+            .expect("a journal in a fresh directory")
+            .0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::test_support::{cfg, record};
 
     fn timecodes(j: &Journal) -> Vec<i64> {
         j.pending().map(|e| e.timecode_ms).collect()

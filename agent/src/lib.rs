@@ -25,6 +25,7 @@ pub mod mkv;
 pub mod mqtt;
 pub mod net;
 pub mod persisted;
+pub mod policy;
 pub mod putmedia;
 mod recycle;
 pub mod runner;

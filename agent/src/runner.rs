@@ -168,7 +168,9 @@ impl Fleet {
             slot.camera_stats.clone(),
             slot.upload_stats.clone(),
         );
+        let gate = Arc::new(crate::policy::Gate::new(&cam.name, cam.upload_policy.mode));
         let uploader = Uploader {
+            gate: gate.clone(),
             stream: cam.stream_name.clone(),
             region: self.shared.region.clone(),
             credentials: self.shared.credentials.clone(),
@@ -196,6 +198,7 @@ impl Fleet {
                 cfg: cam,
                 stats: camera_stats,
                 journal,
+                gate,
                 denying: Default::default(),
                 updates: updates_rx,
                 commands: commands_rx,

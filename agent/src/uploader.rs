@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use kvs_edge_config::agent::UploadConfig;
-use tokio::sync::mpsc;
+use kvs_edge_config::agent::{UploadConfig, UploadMode};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
@@ -28,7 +28,9 @@ use crate::credentials::CredentialSource;
 use crate::journal::{Journal, JournalError};
 use crate::kvs::DataEndpoint;
 use crate::mkv::{self, TrackSpec};
+use crate::policy::Gate;
 use crate::putmedia::{Ack, AckEvent, PutMediaError, Session, SessionParams};
+use crate::timeline::WallMs;
 
 /// Counters for health and metrics.
 #[derive(Debug)]
@@ -136,6 +138,8 @@ pub struct Uploader {
     pub journal: Arc<Mutex<Journal>>,
     /// Create the stream when it is missing (kvssink-style); `None` = it must exist.
     pub create_stream: Option<kvs_edge_config::agent::CreateStreamConfig>,
+    /// What may be sent (everything, or the windows asked for), and whom to tell.
+    pub gate: Arc<Gate>,
 }
 
 /// A fragment of the window: the journal's metadata, and how far it got in this session.
@@ -145,6 +149,8 @@ struct Slot {
     duration_ms: i64,
     tracks: Arc<TrackSet>,
     sent_at: Option<Instant>,
+    /// Bytes sent (once sent).
+    len: u64,
     /// RECEIVED in this session: the service has all of it.
     received: bool,
     /// Sent first in its session: a 4004 then cannot be cured by a new session.
@@ -350,7 +356,11 @@ impl Uploader {
             AckEvent::Persisted
         };
         let mut window: VecDeque<Slot> = VecDeque::new();
-        let mut pulled: Option<u64> = None;
+        let mut cursor = Cursor {
+            pulled: None,
+            windows: self.gate.subscribe(),
+            seen: 0,
+        };
         let mut endpoint = DataEndpoint::new(&self.stream);
         let mut backoff = self.backoff();
         let mut rate = RateCap {
@@ -361,21 +371,22 @@ impl Uploader {
         };
         let mut input_open = true;
         loop {
-            self.refill(&mut window, &mut pulled).await;
+            self.refill(&mut window, &mut cursor).await;
             while window.is_empty() {
                 if !input_open {
                     return;
                 }
-                match appended.recv().await {
-                    Some(_) => self.refill(&mut window, &mut pulled).await,
-                    None => input_open = false,
+                tokio::select! {
+                    n = appended.recv() => if n.is_none() { input_open = false },
+                    _ = cursor.windows.changed() => {}
                 }
+                self.refill(&mut window, &mut cursor).await;
             }
             let end = match endpoint.get(&self.kvs).await {
                 Ok(url) => {
                     let mut session = SessionState {
                         window: &mut window,
-                        pulled: &mut pulled,
+                        cursor: &mut cursor,
                         appended: &mut appended,
                         input_open: &mut input_open,
                         backoff: &mut backoff,
@@ -415,26 +426,47 @@ impl Uploader {
         }
     }
 
-    /// Tops the window up from the journal (fragments after the last one pulled), dropping
-    /// slots the journal no longer holds (released, or dropped by its budget).
-    async fn refill(&self, window: &mut VecDeque<Slot>, pulled: &mut Option<u64>) {
-        if window.len() >= WINDOW / 2 {
+    /// Tops the window up from the journal with what the policy admits (fragments after
+    /// the last one looked at; all again when a window was asked for), dropping slots the
+    /// journal no longer holds (released, or dropped by its budget). Windows with nothing
+    /// left to send end here.
+    async fn refill(&self, window: &mut VecDeque<Slot>, cursor: &mut Cursor) {
+        let generation = *cursor.windows.borrow_and_update();
+        if generation != cursor.seen {
+            cursor.seen = generation;
+            cursor.pulled = None;
+        }
+        let on_demand = self.gate.mode() != UploadMode::Continuous;
+        if window.len() >= WINDOW / 2 && !on_demand {
             return;
         }
-        let after = *pulled;
-        let want = WINDOW - window.len();
+        let after = cursor.pulled;
+        let want = WINDOW.saturating_sub(window.len());
         let known: Vec<u64> = window.iter().map(|s| s.seq).collect();
+        let gate = self.gate.clone();
         let result = with_journal_index(&self.journal, move |j| {
             let alive: Vec<bool> = known.iter().map(|s| j.get(*s).is_some()).collect();
-            let new: Vec<(u64, i64, i64, Arc<TrackSet>)> = j
-                .pending_after(after)
-                .take(want)
-                .map(|e| (e.seq, e.timecode_ms, e.duration_ms, e.tracks.clone()))
-                .collect();
-            Ok((alive, new))
+            let mut looked_at = after;
+            let mut new: Vec<(u64, i64, i64, Arc<TrackSet>)> = Vec::new();
+            for e in j.pending_after(after) {
+                if new.len() >= want {
+                    break;
+                }
+                looked_at = Some(e.seq);
+                if !known.contains(&e.seq) && gate.admits(e.timecode_ms, e.duration_ms) {
+                    new.push((e.seq, e.timecode_ms, e.duration_ms, e.tracks.clone()));
+                }
+            }
+            if on_demand {
+                gate.settle(j, WallMs::now().0);
+            }
+            Ok((alive, new, looked_at))
         })
         .await;
-        let Ok((alive, new)) = result else { return };
+        let Ok((alive, new, looked_at)) = result else {
+            return;
+        };
+        cursor.pulled = looked_at;
         let mut i = 0;
         window.retain(|_| {
             let keep = alive[i];
@@ -442,13 +474,13 @@ impl Uploader {
             keep
         });
         for (seq, timecode_ms, duration_ms, tracks) in new {
-            *pulled = Some(seq);
             window.push_back(Slot {
                 seq,
                 timecode_ms,
                 duration_ms,
                 tracks,
                 sent_at: None,
+                len: 0,
                 received: false,
                 opened_session: false,
             });
@@ -527,7 +559,7 @@ impl Uploader {
         // The next fragment's bytes, read from the journal ahead of its turn.
         let mut ready: Option<(u64, Bytes)> = None;
         loop {
-            self.refill(window, st.pulled).await;
+            self.refill(window, st.cursor).await;
             let next = window.iter().position(|s| s.sent_at.is_none());
             let in_flight = window.iter().filter(|s| s.sent_at.is_some()).count();
             if draining.is_none() {
@@ -548,6 +580,10 @@ impl Uploader {
                     draining = Some(End::Next);
                 } else if !*st.input_open && next.is_none() {
                     draining = Some(End::Done);
+                } else if next.is_none() && self.gate.mode() != UploadMode::Continuous {
+                    // Everything asked for is sent: close the session rather than keep an
+                    // idle one open (the service would end it after 30 s without frames).
+                    draining = Some(End::Next);
                 }
                 if draining.is_some() {
                     upload.finish();
@@ -613,6 +649,7 @@ impl Uploader {
                     }
                 },
                 n = st.appended.recv(), if *st.input_open => if n.is_none() { *st.input_open = false },
+                _ = st.cursor.windows.changed() => {}
                 sent = async {
                     sleep_until(send_at.expect("guarded")).await;
                     upload.send(payload.clone().expect("guarded")).await
@@ -622,6 +659,7 @@ impl Uploader {
                         let len = payload.as_ref().map_or(0, |b| b.len() as u64);
                         window[i].opened_session = sent_until.is_none();
                         window[i].sent_at = Some(Instant::now());
+                        window[i].len = len;
                         sent_until = Some(sent_until.unwrap_or(i64::MIN).max(window[i].end_ms()));
                         st.rate.record(len);
                         ready = None;
@@ -716,6 +754,8 @@ impl Uploader {
                 // this task meanwhile (a shutdown may end it during the release).
                 self.stats.bump(counter);
                 backoff.reset();
+                let s = &window[i];
+                self.gate.delivered(s.timecode_ms, s.duration_ms, s.len);
                 self.release(window, i).await;
                 None
             }
@@ -758,10 +798,18 @@ impl Uploader {
     }
 }
 
+/// Where the uploader is in the journal: the last fragment it looked at, and the policy's
+/// windows as last seen (a new window means looking at everything again).
+struct Cursor {
+    pulled: Option<u64>,
+    windows: watch::Receiver<u64>,
+    seen: u64,
+}
+
 /// What one session works on, borrowed from the upload loop.
 struct SessionState<'a> {
     window: &'a mut VecDeque<Slot>,
-    pulled: &'a mut Option<u64>,
+    cursor: &'a mut Cursor,
     appended: &'a mut mpsc::Receiver<u64>,
     input_open: &'a mut bool,
     backoff: &'a mut Backoff,

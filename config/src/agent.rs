@@ -389,6 +389,29 @@ pub struct CameraConfig {
     pub create_stream: Option<CreateStreamConfig>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// When recorded video goes to KVS (the KVS Edge Agent's uploader schedule). Recording
+    /// into the journal never stops; `[journal]` is its retention.
+    #[serde(default)]
+    pub upload_policy: UploadPolicy,
+}
+
+/// A camera's upload policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UploadPolicy {
+    #[serde(default)]
+    pub mode: UploadMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadMode {
+    /// Everything, as it is recorded (after an outage, the backlog first).
+    #[default]
+    Continuous,
+    /// Only the windows asked for (`<camera>/upload/set`, alarms); the rest stays on the
+    /// device until the journal's retention drops it.
+    OnDemand,
 }
 
 fn default_fragment() -> u64 {

@@ -13,9 +13,10 @@ use kvs_edge_agent::codec::{CodecConfig, TrackSet};
 use kvs_edge_agent::credentials::CredentialSource;
 use kvs_edge_agent::journal::{Appended, FsyncPolicy, FullPolicy, Journal, JournalConfig, Record};
 use kvs_edge_agent::kvs;
+use kvs_edge_agent::policy::Gate;
 use kvs_edge_agent::uploader::{UploadStats, Uploader};
 use kvs_edge_config::AwsSettings;
-use kvs_edge_config::agent::{CredentialsConfig, UploadConfig};
+use kvs_edge_config::agent::{CredentialsConfig, UploadConfig, UploadMode};
 use kvs_edge_tests::*;
 use tokio::sync::mpsc;
 
@@ -96,6 +97,7 @@ async fn uploader(
         tls: None,
         journal,
         create_stream: None,
+        gate: Arc::new(Gate::new("cam", UploadMode::Continuous)),
     };
     (u, stats)
 }

@@ -37,10 +37,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kvs_edge_config::AgentConfig;
-use kvs_edge_config::agent::MqttConfig;
+use kvs_edge_config::agent::{MqttConfig, UploadMode};
 use kvs_edge_config::remote;
 use serde_json::{Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -48,6 +48,7 @@ use crate::camera::CameraCommand;
 use crate::control::{self, Alarm, Command, Plan};
 use crate::credentials::CredentialSource;
 use crate::metrics::{CameraMetrics, Registry, Snapshot};
+use crate::policy::{WindowEvent, WindowRequest};
 use crate::runner::Control;
 use crate::timeline::WallMs;
 
@@ -137,6 +138,8 @@ struct Agent {
     shadow_reported: Value,
     shadow_version: u64,
     rates: Rates,
+    /// Where cameras send their upload windows' progress (published on `upload/events`).
+    uploads: mpsc::UnboundedSender<WindowEvent>,
 }
 
 /// Runs the MQTT side until `shutdown`; then publishes "stopped" and disconnects.
@@ -148,6 +151,7 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
             return;
         }
     };
+    let (uploads_tx, mut uploads) = mpsc::unbounded_channel();
     let mut stats = tokio::time::interval(Duration::from_secs(cfg.stats_interval_secs));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut agent = Agent {
@@ -166,6 +170,7 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
         shadow_reported: Value::Null,
         shadow_version: 0,
         rates: HashMap::new(),
+        uploads: uploads_tx,
     };
     loop {
         let next_alarm_end = agent.alarms.values().map(|a| a.end_ms).min();
@@ -185,6 +190,7 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
                 Some(link::Event::Closed) | None => break,
             },
             _ = stats.tick() => agent.tick(),
+            Some(event) = uploads.recv() => agent.upload_event(&event),
             _ = sleep_until_ms(next_alarm_end) => agent.end_alarms(),
             _ = shutdown.changed() => break,
         }
@@ -491,7 +497,30 @@ impl Agent {
                 self.alarms.insert(key, alarm.clone());
                 let event = self.event(kind, camera, &alarm);
                 self.answer(reply, "accepted", &json!({"token": token, "event": event}));
+                let on_demand = self
+                    .ctx
+                    .config
+                    .cameras
+                    .iter()
+                    .any(|c| c.name == camera && c.upload_policy.mode == UploadMode::OnDemand);
+                if on_demand {
+                    // The window comes from the recording: pre-roll included.
+                    let (id, start_ms, end_ms) = (alarm.id.clone(), alarm.start_ms, alarm.end_ms);
+                    if let Err(reason) = self.request_window(camera, id, start_ms, end_ms).await {
+                        warn!(camera, id = %alarm.id, "the alarm's window is not uploaded: {reason}");
+                    }
+                }
             }
+            Command::Upload {
+                id,
+                start_ms,
+                end_ms,
+            } => match self.request_window(camera, id, start_ms, end_ms).await {
+                Ok(event) => {
+                    self.answer(reply, "accepted", &json!({"token": token, "event": event}))
+                }
+                Err(reason) => self.reject_command(camera, feature, token, &reason, reply),
+            },
             Command::Snapshot => {
                 let (tx, rx) = oneshot::channel();
                 if !self
@@ -563,6 +592,42 @@ impl Agent {
             false,
             answer.to_string(),
         );
+    }
+
+    /// Asks the camera for a window of its recording; its `new` event is published.
+    async fn request_window(
+        &mut self,
+        camera: &str,
+        id: String,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<WindowEvent, String> {
+        let (tx, rx) = oneshot::channel();
+        let request = WindowRequest {
+            id,
+            start_ms,
+            end_ms,
+            events: self.uploads.clone(),
+        };
+        if !self
+            .ctx
+            .control
+            .command(camera, CameraCommand::Upload(request, tx))
+            .await
+        {
+            return Err("the camera is not running".into());
+        }
+        let event = rx.await.map_err(|_| "the camera stopped".to_string())??;
+        self.upload_event(&event);
+        Ok(event)
+    }
+
+    /// A window's progress, on `<camera>/upload/events`.
+    fn upload_event(&self, event: &WindowEvent) {
+        let topic = self.topics.camera(&event.camera, "upload/events");
+        let mut payload = serde_json::to_value(event).unwrap_or_default();
+        payload["time"] = json!(WallMs::now().0);
+        self.publish(&topic, false, payload.to_string());
     }
 
     /// A feature's state after a command, as its `state` topic shows it.

@@ -1,0 +1,298 @@
+//! Upload policy: which journaled fragments the uploader may send. A continuous camera sends
+//! everything it records; an on-demand camera only what overlaps a window someone asked for
+//! (`<camera>/upload/set`, an alarm), the rest staying on the device until the journal's
+//! retention drops it. Each window reports its progress as events: `new` (with what the
+//! device does not have), `update` as fragments reach KVS, `end` once everything it could
+//! send is acknowledged.
+
+use std::sync::Mutex;
+
+use kvs_edge_config::agent::UploadMode;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::journal::Journal;
+
+/// The longest window one request may ask for.
+pub const MAX_WINDOW_MS: i64 = 12 * 3600 * 1000;
+
+/// A window someone asked for.
+#[derive(Debug, Clone)]
+pub struct WindowRequest {
+    pub id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Where the window's events go.
+    pub events: mpsc::UnboundedSender<WindowEvent>,
+}
+
+/// A window's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WindowEvent {
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub camera: String,
+    pub id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Fragments of the window on the device, unsent, when it was asked for.
+    pub fragments_available: u64,
+    pub fragments_sent: u64,
+    pub bytes_sent: u64,
+    /// Parts of the window (up to now) the device has no unsent video for: never recorded,
+    /// dropped by retention, or sent already.
+    pub missing: Vec<[i64; 2]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    New,
+    Update,
+    End,
+}
+
+/// The upload policy of one camera, shared by its camera task (which takes requests) and
+/// its uploader (which asks what it may send, and says what was delivered).
+pub struct Gate {
+    camera: String,
+    mode: UploadMode,
+    windows: Mutex<Vec<Window>>,
+    /// Bumped when a window is added: the uploader looks at the journal again.
+    changed: watch::Sender<u64>,
+}
+
+struct Window {
+    event: WindowEvent,
+    events: mpsc::UnboundedSender<WindowEvent>,
+}
+
+impl Gate {
+    pub fn new(camera: &str, mode: UploadMode) -> Gate {
+        Gate {
+            camera: camera.to_string(),
+            mode,
+            windows: Mutex::new(Vec::new()),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    pub fn mode(&self) -> UploadMode {
+        self.mode
+    }
+
+    /// Whether the fragment `[timecode_ms, timecode_ms + duration_ms)` may be sent now.
+    pub fn admits(&self, timecode_ms: i64, duration_ms: i64) -> bool {
+        match self.mode {
+            UploadMode::Continuous => true,
+            UploadMode::OnDemand => self
+                .lock()
+                .iter()
+                .any(|w| overlaps(&w.event, timecode_ms, duration_ms)),
+        }
+    }
+
+    /// Changes to the windows, for the uploader to wait on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Takes a window (the same id again replaces it): its `new` event, with what `journal`
+    /// does not hold unsent, or why it is refused.
+    pub fn request(
+        &self,
+        req: WindowRequest,
+        journal: &Journal,
+        now_ms: i64,
+    ) -> Result<WindowEvent, String> {
+        if req.end_ms <= req.start_ms {
+            return Err("end must be after start".into());
+        }
+        if req.end_ms - req.start_ms > MAX_WINDOW_MS {
+            return Err(format!(
+                "a window is at most {} hours",
+                MAX_WINDOW_MS / 3_600_000
+            ));
+        }
+        if req.start_ms > now_ms {
+            return Err("the window starts in the future".into());
+        }
+        let spans: Vec<(i64, i64)> = journal
+            .pending()
+            .filter(|e| e.timecode_ms < req.end_ms && e.timecode_ms + e.duration_ms > req.start_ms)
+            .map(|e| (e.timecode_ms, e.timecode_ms + e.duration_ms))
+            .collect();
+        let event = WindowEvent {
+            kind: EventKind::New,
+            camera: self.camera.clone(),
+            id: req.id.clone(),
+            start_ms: req.start_ms,
+            end_ms: req.end_ms,
+            fragments_available: spans.len() as u64,
+            fragments_sent: 0,
+            bytes_sent: 0,
+            missing: gaps(req.start_ms, req.end_ms.min(now_ms), &spans),
+        };
+        {
+            let mut windows = self.lock();
+            windows.retain(|w| w.event.id != req.id);
+            windows.push(Window {
+                event: event.clone(),
+                events: req.events,
+            });
+        }
+        self.changed.send_modify(|g| *g += 1);
+        Ok(event)
+    }
+
+    /// A fragment reached KVS: the windows it belongs to say so.
+    pub fn delivered(&self, timecode_ms: i64, duration_ms: i64, bytes: u64) {
+        for w in self.lock().iter_mut() {
+            if overlaps(&w.event, timecode_ms, duration_ms) {
+                w.event.kind = EventKind::Update;
+                w.event.fragments_sent += 1;
+                w.event.bytes_sent += bytes;
+                let _ = w.events.send(w.event.clone());
+            }
+        }
+    }
+
+    /// Ends the windows that have nothing left to send: their end is recorded (or past, for
+    /// a camera that stopped) and no unsent fragment of `journal` overlaps them.
+    pub fn settle(&self, journal: &Journal, now_ms: i64) {
+        let recorded_until = journal
+            .pending()
+            .map(|e| e.timecode_ms + e.duration_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        let mut windows = self.lock();
+        windows.retain_mut(|w| {
+            let e = &w.event;
+            let closed = e.end_ms <= recorded_until || e.end_ms <= now_ms - 60_000;
+            let unsent = journal
+                .pending()
+                .any(|f| overlaps(e, f.timecode_ms, f.duration_ms));
+            if !closed || unsent {
+                return true;
+            }
+            w.event.kind = EventKind::End;
+            let _ = w.events.send(w.event.clone());
+            false
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Window>> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn overlaps(w: &WindowEvent, timecode_ms: i64, duration_ms: i64) -> bool {
+    timecode_ms < w.end_ms && timecode_ms + duration_ms.max(1) > w.start_ms
+}
+
+/// The parts of `[start, end)` that no span covers.
+fn gaps(start: i64, end: i64, spans: &[(i64, i64)]) -> Vec<[i64; 2]> {
+    let mut spans = spans.to_vec();
+    spans.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = start;
+    for (s, e) in spans {
+        if s > at && at < end {
+            out.push([at, s.min(end)]);
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push([at, end]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_what_no_fragment_covers() {
+        assert_eq!(gaps(0, 10, &[]), vec![[0, 10]]);
+        assert_eq!(gaps(0, 10, &[(0, 4), (4, 10)]), Vec::<[i64; 2]>::new());
+        assert_eq!(gaps(0, 10, &[(6, 8), (-5, 2)]), vec![[2, 6], [8, 10]]);
+        assert_eq!(gaps(0, 10, &[(2, 20)]), vec![[0, 2]]);
+        assert_eq!(gaps(5, 5, &[]), Vec::<[i64; 2]>::new());
+    }
+
+    #[test]
+    fn on_demand_admits_only_what_a_window_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crate::journal::test_support::open(dir.path());
+        let gate = Gate::new("front", UploadMode::OnDemand);
+        assert!(!gate.admits(1000, 2000));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let req = |id: &str, start_ms, end_ms| WindowRequest {
+            id: id.into(),
+            start_ms,
+            end_ms,
+            events: tx.clone(),
+        };
+        let mut changed = gate.subscribe();
+        let new = gate
+            .request(req("w1", 5000, 9000), &journal, 20_000)
+            .unwrap();
+        assert_eq!(new.kind, EventKind::New);
+        assert_eq!(
+            new.missing,
+            vec![[5000, 9000]],
+            "an empty journal has none of it"
+        );
+        assert!(changed.has_changed().unwrap());
+        changed.mark_unchanged();
+        assert!(gate.admits(4000, 2000) && gate.admits(8999, 1000));
+        assert!(!gate.admits(3000, 2000) && !gate.admits(9000, 1000));
+        // Delivery is counted per window; the window ends when nothing is left to send.
+        gate.delivered(6000, 2000, 1234);
+        let update = rx.try_recv().unwrap();
+        assert_eq!(
+            (update.kind, update.fragments_sent, update.bytes_sent),
+            (EventKind::Update, 1, 1234)
+        );
+        gate.settle(&journal, 20_000 + 60_000);
+        assert_eq!(rx.try_recv().unwrap().kind, EventKind::End);
+        assert!(!gate.admits(6000, 2000), "an ended window admits nothing");
+
+        for (start, end, why) in [
+            (9000, 5000, "after start"),
+            (0, MAX_WINDOW_MS + 1, "at most"),
+            (30_000, 40_000, "future"),
+        ] {
+            let e = gate
+                .request(req("bad", start, end), &journal, 20_000)
+                .unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        // With video on the device: what it lacks is named, and the window stays open
+        // while anything of it is unsent.
+        let mut journal = journal;
+        for tc in [5000, 7000] {
+            journal
+                .append(&crate::journal::test_support::record(tc, 100), 0)
+                .unwrap();
+        }
+        let new = gate
+            .request(req("w2", 5000, 9000), &journal, 20_000)
+            .unwrap();
+        assert_eq!(
+            (new.fragments_available, new.missing),
+            (2, vec![[6000, 7000], [8000, 9000]])
+        );
+        gate.settle(&journal, 100_000);
+        assert!(rx.try_recv().is_err(), "two fragments unsent: not ended");
+        for seq in journal.pending().map(|e| e.seq).collect::<Vec<_>>() {
+            journal.release(seq).unwrap();
+        }
+        gate.settle(&journal, 100_000);
+        assert_eq!(rx.try_recv().unwrap().kind, EventKind::End);
+
+        let continuous = Gate::new("back", UploadMode::Continuous);
+        assert!(continuous.admits(0, 1));
+    }
+}

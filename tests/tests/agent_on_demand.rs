@@ -1,0 +1,172 @@
+//! A camera in `on_demand` upload mode against mosquitto and kvs-local: it records into its
+//! journal and sends nothing until a window is asked for; an `upload/set` request sends
+//! exactly the recorded fragments that overlap the window (older ones, in a session of their
+//! own) with `new` and `end` events on `upload/events`; an alarm's window is uploaded from
+//! the recording, its pre-roll included; bad requests are refused on `upload/rejected`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use kvs_edge_agent::metrics::CameraMetrics;
+use kvs_edge_config::AgentConfig;
+use kvs_edge_tests::*;
+use serde_json::{Value, json};
+
+const BOUND: Duration = Duration::from_secs(60);
+const BASE: &str = "kvs-edge/garage-pi";
+const STREAM: &str = "on-demand-cam";
+
+/// The journal's unsent fragments: (timecode, duration).
+fn recorded(cam: &CameraMetrics) -> Vec<(i64, i64)> {
+    let journal = cam.journal.lock().unwrap();
+    journal
+        .pending()
+        .map(|e| (e.timecode_ms, e.duration_ms))
+        .collect()
+}
+
+/// The producer timestamps KVS holds for the stream.
+async fn in_kvs(local: &Local) -> anyhow::Result<Vec<i64>> {
+    Ok(list_all_fragments(&local.archived(), STREAM)
+        .await?
+        .iter()
+        .filter_map(|f| f.producer_timestamp.and_then(|t| t.to_millis().ok()))
+        .collect())
+}
+
+/// The next event on the camera's `upload/events` for window `id` of type `kind`.
+async fn event(mq: &mut MqttWatch, id: &str, kind: &str) -> anyhow::Result<Value> {
+    let topic = format!("{BASE}/cam/upload/events");
+    let (_, payload, _) = mq
+        .wait_for(BOUND, |t, p| {
+            t == topic
+                && serde_json::from_str::<Value>(p)
+                    .is_ok_and(|v| v["id"] == id && v["type"] == kind)
+        })
+        .await
+        .with_context(|| format!("no {kind} event for {id}"))?;
+    Ok(serde_json::from_str(&payload)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Result<()> {
+    init_logs();
+    let broker = Mosquitto::start(None)?;
+    let local = Local::start().await?;
+    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
+    let state = local.dir.path().join("state");
+    // Inside the camera's table, before [mqtt].
+    let extra = format!(
+        "upload_policy = {{ mode = \"on_demand\" }}\n{}",
+        plain_mqtt(broker.port)
+    );
+    let cfg = AgentConfig::from_toml(
+        "on-demand.toml",
+        &mqtt_agent_toml(&local.url(), &state, STREAM, &extra),
+    )?;
+    let agent = InProcessAgent::start(cfg).await?;
+    let cam = agent.camera("cam").expect("cam runs");
+    mq.wait_for(BOUND, |t, p| {
+        t == format!("{BASE}/available") && p == "online"
+    })
+    .await?;
+
+    // Recording, not uploading.
+    tokio::time::timeout(BOUND, async {
+        while recorded(&cam).len() < 5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .context("the camera never recorded five fragments")?;
+    assert_eq!(cam.upload_stats.fragments_sent.load(Ordering::Relaxed), 0);
+    let fragments = recorded(&cam);
+
+    // A window over the second and third fragments: exactly those go, in a session of their
+    // own, though newer ones were recorded since.
+    let (start, end) = (fragments[1].0 + 1, fragments[2].0 + 1);
+    let overlapping: Vec<i64> = fragments
+        .iter()
+        .filter(|(tc, d)| *tc < end && tc + d > start)
+        .map(|(tc, _)| *tc)
+        .collect();
+    assert!(overlapping.len() >= 2, "{overlapping:?}");
+    let set = format!("{BASE}/cam/upload/set");
+    let start_text = chrono::DateTime::from_timestamp_millis(start)
+        .expect("a time")
+        .to_rfc3339();
+    mq.publish(
+        &set,
+        json!({"id": "w1", "start": start_text, "end": end}).to_string(),
+        false,
+    )
+    .await?;
+    let new = event(&mut mq, "w1", "new").await?;
+    assert_eq!(new["fragments_available"], overlapping.len());
+    assert_eq!(new["missing"], json!([]), "{new}");
+    let done = event(&mut mq, "w1", "end").await?;
+    assert_eq!(done["fragments_sent"], overlapping.len(), "{done}");
+    assert!(done["bytes_sent"].as_u64().unwrap() > 0);
+    assert_eq!(
+        in_kvs(&local).await?,
+        overlapping,
+        "only the window is in KVS"
+    );
+
+    // A window before anything was recorded: nothing to send, said at once.
+    let early = fragments[0].0 - 60_000;
+    mq.publish(
+        &set,
+        json!({"id": "w0", "start": early, "end": early + 10_000}).to_string(),
+        false,
+    )
+    .await?;
+    let new = event(&mut mq, "w0", "new").await?;
+    assert_eq!(new["missing"], json!([[early, early + 10_000]]), "{new}");
+    let done = event(&mut mq, "w0", "end").await?;
+    assert_eq!(done["fragments_sent"], 0);
+
+    // Refused, with the reason: a window ending before it starts, a time in seconds.
+    for (bad, why) in [
+        (
+            json!({"id": "b1", "start": end, "end": start}),
+            "after start",
+        ),
+        (
+            json!({"id": "b2", "start": start / 1000, "end": end}),
+            "milliseconds",
+        ),
+        (json!({"id": "b/3", "start": start, "end": end}), "id"),
+    ] {
+        mq.publish(&set, bad.to_string(), false).await?;
+        let r = mq
+            .json_on(BOUND, &format!("{BASE}/cam/upload/rejected"))
+            .await?;
+        assert!(r["reason"].as_str().unwrap().contains(why), "{bad}: {r}");
+    }
+
+    // An alarm on an on-demand camera uploads its window from the recording: the pre-roll
+    // was recorded before anyone asked.
+    let alarm_at = kvs_edge_agent::timeline::WallMs::now().0;
+    mq.publish(
+        &format!("{BASE}/cam/alarm/set"),
+        json!({"id": "door-1", "pre_s": 3, "post_s": 1}).to_string(),
+        false,
+    )
+    .await?;
+    event(&mut mq, "door-1", "new").await?;
+    let done = event(&mut mq, "door-1", "end").await?;
+    assert!(done["fragments_sent"].as_u64().unwrap() >= 2, "{done}");
+    let stored = in_kvs(&local).await?;
+    assert!(
+        stored.iter().any(|tc| *tc < alarm_at - 1000),
+        "pre-roll from the recording: {stored:?} (alarm at {alarm_at})"
+    );
+    assert_eq!(
+        cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) as usize,
+        stored.len(),
+        "nothing but the windows was sent"
+    );
+    agent.stop().await
+}
