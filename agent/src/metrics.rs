@@ -29,6 +29,8 @@ pub struct CameraMetrics {
     pub camera_stats: Arc<CameraStats>,
     pub upload_stats: Arc<UploadStats>,
     pub journal: Arc<std::sync::Mutex<Journal>>,
+    /// On demand, the journal's backlog is the recording, not video late for KVS.
+    pub upload_mode: kvs_edge_config::agent::UploadMode,
 }
 
 /// The cameras running now; the runner adds and removes them as the configuration changes.
@@ -290,6 +292,21 @@ pub fn render(
                 value(s)
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kvs_edge_upload_mode_info The camera's upload policy (continuous, on_demand): on demand, the journal's backlog is the recording.\n# TYPE kvs_edge_upload_mode_info gauge"
+    );
+    for c in cameras {
+        let mode = match c.upload_mode {
+            kvs_edge_config::agent::UploadMode::Continuous => "continuous",
+            kvs_edge_config::agent::UploadMode::OnDemand => "on_demand",
+        };
+        let _ = writeln!(
+            out,
+            "kvs_edge_upload_mode_info{{camera=\"{}\",stream=\"{}\",mode=\"{mode}\"}} 1",
+            c.camera, c.stream
+        );
     }
     let _ = writeln!(
         out,

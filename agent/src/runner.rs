@@ -251,6 +251,7 @@ impl Fleet {
                     camera_stats: slot.camera_stats.clone(),
                     upload_stats: slot.upload_stats.clone(),
                     journal: slot.journal.clone(),
+                    upload_mode: cam.upload_policy.mode,
                 });
             }
         }

@@ -184,7 +184,7 @@ impl Kvs {
                 };
                 out.push(Fragment {
                     number,
-                    start_ms: ts.to_millis().unwrap_or(0),
+                    start_ms: rounded_ms(&ts),
                     duration_ms: f.fragment_length_in_milliseconds,
                     size: f.fragment_size_in_bytes,
                 });
@@ -234,8 +234,25 @@ impl Kvs {
     }
 }
 
+/// A KVS timestamp in ms. The service sends epoch seconds as a JSON double: `…362.320`
+/// parses to …362.319999…, which `to_millis` truncates to the wrong millisecond.
+fn rounded_ms(t: &aws_smithy_types::DateTime) -> i64 {
+    (t.as_nanos() + 500_000).div_euclid(1_000_000) as i64
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kvs_timestamps_round_to_the_millisecond_they_name() {
+        let t = aws_smithy_types::DateTime::from_secs_f64(1_796_259_362.32);
+        assert_eq!(
+            t.to_millis().unwrap(),
+            1_796_259_362_319,
+            "truncation is off by one"
+        );
+        assert_eq!(super::rounded_ms(&t), 1_796_259_362_320);
+    }
+
     use super::*;
 
     #[test]

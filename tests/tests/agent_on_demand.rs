@@ -26,12 +26,14 @@ fn recorded(cam: &CameraMetrics) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// The producer timestamps KVS holds for the stream.
+/// The producer timestamps KVS holds for the stream, in ms. (They come as JSON epoch
+/// seconds, a double: rounded, not truncated, `…362.320` is 362320 ms, not 362319.)
 async fn in_kvs(local: &Local) -> anyhow::Result<Vec<i64>> {
     Ok(list_all_fragments(&local.archived(), STREAM)
         .await?
         .iter()
-        .filter_map(|f| f.producer_timestamp.and_then(|t| t.to_millis().ok()))
+        .filter_map(|f| f.producer_timestamp)
+        .map(|t| ((t.as_nanos() + 500_000).div_euclid(1_000_000)) as i64)
         .collect())
 }
 
@@ -82,6 +84,16 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
     .context("the camera never recorded five fragments")?;
     assert_eq!(cam.upload_stats.fragments_sent.load(Ordering::Relaxed), 0);
     let fragments = recorded(&cam);
+    // Its status says it records (a continuous camera this far behind would be "poor").
+    let status = format!("{BASE}/cam/status");
+    mq.wait_for(BOUND, |t, p| {
+        t == status
+            && serde_json::from_str::<Value>(p).is_ok_and(|v| {
+                v["state"] == "online" && v["quality"] == "good" && v["upload"] == "on_demand"
+            })
+    })
+    .await
+    .context("no on-demand online status")?;
 
     // A window over the second and third fragments: exactly those go, in a session of their
     // own, though newer ones were recorded since.

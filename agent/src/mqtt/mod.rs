@@ -711,6 +711,19 @@ impl Agent {
         self.statuses.remove(camera);
     }
 
+    /// Whether `count` (fragments delivered, or recorded) grew within two stats intervals
+    /// (at least 10 s).
+    fn progressed(&mut self, camera: &str, count: u64) -> bool {
+        let window =
+            Duration::from_secs(self.cfg.stats_interval_secs * 2).max(Duration::from_secs(10));
+        let now = Instant::now();
+        let entry = self.persisted.entry(camera.to_string()).or_insert((0, now));
+        if count > entry.0 {
+            *entry = (count, now);
+        }
+        entry.0 > 0 && now.duration_since(entry.1) < window
+    }
+
     /// Each camera's retained status, published when it changes.
     fn publish_statuses(&mut self) {
         let running: HashMap<String, CameraMetrics> = self
@@ -735,18 +748,24 @@ impl Agent {
                         .flatten();
                     json!({ "state": "failed", "reason": why })
                 }
+                Some(m) if m.upload_mode == UploadMode::OnDemand => {
+                    // Its journal is the recording: online while it records.
+                    let snap = Snapshot::of(m);
+                    let recorded = m.camera_stats.fragments.load(Ordering::Relaxed);
+                    let online = self.progressed(&cam.name, recorded);
+                    json!({
+                        "state": if online { "online" } else { "offline" },
+                        "quality": "good",
+                        "upload": "on_demand",
+                        "recorded_fragments": snap.pending,
+                        "recorded_age_s": snap.oldest_age_s,
+                    })
+                }
                 Some(m) => {
                     let snap = Snapshot::of(m);
                     let persisted = m.upload_stats.delivered();
-                    // Online: fragments reached KVS lately (within two stats intervals).
-                    let window = Duration::from_secs(self.cfg.stats_interval_secs * 2)
-                        .max(Duration::from_secs(10));
-                    let now = Instant::now();
-                    let entry = self.persisted.entry(cam.name.clone()).or_insert((0, now));
-                    if persisted > entry.0 {
-                        *entry = (persisted, now);
-                    }
-                    let online = entry.0 > 0 && now.duration_since(entry.1) < window;
+                    // Online: fragments reached KVS lately.
+                    let online = self.progressed(&cam.name, persisted);
                     let quality = match snap.oldest_age_s {
                         0..10 => "good",
                         10..60 => "degraded",
