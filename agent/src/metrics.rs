@@ -29,7 +29,7 @@ pub struct CameraMetrics {
     pub camera_stats: Arc<CameraStats>,
     pub upload_stats: Arc<UploadStats>,
     pub journal: Arc<std::sync::Mutex<Journal>>,
-    /// On demand, the journal's backlog is the recording, not video late for KVS.
+    /// Unless continuous, the journal's backlog is the recording, not video late for KVS.
     pub upload_mode: kvs_edge_config::agent::UploadMode,
 }
 
@@ -295,12 +295,13 @@ pub fn render(
     }
     let _ = writeln!(
         out,
-        "# HELP kvs_edge_upload_mode_info The camera's upload policy (continuous, on_demand): on demand, the journal's backlog is the recording.\n# TYPE kvs_edge_upload_mode_info gauge"
+        "# HELP kvs_edge_upload_mode_info The camera's upload policy (continuous, scheduled, on_demand): unless continuous, the journal's backlog is the recording.\n# TYPE kvs_edge_upload_mode_info gauge"
     );
     for c in cameras {
         let mode = match c.upload_mode {
             kvs_edge_config::agent::UploadMode::Continuous => "continuous",
             kvs_edge_config::agent::UploadMode::OnDemand => "on_demand",
+            kvs_edge_config::agent::UploadMode::Scheduled => "scheduled",
         };
         let _ = writeln!(
             out,

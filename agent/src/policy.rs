@@ -1,13 +1,15 @@
 //! Upload policy: which journaled fragments the uploader may send. A continuous camera sends
-//! everything it records; an on-demand camera only what overlaps a window someone asked for
-//! (`<camera>/upload/set`, an alarm), the rest staying on the device until the journal's
-//! retention drops it. Each window reports its progress as events: `new` (with what the
-//! device does not have), `update` as fragments reach KVS, `end` once everything it could
-//! send is acknowledged.
+//! everything it records; a scheduled one everything, but only while a schedule window (a
+//! Quartz cron expression in UTC and a duration) is open; an on-demand camera only what
+//! overlaps a window someone asked for (`<camera>/upload/set`, an alarm), the rest staying
+//! on the device until the journal's retention drops it. Requested windows report their
+//! progress as events: `new` (with what the device does not have), `update` as fragments
+//! reach KVS, `end` once everything it could send is acknowledged.
 
 use std::sync::Mutex;
 
-use kvs_edge_config::agent::UploadMode;
+use chrono::{DateTime, Utc};
+use kvs_edge_config::agent::{UploadMode, UploadPolicy};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +59,9 @@ pub enum EventKind {
 pub struct Gate {
     camera: String,
     mode: UploadMode,
+    /// `scheduled`: when windows open, and for how long (ms).
+    schedule: Option<(croner::Cron, i64)>,
+    max_bytes_per_sec: Option<u64>,
     windows: Mutex<Vec<Window>>,
     /// Bumped when a window is added: the uploader looks at the journal again.
     changed: watch::Sender<u64>,
@@ -68,10 +73,23 @@ struct Window {
 }
 
 impl Gate {
-    pub fn new(camera: &str, mode: UploadMode) -> Gate {
+    pub fn new(camera: &str, policy: &UploadPolicy) -> Gate {
+        let schedule = match (policy.mode, &policy.schedule) {
+            (UploadMode::Scheduled, Some(expr)) => match UploadPolicy::cron(expr) {
+                Ok(cron) => Some((cron, policy.duration_s.unwrap_or(0) as i64 * 1000)),
+                Err(e) => {
+                    // Validated with the configuration; never open rather than always.
+                    tracing::error!(camera, "upload schedule: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
         Gate {
             camera: camera.to_string(),
-            mode,
+            mode: policy.mode,
+            schedule,
+            max_bytes_per_sec: policy.max_bytes_per_sec,
             windows: Mutex::new(Vec::new()),
             changed: watch::Sender::new(0),
         }
@@ -81,14 +99,67 @@ impl Gate {
         self.mode
     }
 
-    /// Whether the fragment `[timecode_ms, timecode_ms + duration_ms)` may be sent now.
-    pub fn admits(&self, timecode_ms: i64, duration_ms: i64) -> bool {
+    /// This camera's own byte rate cap.
+    pub fn max_bytes_per_sec(&self) -> Option<u64> {
+        self.max_bytes_per_sec
+    }
+
+    /// Whether the fragment `[timecode_ms, timecode_ms + duration_ms)` may be sent at
+    /// `now_ms`.
+    pub fn admits(&self, timecode_ms: i64, duration_ms: i64, now_ms: i64) -> bool {
         match self.mode {
             UploadMode::Continuous => true,
-            UploadMode::OnDemand => self
+            UploadMode::Scheduled if self.open_window(now_ms).is_some() => true,
+            UploadMode::Scheduled | UploadMode::OnDemand => self
                 .lock()
                 .iter()
                 .any(|w| overlaps(&w.event, timecode_ms, duration_ms)),
+        }
+    }
+
+    /// `scheduled`: the schedule window open at `now_ms`, as [start, end).
+    pub fn open_window(&self, now_ms: i64) -> Option<(i64, i64)> {
+        let (cron, duration) = self.schedule.as_ref()?;
+        let now = DateTime::<Utc>::from_timestamp_millis(now_ms)?;
+        let start = cron
+            .find_previous_occurrence(&now, true)
+            .ok()?
+            .timestamp_millis();
+        (now_ms < start + duration).then_some((start, start + duration))
+    }
+
+    /// When what `admits` answers next changes by itself (a schedule window opens or
+    /// closes), for the uploader to look again then.
+    pub fn next_change(&self, now_ms: i64) -> Option<i64> {
+        if let Some((_, end)) = self.open_window(now_ms) {
+            return Some(end);
+        }
+        let (cron, _) = self.schedule.as_ref()?;
+        let now = DateTime::<Utc>::from_timestamp_millis(now_ms)?;
+        Some(
+            cron.find_next_occurrence(&now, false)
+                .ok()?
+                .timestamp_millis(),
+        )
+    }
+
+    /// Changes the uploader must look at everything again for: a window asked for, a
+    /// schedule window opening (then its start).
+    pub fn epoch(&self, now_ms: i64) -> (u64, Option<i64>) {
+        (
+            *self.changed.borrow(),
+            self.open_window(now_ms).map(|(start, _)| start),
+        )
+    }
+
+    /// Whether a session with nothing left to send should close: not on a continuous
+    /// camera (new video comes every fragment), and on a scheduled one only out of its
+    /// windows.
+    pub fn closes_idle(&self, now_ms: i64) -> bool {
+        match self.mode {
+            UploadMode::Continuous => false,
+            UploadMode::Scheduled => self.open_window(now_ms).is_none(),
+            UploadMode::OnDemand => true,
         }
     }
 
@@ -212,6 +283,56 @@ fn gaps(start: i64, end: i64, spans: &[(i64, i64)]) -> Vec<[i64; 2]> {
 mod tests {
     use super::*;
 
+    fn on_demand() -> UploadPolicy {
+        UploadPolicy {
+            mode: UploadMode::OnDemand,
+            ..Default::default()
+        }
+    }
+
+    fn ms(rfc3339: &str) -> i64 {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn a_schedule_opens_windows_of_its_duration_in_utc() {
+        // Every day at 02:00:00 UTC for an hour, like the Edge Agent's ScheduleConfig.
+        let gate = Gate::new(
+            "yard",
+            &UploadPolicy {
+                mode: UploadMode::Scheduled,
+                schedule: Some("0 0 2 * * ?".into()),
+                duration_s: Some(3600),
+                max_bytes_per_sec: Some(250_000),
+            },
+        );
+        let (closed, open, last) = (
+            ms("2026-12-03T01:59:59Z"),
+            ms("2026-12-03T02:30:00Z"),
+            ms("2026-12-03T02:59:59.999Z"),
+        );
+        assert_eq!(gate.open_window(closed), None);
+        let window = (ms("2026-12-03T02:00:00Z"), ms("2026-12-03T03:00:00Z"));
+        assert_eq!(gate.open_window(open), Some(window));
+        assert_eq!(gate.open_window(last), Some(window));
+        assert_eq!(gate.open_window(window.1), None, "the end is not in it");
+        // Any fragment while open (the backlog too), none when closed.
+        assert!(gate.admits(ms("2026-12-01T00:00:00Z"), 2000, open));
+        assert!(!gate.admits(open - 60_000, 2000, window.1 + 1000));
+        assert_eq!(gate.next_change(closed), Some(window.0));
+        assert_eq!(gate.next_change(open), Some(window.1));
+        assert_eq!(gate.next_change(window.1), Some(window.0 + 86_400_000));
+        assert!(gate.closes_idle(closed) && !gate.closes_idle(open));
+        assert_ne!(
+            gate.epoch(closed),
+            gate.epoch(open),
+            "a window opening is news"
+        );
+        assert_eq!(gate.max_bytes_per_sec(), Some(250_000));
+    }
+
     #[test]
     fn gaps_are_what_no_fragment_covers() {
         assert_eq!(gaps(0, 10, &[]), vec![[0, 10]]);
@@ -225,8 +346,8 @@ mod tests {
     fn on_demand_admits_only_what_a_window_overlaps() {
         let dir = tempfile::tempdir().unwrap();
         let journal = crate::journal::test_support::open(dir.path());
-        let gate = Gate::new("front", UploadMode::OnDemand);
-        assert!(!gate.admits(1000, 2000));
+        let gate = Gate::new("front", &on_demand());
+        assert!(!gate.admits(1000, 2000, 0));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let req = |id: &str, start_ms, end_ms| WindowRequest {
             id: id.into(),
@@ -246,8 +367,8 @@ mod tests {
         );
         assert!(changed.has_changed().unwrap());
         changed.mark_unchanged();
-        assert!(gate.admits(4000, 2000) && gate.admits(8999, 1000));
-        assert!(!gate.admits(3000, 2000) && !gate.admits(9000, 1000));
+        assert!(gate.admits(4000, 2000, 0) && gate.admits(8999, 1000, 0));
+        assert!(!gate.admits(3000, 2000, 0) && !gate.admits(9000, 1000, 0));
         // Delivery is counted per window; the window ends when nothing is left to send.
         gate.delivered(6000, 2000, 1234);
         let update = rx.try_recv().unwrap();
@@ -257,7 +378,10 @@ mod tests {
         );
         gate.settle(&journal, 20_000 + 60_000);
         assert_eq!(rx.try_recv().unwrap().kind, EventKind::End);
-        assert!(!gate.admits(6000, 2000), "an ended window admits nothing");
+        assert!(
+            !gate.admits(6000, 2000, 0),
+            "an ended window admits nothing"
+        );
 
         for (start, end, why) in [
             (9000, 5000, "after start"),
@@ -292,7 +416,7 @@ mod tests {
         gate.settle(&journal, 100_000);
         assert_eq!(rx.try_recv().unwrap().kind, EventKind::End);
 
-        let continuous = Gate::new("back", UploadMode::Continuous);
-        assert!(continuous.admits(0, 1));
+        let continuous = Gate::new("back", &UploadPolicy::default());
+        assert!(continuous.admits(0, 1, 0));
     }
 }

@@ -168,7 +168,7 @@ impl Fleet {
             slot.camera_stats.clone(),
             slot.upload_stats.clone(),
         );
-        let gate = Arc::new(crate::policy::Gate::new(&cam.name, cam.upload_policy.mode));
+        let gate = Arc::new(crate::policy::Gate::new(&cam.name, &cam.upload_policy));
         let uploader = Uploader {
             gate: gate.clone(),
             stream: cam.stream_name.clone(),

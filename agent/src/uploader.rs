@@ -359,7 +359,7 @@ impl Uploader {
         let mut cursor = Cursor {
             pulled: None,
             windows: self.gate.subscribe(),
-            seen: 0,
+            seen: (0, None),
         };
         let mut endpoint = DataEndpoint::new(&self.stream);
         let mut backoff = self.backoff();
@@ -367,7 +367,10 @@ impl Uploader {
             fragments: Vec::new(),
             bytes: VecDeque::new(),
             max_fragments: self.cfg.max_fragments_per_sec,
-            max_bytes: self.cfg.max_bytes_per_sec,
+            max_bytes: self
+                .cfg
+                .max_bytes_per_sec
+                .min(self.gate.max_bytes_per_sec().unwrap_or(u64::MAX)),
         };
         let mut input_open = true;
         loop {
@@ -379,6 +382,7 @@ impl Uploader {
                 tokio::select! {
                     n = appended.recv() => if n.is_none() { input_open = false },
                     _ = cursor.windows.changed() => {}
+                    _ = self.policy_changes() => {}
                 }
                 self.refill(&mut window, &mut cursor).await;
             }
@@ -431,13 +435,20 @@ impl Uploader {
     /// journal no longer holds (released, or dropped by its budget). Windows with nothing
     /// left to send end here.
     async fn refill(&self, window: &mut VecDeque<Slot>, cursor: &mut Cursor) {
-        let generation = *cursor.windows.borrow_and_update();
-        if generation != cursor.seen {
-            cursor.seen = generation;
+        let now = WallMs::now().0;
+        cursor.windows.mark_unchanged();
+        let epoch = self.gate.epoch(now);
+        if epoch != cursor.seen {
+            cursor.seen = epoch;
             cursor.pulled = None;
         }
-        let on_demand = self.gate.mode() != UploadMode::Continuous;
-        if window.len() >= WINDOW / 2 && !on_demand {
+        let by_policy = self.gate.mode() != UploadMode::Continuous;
+        if by_policy {
+            // A schedule window closed: what was not sent yet waits for the next.
+            window.retain(|s| {
+                s.sent_at.is_some() || self.gate.admits(s.timecode_ms, s.duration_ms, now)
+            });
+        } else if window.len() >= WINDOW / 2 {
             return;
         }
         let after = cursor.pulled;
@@ -453,12 +464,12 @@ impl Uploader {
                     break;
                 }
                 looked_at = Some(e.seq);
-                if !known.contains(&e.seq) && gate.admits(e.timecode_ms, e.duration_ms) {
+                if !known.contains(&e.seq) && gate.admits(e.timecode_ms, e.duration_ms, now) {
                     new.push((e.seq, e.timecode_ms, e.duration_ms, e.tracks.clone()));
                 }
             }
-            if on_demand {
-                gate.settle(j, WallMs::now().0);
+            if by_policy {
+                gate.settle(j, now);
             }
             Ok((alive, new, looked_at))
         })
@@ -484,6 +495,17 @@ impl Uploader {
                 received: false,
                 opened_session: false,
             });
+        }
+    }
+
+    /// Resolves when a schedule window opens or closes.
+    async fn policy_changes(&self) {
+        let now = WallMs::now().0;
+        match self.gate.next_change(now) {
+            Some(at) => {
+                sleep_until(Instant::now() + Duration::from_millis((at - now).max(0) as u64)).await
+            }
+            None => std::future::pending().await,
         }
     }
 
@@ -580,9 +602,10 @@ impl Uploader {
                     draining = Some(End::Next);
                 } else if !*st.input_open && next.is_none() {
                     draining = Some(End::Done);
-                } else if next.is_none() && self.gate.mode() != UploadMode::Continuous {
-                    // Everything asked for is sent: close the session rather than keep an
-                    // idle one open (the service would end it after 30 s without frames).
+                } else if next.is_none() && self.gate.closes_idle(WallMs::now().0) {
+                    // Everything asked for is sent, or the schedule window closed: close
+                    // the session rather than keep an idle one open (the service would end
+                    // it after 30 s without frames).
                     draining = Some(End::Next);
                 }
                 if draining.is_some() {
@@ -650,6 +673,7 @@ impl Uploader {
                 },
                 n = st.appended.recv(), if *st.input_open => if n.is_none() { *st.input_open = false },
                 _ = st.cursor.windows.changed() => {}
+                _ = self.policy_changes() => {}
                 sent = async {
                     sleep_until(send_at.expect("guarded")).await;
                     upload.send(payload.clone().expect("guarded")).await
@@ -803,7 +827,7 @@ impl Uploader {
 struct Cursor {
     pulled: Option<u64>,
     windows: watch::Receiver<u64>,
-    seen: u64,
+    seen: (u64, Option<i64>),
 }
 
 /// What one session works on, borrowed from the upload loop.

@@ -401,6 +401,29 @@ pub struct CameraConfig {
 pub struct UploadPolicy {
     #[serde(default)]
     pub mode: UploadMode,
+    /// `scheduled`: when upload windows open, a Quartz cron expression evaluated in UTC
+    /// (seconds first, like the KVS Edge Agent's ScheduleExpression: `0 0 2 * * ?`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// `scheduled`: how long each window stays open (the Edge Agent's DurationInSeconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<u64>,
+    /// This camera's upload byte rate cap (bytes/s); the `[upload]` cap when absent (the
+    /// lower of the two applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+impl UploadPolicy {
+    /// The Quartz cron parser: seconds required, an optional year, `1`-`7` = SUN-SAT.
+    pub fn cron(expr: &str) -> Result<croner::Cron, String> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .alternative_weekdays(true)
+            .build()
+            .parse(expr)
+            .map_err(|e| format!("{expr:?} is not a Quartz cron expression: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -409,6 +432,8 @@ pub enum UploadMode {
     /// Everything, as it is recorded (after an outage, the backlog first).
     #[default]
     Continuous,
+    /// Everything, but only while a `schedule` window is open (the backlog first).
+    Scheduled,
     /// Only the windows asked for (`<camera>/upload/set`, alarms); the rest stays on the
     /// device until the journal's retention drops it.
     OnDemand,
@@ -910,6 +935,37 @@ impl AgentConfig {
         let (mut names, mut streams) = (HashSet::new(), HashSet::new());
         for (i, cam) in self.cameras.iter().enumerate() {
             let at = |field: &str| format!("cameras[{i}].{field}");
+            let p = &cam.upload_policy;
+            match (p.mode, &p.schedule, p.duration_s) {
+                (UploadMode::Scheduled, None, _) => {
+                    return Err(err(
+                        at("upload_policy.schedule"),
+                        "required with mode = \"scheduled\"".into(),
+                    ));
+                }
+                (UploadMode::Scheduled, Some(expr), d) => {
+                    UploadPolicy::cron(expr).map_err(|e| err(at("upload_policy.schedule"), e))?;
+                    if !d.is_some_and(|d| (1..=86_400).contains(&d)) {
+                        return Err(err(
+                            at("upload_policy.duration_s"),
+                            "required with a schedule: 1 to 86400 seconds".into(),
+                        ));
+                    }
+                }
+                (_, Some(_), _) | (_, _, Some(_)) => {
+                    return Err(err(
+                        at("upload_policy"),
+                        "schedule and duration_s apply only to mode = \"scheduled\"".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if p.max_bytes_per_sec.is_some_and(|b| b < 10_000) {
+                return Err(err(
+                    at("upload_policy.max_bytes_per_sec"),
+                    "must be at least 10000".into(),
+                ));
+            }
             if cam.name.is_empty()
                 || !cam
                     .name
@@ -1366,6 +1422,39 @@ mod tests {
         assert!(tls.alpn_for(8883).is_empty());
         assert_eq!(m.shadow.unwrap().name, "kvs-edge");
         assert_eq!(m.protocol, MqttProtocol::V5, "MQTT 5 unless asked");
+        // Upload policies: a scheduled one needs a Quartz schedule and a duration.
+        let policy = |p: &str| {
+            AgentConfig::from_toml(
+                "agent.toml",
+                &MINIMAL.replace("[[cameras]]", &format!("[[cameras]]\nupload_policy = {p}")),
+            )
+        };
+        let cfg = policy(r#"{ mode = "scheduled", schedule = "0 0 2 * * ?", duration_s = 3600, max_bytes_per_sec = 250000 }"#).unwrap();
+        assert_eq!(cfg.cameras[0].upload_policy.mode, UploadMode::Scheduled);
+        for (bad, path) in [
+            (
+                r#"{ mode = "scheduled" }"#,
+                "cameras[0].upload_policy.schedule",
+            ),
+            (
+                r#"{ mode = "scheduled", schedule = "0 2 * * *", duration_s = 60 }"#,
+                "cameras[0].upload_policy.schedule",
+            ),
+            (
+                r#"{ mode = "scheduled", schedule = "0 0 2 * * ?" }"#,
+                "cameras[0].upload_policy.duration_s",
+            ),
+            (
+                r#"{ mode = "on_demand", schedule = "0 0 2 * * ?" }"#,
+                "cameras[0].upload_policy",
+            ),
+            (
+                r#"{ max_bytes_per_sec = 10 }"#,
+                "cameras[0].upload_policy.max_bytes_per_sec",
+            ),
+        ] {
+            assert_eq!(policy(bad).unwrap_err().path, path, "{bad}");
+        }
         let m = with("[mqtt]\nhost = \"h\"\nprotocol = \"3.1.1\"")
             .unwrap()
             .mqtt

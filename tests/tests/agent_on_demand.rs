@@ -182,3 +182,72 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
     );
     agent.stop().await
 }
+
+/// A scheduled camera (windows every 6 s, open 2 s, a 20 kB/s cap): KVS receives its video
+/// only while a window is open (kvs-local's server timestamps are arrival times), and never
+/// faster than the cap (plus the one fragment the cap lets start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_uploads_only_in_windows_and_under_the_cap() -> anyhow::Result<()> {
+    init_logs();
+    let local = Local::start().await?;
+    let state = local.dir.path().join("state");
+    let cameras = format!(
+        r#"
+        [[cameras]]
+        name = "sched"
+        stream_name = "{STREAM}"
+        fragment_duration_ms = 1000
+        encoder = {{ bitrate_kbps = 500 }}
+        source = {{ type = "test", width = 160, height = 120, fps = 20 }}
+        create_stream = {{ retention_period_hours = 1 }}
+        upload_policy = {{ mode = "scheduled", schedule = "*/6 * * * * ?", duration_s = 2, max_bytes_per_sec = 20000 }}
+        "#
+    );
+    let cfg = AgentConfig::from_toml(
+        "scheduled.toml",
+        &agent_toml(&local.url(), &cameras, &state),
+    )?;
+    let agent = InProcessAgent::start(cfg).await?;
+    let cam = agent.camera("sched").expect("runs");
+    // Three windows' worth.
+    tokio::time::timeout(BOUND, async {
+        while cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) < 6 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .context("fewer than six fragments reached KVS")?;
+    agent.stop().await?;
+
+    let listed = list_all_fragments(&local.archived(), STREAM).await?;
+    let arrivals: Vec<(i64, i64)> = listed
+        .iter()
+        .filter_map(|f| {
+            let at = f.server_timestamp?.as_nanos().div_euclid(1_000_000) as i64;
+            Some((at, f.fragment_size_in_bytes))
+        })
+        .collect();
+    assert!(arrivals.len() >= 6, "{arrivals:?}");
+    for (at, _) in &arrivals {
+        // Windows open at every sixth second (UTC) for 2 s; a fragment sent just before a
+        // window closes arrives a moment later.
+        assert!(
+            at.rem_euclid(6000) < 2500,
+            "arrived at {at} ({} ms into a 6 s period)",
+            at.rem_euclid(6000)
+        );
+    }
+    let largest = arrivals.iter().map(|(_, b)| *b).max().unwrap_or(0);
+    for (from, _) in &arrivals {
+        let in_a_second: i64 = arrivals
+            .iter()
+            .filter(|(at, _)| (*from..from + 1000).contains(at))
+            .map(|(_, b)| b)
+            .sum();
+        assert!(
+            in_a_second <= 20_000 + largest,
+            "{in_a_second} bytes within a second from {from}"
+        );
+    }
+    Ok(())
+}

@@ -16,7 +16,7 @@ use kvs_edge_agent::kvs;
 use kvs_edge_agent::policy::Gate;
 use kvs_edge_agent::uploader::{UploadStats, Uploader};
 use kvs_edge_config::AwsSettings;
-use kvs_edge_config::agent::{CredentialsConfig, UploadConfig, UploadMode};
+use kvs_edge_config::agent::{CredentialsConfig, UploadConfig, UploadPolicy};
 use kvs_edge_tests::*;
 use tokio::sync::mpsc;
 
@@ -97,7 +97,7 @@ async fn uploader(
         tls: None,
         journal,
         create_stream: None,
-        gate: Arc::new(Gate::new("cam", UploadMode::Continuous)),
+        gate: Arc::new(Gate::new("cam", &UploadPolicy::default())),
     };
     (u, stats)
 }

@@ -497,14 +497,13 @@ impl Agent {
                 self.alarms.insert(key, alarm.clone());
                 let event = self.event(kind, camera, &alarm);
                 self.answer(reply, "accepted", &json!({"token": token, "event": event}));
-                let on_demand = self
-                    .ctx
-                    .config
-                    .cameras
-                    .iter()
-                    .any(|c| c.name == camera && c.upload_policy.mode == UploadMode::OnDemand);
-                if on_demand {
-                    // The window comes from the recording: pre-roll included.
+                let by_request =
+                    self.ctx.config.cameras.iter().any(|c| {
+                        c.name == camera && c.upload_policy.mode != UploadMode::Continuous
+                    });
+                if by_request {
+                    // The window comes from the recording: pre-roll included (and sent
+                    // now, not at a scheduled camera's next window).
                     let (id, start_ms, end_ms) = (alarm.id.clone(), alarm.start_ms, alarm.end_ms);
                     if let Err(reason) = self.request_window(camera, id, start_ms, end_ms).await {
                         warn!(camera, id = %alarm.id, "the alarm's window is not uploaded: {reason}");
@@ -748,7 +747,7 @@ impl Agent {
                         .flatten();
                     json!({ "state": "failed", "reason": why })
                 }
-                Some(m) if m.upload_mode == UploadMode::OnDemand => {
+                Some(m) if m.upload_mode != UploadMode::Continuous => {
                     // Its journal is the recording: online while it records.
                     let snap = Snapshot::of(m);
                     let recorded = m.camera_stats.fragments.load(Ordering::Relaxed);
@@ -756,7 +755,7 @@ impl Agent {
                     json!({
                         "state": if online { "online" } else { "offline" },
                         "quality": "good",
-                        "upload": "on_demand",
+                        "upload": m.upload_mode,
                         "recorded_fragments": snap.pending,
                         "recorded_age_s": snap.oldest_age_s,
                     })
