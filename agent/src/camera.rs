@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use kvs_edge_config::agent::{CameraConfig, SourceConfig};
+use kvs_edge_config::agent::{CameraConfig, SourceConfig, UploadMode};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
@@ -497,6 +497,7 @@ impl Camera {
             duration_ms: f.duration_ms,
             tracks,
             bytes: crate::recycle::bytes(f.bytes),
+            deferred: self.gate.mode() != UploadMode::Continuous,
         };
         let journal = self.journal.clone();
         let outcome = tokio::task::spawn_blocking(move || {

@@ -125,6 +125,9 @@ pub struct Record {
     pub tracks: Arc<TrackSet>,
     /// The Matroska bytes (shared, not copied, with whoever else holds them).
     pub bytes: bytes::Bytes,
+    /// Recorded under a scheduled or on-demand upload policy: sent when that policy says
+    /// (a window), even if the camera is continuous by then.
+    pub deferred: bool,
 }
 
 /// What the index knows of an unreleased fragment (no media bytes: RAM stays bounded).
@@ -135,6 +138,8 @@ pub struct Entry {
     pub duration_ms: i64,
     pub tracks: Arc<TrackSet>,
     pub len: u64,
+    /// See [`Record::deferred`].
+    pub deferred: bool,
     segment: u64,
     offset: u64,
 }
@@ -225,23 +230,24 @@ fn audio_bytes(audio: Option<&AudioConfig>) -> Vec<u8> {
 /// The size of a record once framed.
 fn encoded_len(r: &Record) -> u64 {
     let audio = r.tracks.audio.as_ref().map_or(1, |a| 11 + a.private.len());
-    (HEADER + FIXED + r.tracks.video.private.len() + audio + r.bytes.len()) as u64
+    (HEADER + FIXED + r.tracks.video.private.len() + audio + 1 + r.bytes.len()) as u64
 }
 
 /// A record's framing: everything before its Matroska bytes, which follow it on disk as they
 /// are (fragments are ~1 MB: they are written from where they lie, never copied into a record
 /// buffer). The CRC covers the whole payload, Matroska bytes included.
-/// Payload (version 2): version, seq, timecode, duration, width, height, video codec, its
-/// private data (length first), the audio part (`audio_bytes`), then the Matroska bytes.
+/// Payload (version 3): version, seq, timecode, duration, width, height, video codec, its
+/// private data (length first), the audio part (`audio_bytes`), flags (bit 0: deferred),
+/// then the Matroska bytes. Version 2 had no flags byte; version 1 no audio part either.
 fn encode_head(seq: u64, r: &Record) -> Vec<u8> {
     let video = &r.tracks.video;
     let audio = audio_bytes(r.tracks.audio.as_ref());
-    let payload_len = FIXED + video.private.len() + audio.len() + r.bytes.len();
+    let payload_len = FIXED + video.private.len() + audio.len() + 1 + r.bytes.len();
     let mut out = Vec::with_capacity(HEADER + payload_len - r.bytes.len());
     out.extend_from_slice(RECORD_MAGIC);
     out.extend_from_slice(&(payload_len as u32).to_be_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.push(2u8);
+    out.push(3u8);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&r.timecode_ms.to_be_bytes());
     out.extend_from_slice(&r.duration_ms.to_be_bytes());
@@ -251,6 +257,7 @@ fn encode_head(seq: u64, r: &Record) -> Vec<u8> {
     out.extend_from_slice(&(video.private.len() as u32).to_be_bytes());
     out.extend_from_slice(&video.private);
     out.extend_from_slice(&audio);
+    out.push(u8::from(r.deferred));
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out[HEADER..]);
     crc.update(&r.bytes);
@@ -270,7 +277,7 @@ fn encode(seq: u64, r: &Record) -> Vec<u8> {
 fn private_at(payload: &[u8]) -> Option<usize> {
     match payload.first()? {
         1 => Some(33),
-        2 => Some(34),
+        2 | 3 => Some(34),
         _ => None,
     }
 }
@@ -300,13 +307,17 @@ fn audio_at(payload: &[u8], at: usize) -> Option<(Option<AudioConfig>, usize)> {
     Some((Some(audio), at + 11 + len))
 }
 
-/// Where the Matroska bytes start in a payload, and the audio part before them.
-fn media_offset(payload: &[u8]) -> Option<(usize, Option<AudioConfig>)> {
+/// Where the Matroska bytes start in a payload, the audio part and the flags before them.
+fn media_offset(payload: &[u8]) -> Option<(usize, Option<AudioConfig>, u8)> {
     let at = private_at(payload)?;
     let video_end = at + 4 + u32_at(payload, at)? as usize;
     match payload.first()? {
-        1 => Some((video_end, None)),
-        _ => audio_at(payload, video_end).map(|(audio, end)| (end, audio)),
+        1 => Some((video_end, None, 0)),
+        2 => audio_at(payload, video_end).map(|(audio, end)| (end, audio, 0)),
+        _ => {
+            let (audio, end) = audio_at(payload, video_end)?;
+            Some((end + 1, audio, *payload.get(end)?))
+        }
     }
 }
 
@@ -325,7 +336,7 @@ fn decode(payload: &[u8]) -> Option<(u64, Record)> {
     let at = private_at(payload)?;
     let private_len = u32_at(payload, at)? as usize;
     let private = payload.get(at + 4..at + 4 + private_len)?.to_vec();
-    let (media, audio) = media_offset(payload)?;
+    let (media, audio, flags) = media_offset(payload)?;
     Some((
         u64_at(1)?,
         Record {
@@ -341,6 +352,7 @@ fn decode(payload: &[u8]) -> Option<(u64, Record)> {
                 audio,
             }),
             bytes: bytes::Bytes::copy_from_slice(payload.get(media..)?),
+            deferred: flags & 1 != 0,
         },
     ))
 }
@@ -532,6 +544,7 @@ impl Journal {
                         duration_ms: r.duration_ms,
                         tracks: r.tracks.clone(),
                         len: s.total,
+                        deferred: r.deferred,
                         segment: id,
                         offset: s.offset,
                     },
@@ -645,7 +658,7 @@ impl Journal {
         }
         let buf = self.read_checked(entry)?;
         let start = media_offset(&buf[HEADER..])
-            .map(|(at, _)| HEADER + at)
+            .map(|(at, _, _)| HEADER + at)
             .filter(|start| *start <= buf.len())
             .ok_or_else(|| self.damaged(entry, "unreadable payload"))?;
         Ok(bytes::Bytes::from(buf).slice(start..))
@@ -840,6 +853,7 @@ impl Journal {
                 seq,
                 timecode_ms: record.timecode_ms,
                 duration_ms: record.duration_ms,
+                deferred: record.deferred,
                 tracks: record.tracks.clone(),
                 len,
                 segment: *id,
@@ -994,6 +1008,7 @@ pub(crate) mod test_support {
             duration_ms: 1000,
             tracks,
             bytes: vec![(tc % 251) as u8; size].into(),
+            deferred: false,
         }
     }
 
@@ -1138,11 +1153,23 @@ mod tests {
             }),
             ..record(5, 10)
         };
-        for r in [with_audio, record(6, 10)] {
+        let deferred = Record {
+            deferred: true,
+            ..record(7, 10)
+        };
+        for r in [with_audio, record(6, 10), deferred.clone()] {
             let framed = encode(3, &r);
             assert_eq!(framed.len() as u64, encoded_len(&r));
             assert_eq!(decode(&framed[HEADER..]), Some((3, r)));
         }
+        // Version 2 (before upload policies) had no flags byte: nothing of it is deferred.
+        let mut v2 = encode(3, &deferred)[HEADER..].to_vec();
+        let flags_at = v2.len() - deferred.bytes.len() - 1;
+        assert_eq!(v2.remove(flags_at), 1);
+        v2[0] = 2;
+        let (_, read) = decode(&v2).expect("a version 2 payload");
+        assert!(!read.deferred);
+        assert_eq!(read.bytes, deferred.bytes);
     }
 
     #[test]
@@ -1168,7 +1195,7 @@ mod tests {
     #[test]
     fn budgets_apply_the_policy() {
         let dir = tempfile::tempdir().unwrap();
-        let one = (HEADER + FIXED + 4 + 1 + 1000) as u64;
+        let one = (HEADER + FIXED + 4 + 1 + 1 + 1000) as u64; // private, no audio, flags
         let (mut j, _) = Journal::open(JournalConfig {
             max_bytes: one * 3,
             ..cfg(dir.path())

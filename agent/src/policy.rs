@@ -105,16 +105,21 @@ impl Gate {
     }
 
     /// Whether the fragment `[timecode_ms, timecode_ms + duration_ms)` may be sent at
-    /// `now_ms`.
-    pub fn admits(&self, timecode_ms: i64, duration_ms: i64, now_ms: i64) -> bool {
-        match self.mode {
-            UploadMode::Continuous => true,
-            UploadMode::Scheduled if self.open_window(now_ms).is_some() => true,
-            UploadMode::Scheduled | UploadMode::OnDemand => self
-                .lock()
-                .iter()
-                .any(|w| overlaps(&w.event, timecode_ms, duration_ms)),
+    /// `now_ms`. One recorded under a continuous policy always may (it was promised to
+    /// KVS); one recorded under a scheduled or on-demand policy (`deferred`) only in a
+    /// window: asked for, or, while the camera is scheduled, of the schedule.
+    pub fn admits(&self, timecode_ms: i64, duration_ms: i64, deferred: bool, now_ms: i64) -> bool {
+        if !deferred || (self.mode == UploadMode::Scheduled && self.open_window(now_ms).is_some()) {
+            return true;
         }
+        self.lock()
+            .iter()
+            .any(|w| overlaps(&w.event, timecode_ms, duration_ms))
+    }
+
+    /// Whether any window asked for is open.
+    pub fn has_windows(&self) -> bool {
+        !self.lock().is_empty()
     }
 
     /// `scheduled`: the schedule window open at `now_ms`, as [start, end).
@@ -319,8 +324,8 @@ mod tests {
         assert_eq!(gate.open_window(last), Some(window));
         assert_eq!(gate.open_window(window.1), None, "the end is not in it");
         // Any fragment while open (the backlog too), none when closed.
-        assert!(gate.admits(ms("2026-12-01T00:00:00Z"), 2000, open));
-        assert!(!gate.admits(open - 60_000, 2000, window.1 + 1000));
+        assert!(gate.admits(ms("2026-12-01T00:00:00Z"), 2000, true, open));
+        assert!(!gate.admits(open - 60_000, 2000, true, window.1 + 1000));
         assert_eq!(gate.next_change(closed), Some(window.0));
         assert_eq!(gate.next_change(open), Some(window.1));
         assert_eq!(gate.next_change(window.1), Some(window.0 + 86_400_000));
@@ -347,7 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = crate::journal::test_support::open(dir.path());
         let gate = Gate::new("front", &on_demand());
-        assert!(!gate.admits(1000, 2000, 0));
+        assert!(!gate.admits(1000, 2000, true, 0));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let req = |id: &str, start_ms, end_ms| WindowRequest {
             id: id.into(),
@@ -367,8 +372,8 @@ mod tests {
         );
         assert!(changed.has_changed().unwrap());
         changed.mark_unchanged();
-        assert!(gate.admits(4000, 2000, 0) && gate.admits(8999, 1000, 0));
-        assert!(!gate.admits(3000, 2000, 0) && !gate.admits(9000, 1000, 0));
+        assert!(gate.admits(4000, 2000, true, 0) && gate.admits(8999, 1000, true, 0));
+        assert!(!gate.admits(3000, 2000, true, 0) && !gate.admits(9000, 1000, true, 0));
         // Delivery is counted per window; the window ends when nothing is left to send.
         gate.delivered(6000, 2000, 1234);
         let update = rx.try_recv().unwrap();
@@ -379,7 +384,7 @@ mod tests {
         gate.settle(&journal, 20_000 + 60_000);
         assert_eq!(rx.try_recv().unwrap().kind, EventKind::End);
         assert!(
-            !gate.admits(6000, 2000, 0),
+            !gate.admits(6000, 2000, true, 0),
             "an ended window admits nothing"
         );
 
@@ -416,7 +421,12 @@ mod tests {
         gate.settle(&journal, 100_000);
         assert_eq!(rx.try_recv().unwrap().kind, EventKind::End);
 
+        // A continuous camera sends what it recorded, but what it recorded on demand
+        // before (deferred) only when asked for.
         let continuous = Gate::new("back", &UploadPolicy::default());
-        assert!(continuous.admits(0, 1, 0));
+        assert!(continuous.admits(0, 1, false, 0));
+        assert!(!continuous.admits(0, 1, true, 0));
+        // And an on-demand camera still sends the backlog it recorded as continuous.
+        assert!(gate.admits(0, 1, false, 0));
     }
 }

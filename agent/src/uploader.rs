@@ -148,6 +148,8 @@ struct Slot {
     timecode_ms: i64,
     duration_ms: i64,
     tracks: Arc<TrackSet>,
+    /// Recorded under a scheduled or on-demand policy (see `Record::deferred`).
+    deferred: bool,
     sent_at: Option<Instant>,
     /// Bytes sent (once sent).
     len: u64,
@@ -442,11 +444,14 @@ impl Uploader {
             cursor.seen = epoch;
             cursor.pulled = None;
         }
-        let by_policy = self.gate.mode() != UploadMode::Continuous;
+        let by_policy = self.gate.mode() != UploadMode::Continuous || self.gate.has_windows();
         if by_policy {
             // A schedule window closed: what was not sent yet waits for the next.
             window.retain(|s| {
-                s.sent_at.is_some() || self.gate.admits(s.timecode_ms, s.duration_ms, now)
+                s.sent_at.is_some()
+                    || self
+                        .gate
+                        .admits(s.timecode_ms, s.duration_ms, s.deferred, now)
             });
         } else if window.len() >= WINDOW / 2 {
             return;
@@ -458,14 +463,22 @@ impl Uploader {
         let result = with_journal_index(&self.journal, move |j| {
             let alive: Vec<bool> = known.iter().map(|s| j.get(*s).is_some()).collect();
             let mut looked_at = after;
-            let mut new: Vec<(u64, i64, i64, Arc<TrackSet>)> = Vec::new();
+            let mut new: Vec<(u64, i64, i64, bool, Arc<TrackSet>)> = Vec::new();
             for e in j.pending_after(after) {
                 if new.len() >= want {
                     break;
                 }
                 looked_at = Some(e.seq);
-                if !known.contains(&e.seq) && gate.admits(e.timecode_ms, e.duration_ms, now) {
-                    new.push((e.seq, e.timecode_ms, e.duration_ms, e.tracks.clone()));
+                if !known.contains(&e.seq)
+                    && gate.admits(e.timecode_ms, e.duration_ms, e.deferred, now)
+                {
+                    new.push((
+                        e.seq,
+                        e.timecode_ms,
+                        e.duration_ms,
+                        e.deferred,
+                        e.tracks.clone(),
+                    ));
                 }
             }
             if by_policy {
@@ -484,11 +497,12 @@ impl Uploader {
             i += 1;
             keep
         });
-        for (seq, timecode_ms, duration_ms, tracks) in new {
+        for (seq, timecode_ms, duration_ms, deferred, tracks) in new {
             window.push_back(Slot {
                 seq,
                 timecode_ms,
                 duration_ms,
+                deferred,
                 tracks,
                 sent_at: None,
                 len: 0,

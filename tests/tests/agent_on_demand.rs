@@ -180,6 +180,41 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
         stored.len(),
         "nothing but the windows was sent"
     );
+
+    // Switched to continuous: new video goes as it is recorded, but what was recorded on
+    // demand stays on the device (it was never promised to KVS).
+    let switched_at = kvs_edge_agent::timeline::WallMs::now().0;
+    let switch = json!({"version": 1, "token": "c1", "cameras": {"cam": {"upload_policy": {"mode": "continuous"}}}});
+    let accepted = mq
+        .ask(
+            &format!("{BASE}/config/set"),
+            &switch,
+            &format!("{BASE}/config/accepted"),
+            BOUND,
+        )
+        .await?;
+    assert_eq!(accepted["applied"]["restart"], json!(["cam"]), "{accepted}");
+    let cam = agent.camera("cam").expect("restarted");
+    let before = stored.len() as u64; // the camera's counters outlive its restarts
+    tokio::time::timeout(BOUND, async {
+        while cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) < before + 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .context("a continuous camera uploads")?;
+    let after = in_kvs(&local).await?;
+    assert!(after.len() >= stored.len() + 3, "{after:?}");
+    let new: Vec<i64> = after
+        .iter()
+        .filter(|tc| !stored.contains(tc))
+        .copied()
+        .collect();
+    assert!(
+        new.iter().all(|tc| *tc >= switched_at - 1500),
+        "recorded on demand before the switch, never asked for, yet uploaded: {new:?} (switched at {switched_at})"
+    );
+    assert!(!after.contains(&fragments[0].0));
     agent.stop().await
 }
 

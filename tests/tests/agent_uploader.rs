@@ -38,6 +38,7 @@ fn records(video: &Encoded, start_ms: i64) -> anyhow::Result<Vec<Record>> {
             duration_ms: f.duration_ms,
             tracks: tracks.clone(),
             bytes: f.bytes.into(),
+            deferred: false,
         })
         .collect())
 }
