@@ -19,6 +19,7 @@ use crate::fetch::{ClipError, Kvs};
 use crate::mediaconvert::MediaConvert;
 use crate::mp4join::{Joiner, Output};
 use crate::plan;
+use crate::pull;
 use crate::store::{self, StoreError, Target, Upload, Written, error_chain};
 use crate::transcode::{JobFor, Template};
 use kvs_edge_config::archiver::{TranscodeMode, TranscodeSettings};
@@ -51,11 +52,16 @@ pub struct Outcome {
     pub result: ClipResult,
     /// The transcoding hand-off: the job (or why it could not be submitted).
     pub transcode: Option<Result<Value, String>>,
+    /// The window asked of the device that recorded it, and how that went.
+    pub pull: Option<Value>,
 }
 
 impl Outcome {
     pub fn json(&self) -> Value {
         let mut v = json!({ "stream": self.stream, "bucket": self.bucket, "key": self.key });
+        if let Some(pull) = &self.pull {
+            v["pull"] = pull.clone();
+        }
         match &self.transcode {
             Some(Ok(job)) => v["transcode"] = job.clone(),
             Some(Err(reason)) => v["transcode"] = json!({ "error": reason }),
@@ -591,12 +597,14 @@ impl Archiver {
     /// another process meanwhile) removes it, so that a failure record always means a clip
     /// is missing.
     async fn store_clip(&self, req: &ClipRequest, stream: &str, key: &str) -> Outcome {
-        let outcome = |result| Outcome {
+        let mut pulled = None;
+        let outcome = |result, pull: Option<Value>| Outcome {
             stream: stream.to_string(),
             bucket: self.cfg.bucket.clone(),
             key: key.to_string(),
             result,
             transcode: None,
+            pull,
         };
         let result = match store::exists(&self.s3, &self.cfg.bucket, key).await {
             Ok(true) => {
@@ -608,16 +616,16 @@ impl Archiver {
                 );
                 ClipResult::Duplicate
             }
-            Ok(false) => match self.fetch_and_store(req, stream, key).await {
+            Ok(false) => match self.fetch_and_store(req, stream, key, &mut pulled).await {
                 Ok(Some(result)) => result,
                 Ok(None) => ClipResult::Duplicate,
                 Err(reason) => {
                     warn!(stream, key, "clip failed: {reason}");
                     self.record_failure(req, stream, key, &reason).await;
-                    return outcome(ClipResult::Failed(reason));
+                    return outcome(ClipResult::Failed(reason), pulled);
                 }
             },
-            Err(e) => return outcome(ClipResult::Failed(e.to_string())),
+            Err(e) => return outcome(ClipResult::Failed(e.to_string()), None),
         };
         let failure_key = failure_key(key);
         if let Err(e) = store::delete(&self.s3, &self.cfg.bucket, &failure_key).await {
@@ -626,7 +634,7 @@ impl Archiver {
                 "could not remove the superseded failure record: {e}"
             );
         }
-        outcome(result)
+        outcome(result, pulled)
     }
 
     /// Writes `<key>.error.json`, unless the clip exists (stored by another delivery
@@ -656,12 +664,51 @@ impl Archiver {
         }
     }
 
+    /// When a device records `stream` and KVS lacks part of the window, asks the device for
+    /// it (the span from the first missing moment to the last) and waits, bounded, for it to
+    /// be sent. The outcome goes into the clip's JSON.
+    async fn pull_missing(
+        &self,
+        req: &ClipRequest,
+        stream: &str,
+        key: &str,
+    ) -> Result<Option<Value>, String> {
+        let Some(cfg) = &self.cfg.pull else {
+            return Ok(None);
+        };
+        let Some(device) = pull::device_for(cfg, stream) else {
+            return Ok(None);
+        };
+        let (have, _) = self
+            .kvs
+            .fragments(stream, req.start, req.end, Duration::ZERO)
+            .await?;
+        let longest = have.iter().map(|f| f.duration_ms).max().unwrap_or(0);
+        let tolerance = longest.max(2000) + 1000;
+        let gaps = plan::gaps(&have, ms(req.start), ms(req.end), tolerance);
+        let (Some(first), Some(last)) = (gaps.first(), gaps.last()) else {
+            return Ok(None);
+        };
+        let span = (first.0, last.1);
+        let id = pull::request_id(key);
+        info!(stream, device = %device.device, camera = %device.camera, id, "KVS lacks {} ms of the window: asking the device", span.1 - span.0);
+        let pulled = pull::pull(cfg, device, &id, span.0, span.1).await;
+        let note = pulled.json(device, &id, span);
+        match &pulled {
+            pull::Pulled::Sent { .. } => info!(stream, "the device sent the window: {note}"),
+            _ => warn!(stream, "the device did not send the window: {note}"),
+        }
+        Ok(Some(note))
+    }
+
     async fn fetch_and_store(
         &self,
         req: &ClipRequest,
         stream: &str,
         key: &str,
+        pulled: &mut Option<Value>,
     ) -> Result<Option<ClipResult>, String> {
+        *pulled = self.pull_missing(req, stream, key).await?;
         let wait = Duration::from_secs(self.cfg.clip.ingest_wait_s);
         let (fragments, short) = self.kvs.fragments(stream, req.start, req.end, wait).await?;
         if fragments.is_empty() {

@@ -18,6 +18,7 @@ pub mod lambda;
 pub mod mediaconvert;
 pub mod mp4join;
 pub mod plan;
+pub mod pull;
 pub mod replay;
 pub mod retry;
 pub mod selection;

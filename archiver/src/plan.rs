@@ -124,9 +124,59 @@ pub fn requests(
     out
 }
 
+/// The parts of `[start_ms, end_ms)` no fragment covers, counting only gaps longer than
+/// `tolerance_ms` (fragments begin at key frames: the one holding a window's first moment
+/// may start before it and not be listed).
+pub fn gaps(
+    fragments: &[Fragment],
+    start_ms: i64,
+    end_ms: i64,
+    tolerance_ms: i64,
+) -> Vec<(i64, i64)> {
+    let mut spans: Vec<(i64, i64)> = fragments.iter().map(|f| (f.start_ms, f.end_ms())).collect();
+    spans.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = start_ms;
+    for (s, e) in spans {
+        if s - at > tolerance_ms && at < end_ms {
+            out.push((at, s.min(end_ms)));
+        }
+        at = at.max(e);
+    }
+    if end_ms - at > tolerance_ms {
+        out.push((at, end_ms));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_longer_than_the_tolerance_are_what_kvs_lacks() {
+        let f = |start_ms: i64, duration_ms: i64| Fragment {
+            number: start_ms.to_string(),
+            start_ms,
+            duration_ms,
+            size: 1,
+        };
+        assert_eq!(gaps(&[], 0, 10_000, 2000), vec![(0, 10_000)]);
+        let whole = [
+            f(-500, 2000),
+            f(1500, 2000),
+            f(3500, 2000),
+            f(5500, 2000),
+            f(7500, 2000),
+        ];
+        assert_eq!(gaps(&whole, 0, 9000, 2000), Vec::<(i64, i64)>::new());
+        // Before the first key frame in the window, a fragment's length: not a gap.
+        assert_eq!(gaps(&whole[1..], 0, 9000, 2000), Vec::<(i64, i64)>::new());
+        assert_eq!(
+            gaps(&[f(0, 2000), f(6000, 2000)], 0, 12_000, 2000),
+            vec![(2000, 6000), (8000, 12_000)]
+        );
+    }
 
     fn frags(n: usize, size: i64) -> Vec<Fragment> {
         (0..n)

@@ -61,6 +61,52 @@ pub struct ArchiverConfig {
     /// muting stops notifications, not the need for evidence).
     #[serde(default)]
     pub skip_muted: bool,
+    /// Ask devices for video KVS does not have: a window recorded by an on-demand or
+    /// scheduled camera is requested from it over MQTT before clipping.
+    pub pull: Option<PullSettings>,
+}
+
+/// Pulling windows from devices (`<prefix>/<device>/<camera>/upload/set`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSettings {
+    /// The devices' broker (mosquitto, or AWS IoT Core with a certificate and `[pull.tls]`).
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// The devices' topic prefix (their `[mqtt] prefix`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Default: `kvs-edge-archiver-<random>`.
+    pub client_id: Option<String>,
+    pub tls: Option<crate::agent::MqttTls>,
+    /// How long to wait for a device to upload a window before clipping what KVS has.
+    #[serde(default = "default_pull_wait")]
+    pub wait_s: u64,
+    /// Which device records which stream.
+    #[serde(default)]
+    pub devices: Vec<PullDevice>,
+}
+
+/// A stream recorded by a device's camera.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullDevice {
+    pub stream: String,
+    /// The device's `device_id`.
+    pub device: String,
+    /// The camera's name on that device.
+    pub camera: String,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_prefix() -> String {
+    "kvs-edge".into()
+}
+fn default_pull_wait() -> u64 {
+    300
 }
 
 /// A service endpoint override.
@@ -275,6 +321,33 @@ impl ArchiverConfig {
                 "bucket".into(),
                 format!("{b:?} is not an S3 bucket name (3-63 of a-z 0-9 . -)"),
             ));
+        }
+        if let Some(p) = &self.pull {
+            if p.host.trim().is_empty() {
+                return Err(err("pull.host".into(), "must not be empty".into()));
+            }
+            if !(1..=3600).contains(&p.wait_s) {
+                return Err(err("pull.wait_s".into(), "must be 1 to 3600".into()));
+            }
+            let topic_level = |s: &str| !s.is_empty() && !s.contains(['/', '+', '#', '\0']);
+            for (i, d) in p.devices.iter().enumerate() {
+                for (field, value) in [("device", &d.device), ("camera", &d.camera)] {
+                    if !topic_level(value) {
+                        return Err(err(
+                            format!("pull.devices[{i}].{field}"),
+                            format!("{value:?} must be one topic level (no / + #)"),
+                        ));
+                    }
+                }
+            }
+            if let Some(tls) = &p.tls
+                && tls.cert_path.is_some() != tls.key_path.is_some()
+            {
+                return Err(err(
+                    "pull.tls".into(),
+                    "cert_path and key_path go together".into(),
+                ));
+            }
         }
         if !self.key_template.contains("{start}") && !self.key_template.contains("{alarm}") {
             return Err(err(

@@ -70,6 +70,20 @@ for s in statements(iot):
         if "${!iot:Connection.Thing.ThingName}" not in str(res):
             problems.append(f"DevicePolicy: {s['Action']} on {res} is not scoped to the thing")
 
+# The archiver pulling windows: upload requests out, availability and answers in.
+pull = resources["ArchiverPullPolicy"]["Properties"]["PolicyDocument"]
+for s in statements(pull):
+    for res in as_list(s["Resource"]):
+        text = res.get("Fn::Sub", "") if isinstance(res, dict) else str(res)
+        if s["Action"] == "iot:Connect":
+            if "${!iot:Connection.Thing.ThingName}" not in text:
+                problems.append("ArchiverPullPolicy: connects as any client id")
+        elif s["Action"] == "iot:Publish":
+            if not text.endswith("/upload/set"):
+                problems.append(f"ArchiverPullPolicy: publishes beyond upload requests: {text}")
+        elif not text.endswith(("/available", "/upload/events", "/upload/rejected")):
+            problems.append(f"ArchiverPullPolicy: {s['Action']} beyond availability and upload answers: {text}")
+
 archiver = resources["ArchiverPolicy"]["Properties"]["PolicyDocument"]
 for s in statements(archiver):
     if "s3:DeleteObject" in as_list(s["Action"]) and "/*.error.json" not in str(s["Resource"]):

@@ -1,0 +1,328 @@
+//! Pulling a window from the device that recorded it, when KVS does not have it (an
+//! on-demand or scheduled camera): over the devices' MQTT broker, check that the device is
+//! online (its retained `available`), publish `<camera>/upload/set` for the missing span,
+//! and follow the camera's `upload/events` until the window is sent, bounded. Every pull
+//! ends with a recorded outcome (sent, not needed, device offline or without the video,
+//! timed out), never a hang; the clip is then made from what KVS holds.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvs_edge_config::archiver::{PullDevice, PullSettings};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Packet};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tracing::info;
+
+/// How long the device's retained `available` and the answer to the request may take.
+const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+/// Progress in the log this often while the device uploads.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// How a pull ended, for the log and the outcome JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pulled {
+    /// The device sent what it had of the window (`missing`: what it did not have).
+    Sent {
+        fragments: u64,
+        bytes: u64,
+        missing: Value,
+    },
+    /// The device is not connected (its last will, or a clean stop).
+    Offline(String),
+    /// The device refused the request, or has none of the window.
+    Refused(String),
+    /// Asked, but the upload did not end within `wait_s`.
+    TimedOut { fragments: u64 },
+    /// The broker could not be reached or the answer could not be read.
+    Failed(String),
+}
+
+impl Pulled {
+    pub fn json(&self, device: &PullDevice, id: &str, span: (i64, i64)) -> Value {
+        let mut v = json!({
+            "device": device.device,
+            "camera": device.camera,
+            "request": id,
+            "start_ms": span.0,
+            "end_ms": span.1,
+        });
+        match self {
+            Pulled::Sent {
+                fragments,
+                bytes,
+                missing,
+            } => {
+                v["result"] = json!("sent");
+                v["fragments"] = json!(fragments);
+                v["bytes"] = json!(bytes);
+                v["missing_on_device"] = missing.clone();
+            }
+            Pulled::Offline(state) => {
+                v["result"] = json!("device_offline");
+                v["available"] = json!(state);
+            }
+            Pulled::Refused(reason) => {
+                v["result"] = json!("refused");
+                v["reason"] = json!(reason);
+            }
+            Pulled::TimedOut { fragments } => {
+                v["result"] = json!("timed_out");
+                v["fragments"] = json!(fragments);
+            }
+            Pulled::Failed(reason) => {
+                v["result"] = json!("failed");
+                v["reason"] = json!(reason);
+            }
+        }
+        v
+    }
+}
+
+/// The device recording `stream`, if one is configured.
+pub fn device_for<'a>(cfg: &'a PullSettings, stream: &str) -> Option<&'a PullDevice> {
+    cfg.devices.iter().find(|d| d.stream == stream)
+}
+
+/// The request id for a clip: the same for every delivery of the same alarm (a device
+/// given the same id again replaces the window instead of sending it twice).
+pub fn request_id(clip_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(clip_key.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("archiver-{hex}")
+}
+
+/// Asks `device` for `[start_ms, end_ms)` and follows it until sent, refused or `wait_s`.
+pub async fn pull(
+    cfg: &PullSettings,
+    device: &PullDevice,
+    id: &str,
+    start_ms: i64,
+    end_ms: i64,
+) -> Pulled {
+    let base = format!("{}/{}", cfg.prefix, device.device);
+    let camera = format!("{base}/{}", device.camera);
+    let (client, events) = match connect(cfg) {
+        Ok(c) => c,
+        Err(e) => return Pulled::Failed(e),
+    };
+    let mut link = Link { client, events };
+    let outcome = link.ask(cfg, &base, &camera, id, start_ms, end_ms).await;
+    let _ = link.client.try_disconnect();
+    outcome
+}
+
+fn connect(cfg: &PullSettings) -> Result<(AsyncClient, EventLoop), String> {
+    let id = cfg.client_id.clone().unwrap_or_else(|| {
+        let n: u64 = rand_u64();
+        format!("kvs-edge-archiver-{n:016x}")
+    });
+    let mut opts = MqttOptions::new(id, cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(Some(1 << 20));
+    if let Some(tls) = &cfg.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("pull.tls: {}: {e}", p.display()))
+        };
+        let ca = match &tls.ca_path {
+            Some(p) => read(p)?,
+            None => return Err("pull.tls: ca_path is required for the archiver".into()),
+        };
+        let client_auth = match (&tls.cert_path, &tls.key_path) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let alpn = tls.alpn_for(cfg.port);
+        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: (!alpn.is_empty()).then(|| alpn.into_iter().map(String::into_bytes).collect()),
+            client_auth,
+        }));
+    }
+    // Nothing to say if the archiver goes away; the will keeps the broker tidy.
+    opts.set_last_will(LastWill::new(
+        "kvs-edge-archiver/gone",
+        "",
+        QoS::AtMostOnce,
+        false,
+        None,
+    ));
+    Ok(AsyncClient::new(opts, 16))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+struct Link {
+    client: AsyncClient,
+    events: EventLoop,
+}
+
+impl Link {
+    /// The next message, within `until`; `Err` when the connection fails.
+    async fn next(&mut self, until: Instant) -> Result<Option<(String, Bytes)>, String> {
+        loop {
+            let polled = tokio::time::timeout_at(until, self.events.poll()).await;
+            match polled {
+                Err(_) => return Ok(None),
+                Ok(Err(e)) => return Err(format!("MQTT: {e}")),
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    return Ok(Some((topic, p.payload)));
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn ask(
+        &mut self,
+        cfg: &PullSettings,
+        base: &str,
+        camera: &str,
+        id: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Pulled {
+        let available = format!("{base}/available");
+        let events = format!("{camera}/upload/events");
+        let rejected = format!("{camera}/upload/rejected");
+        let filters =
+            [&available, &events, &rejected].map(|t| Filter::new(t.as_str(), QoS::AtLeastOnce));
+        if let Err(e) = self.client.subscribe_many(filters).await {
+            return Pulled::Failed(format!("MQTT: {e}"));
+        }
+        // The device's retained availability comes first.
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        let state = loop {
+            match self.next(deadline).await {
+                Err(e) => return Pulled::Failed(e),
+                Ok(None) => break "unknown (no retained availability)".to_string(),
+                Ok(Some((t, p))) if t == available => {
+                    break String::from_utf8_lossy(&p).into_owned();
+                }
+                Ok(Some(_)) => {}
+            }
+        };
+        if state != "online" {
+            return Pulled::Offline(state);
+        }
+        let request = json!({"id": id, "start": start_ms, "end": end_ms}).to_string();
+        if let Err(e) = self
+            .client
+            .publish(
+                format!("{camera}/upload/set"),
+                QoS::AtLeastOnce,
+                false,
+                request,
+            )
+            .await
+        {
+            return Pulled::Failed(format!("MQTT: {e}"));
+        }
+        info!(device = %base, id, start_ms, end_ms, "asked the device for the window");
+        let mut deadline = Instant::now() + ANSWER_WITHIN;
+        let give_up = Instant::now() + Duration::from_secs(cfg.wait_s);
+        let mut sent = 0;
+        let mut next_note = Instant::now() + PROGRESS_EVERY;
+        loop {
+            let until = deadline.min(give_up).min(next_note);
+            let message = match self.next(until).await {
+                Err(e) => return Pulled::Failed(e),
+                Ok(m) => m,
+            };
+            let now = Instant::now();
+            let Some((topic, payload)) = message else {
+                if now >= deadline.min(give_up) {
+                    return if sent == 0 && now >= deadline && deadline < give_up {
+                        Pulled::Failed(format!(
+                            "the device did not answer within {ANSWER_WITHIN:?}"
+                        ))
+                    } else {
+                        Pulled::TimedOut { fragments: sent }
+                    };
+                }
+                info!(device = %base, id, sent, "waiting for the device's upload");
+                next_note = now + PROGRESS_EVERY;
+                continue;
+            };
+            if topic == available {
+                let state = String::from_utf8_lossy(&payload).into_owned();
+                if state != "online" {
+                    // It went away mid-upload: what it sent is in KVS, the rest is not.
+                    return Pulled::Offline(state);
+                }
+                continue;
+            }
+            let Ok(body) = serde_json::from_slice::<Value>(&payload) else {
+                continue;
+            };
+            if topic == rejected {
+                // Not ours when it names another token; we send none, so any is ours.
+                return Pulled::Refused(body["reason"].as_str().unwrap_or("refused").into());
+            }
+            if body["id"] != id {
+                continue;
+            }
+            sent = body["fragments_sent"].as_u64().unwrap_or(sent);
+            match body["type"].as_str() {
+                Some("new") => {
+                    if body["fragments_available"] == 0 {
+                        // It may still come (a window ending in the future), but what the
+                        // device holds now is none of it: say so rather than wait.
+                        if body["end_ms"].as_i64().is_some_and(|e| e <= now_ms()) {
+                            return Pulled::Refused(
+                                "the device holds none of the window (never recorded, or dropped by its retention)".into(),
+                            );
+                        }
+                    }
+                    // Answered: from now on only the overall bound applies.
+                    deadline = give_up;
+                }
+                Some("end") => {
+                    return Pulled::Sent {
+                        fragments: sent,
+                        bytes: body["bytes_sent"].as_u64().unwrap_or(0),
+                        missing: body["missing"].clone(),
+                    };
+                }
+                _ => deadline = give_up,
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_stable_per_clip_and_valid_on_the_device() {
+        let a = request_id("clips/cam/2026/12/03/door-20261203T100000Z-20261203T100300Z.mp4");
+        assert_eq!(
+            a,
+            request_id("clips/cam/2026/12/03/door-20261203T100000Z-20261203T100300Z.mp4")
+        );
+        assert_ne!(
+            a,
+            request_id("clips/cam/2026/12/03/door-20261203T110000Z-20261203T110300Z.mp4")
+        );
+        assert!(a.len() <= 64 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    }
+}

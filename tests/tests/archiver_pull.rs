@@ -1,0 +1,125 @@
+//! The archiver pulling a window from the device that recorded it, offline with mosquitto
+//! and kvs-local: an on-demand camera records and uploads nothing; an alarm event for its
+//! stream makes the archiver (the binary, as deployed) ask the device for the window over
+//! MQTT, the agent uploads just those fragments from its recording (pre-roll included),
+//! and the clip lands in S3 with the window's duration (ffprobe). The same event again
+//! stores nothing new; a device that is not connected is a recorded outcome, not a hang.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use kvs_edge_config::AgentConfig;
+use kvs_edge_tests::*;
+use serde_json::Value;
+
+const BOUND: Duration = Duration::from_secs(60);
+const BASE: &str = "kvs-edge/garage-pi";
+const STREAM: &str = "pulled-cam";
+
+async fn archiver(
+    cfg: &std::path::Path,
+    event: &std::path::Path,
+) -> anyhow::Result<(Vec<Value>, bool)> {
+    let (cfg, event) = (cfg.to_path_buf(), event.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        run_archiver(&cfg, &["handle-event", event.to_str().expect("UTF-8 path")])
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<()> {
+    init_logs();
+    let broker = Mosquitto::start(None)?;
+    let local = Local::start().await?;
+    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
+    let state = local.dir.path().join("state");
+    let extra = format!(
+        "upload_policy = {{ mode = \"on_demand\" }}\n{}",
+        plain_mqtt(broker.port)
+    );
+    let cfg = AgentConfig::from_toml(
+        "pull.toml",
+        &mqtt_agent_toml(&local.url(), &state, STREAM, &extra),
+    )?;
+    let agent = InProcessAgent::start(cfg).await?;
+    let cam = agent.camera("cam").expect("cam runs");
+    mq.wait_for(BOUND, |t, p| {
+        t == format!("{BASE}/available") && p == "online"
+    })
+    .await?;
+    // Ten seconds of recording, nothing uploaded.
+    let started = now_ms();
+    tokio::time::timeout(BOUND, async {
+        while cam.journal.lock().unwrap().pending().count() < 10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .context("the camera never recorded ten fragments")?;
+    assert!(
+        list_all_fragments(&local.archived(), STREAM)
+            .await?
+            .is_empty()
+    );
+
+    let archiver_cfg = write_archiver_config(
+        local.dir.path(),
+        "archiver.toml",
+        &local.url(),
+        &local.url(),
+        &format!(
+            "[clip]\npre_roll_s = 3\npost_roll_s = 3\ningest_wait_s = 10\n\
+             [pull]\nhost = \"127.0.0.1\"\nport = {}\nwait_s = 30\n\
+             [[pull.devices]]\nstream = \"{STREAM}\"\ndevice = \"garage-pi\"\ncamera = \"cam\"\n",
+            broker.port
+        ),
+    )?;
+    // The alarm 5 s after the camera started: its window [2 s, 8 s] is only on the device.
+    let alarm_at = started + 5_000;
+    let event = local.dir.path().join("alarm.json");
+    std::fs::write(&event, alarm_event("Gate", STREAM, alarm_at).to_string())?;
+    let (out, ok) = archiver(&archiver_cfg, &event).await?;
+    assert!(ok, "{out:?}");
+    let o = &out[0];
+    assert_eq!(o["result"], "stored", "{o}");
+    assert_eq!(o["pull"]["result"], "sent", "{o}");
+    assert!(o["pull"]["fragments"].as_u64().unwrap() >= 6, "{o}");
+    let key = o["key"].as_str().unwrap().to_string();
+    let clip = local.dir.path().join("s3/clips").join(&key);
+    let streams = ffprobe_streams(&clip)?;
+    let video = streams
+        .iter()
+        .find(|s| s.kind == "video")
+        .context("video")?;
+    assert!(
+        (video.duration - 6.0).abs() <= 1.5,
+        "a 6 s window within a fragment: {streams:?}"
+    );
+    // Only the window was uploaded (and what overlapped its edges).
+    let uploaded = list_all_fragments(&local.archived(), STREAM).await?;
+    assert!(uploaded.len() <= 9, "{} fragments uploaded", uploaded.len());
+
+    // The same event again: already stored, nothing asked of the device.
+    let (out, ok) = archiver(&archiver_cfg, &event).await?;
+    assert!(ok, "{out:?}");
+    assert_eq!(out[0]["result"], "duplicate", "{:?}", out[0]);
+    assert!(out[0]["pull"].is_null(), "{:?}", out[0]);
+
+    // The device gone: a window it alone had is a recorded outcome at once.
+    agent.stop().await?;
+    let event = local.dir.path().join("alarm-2.json");
+    std::fs::write(
+        &event,
+        alarm_event("Gate again", STREAM, started + 8_500).to_string(),
+    )?;
+    let asked = std::time::Instant::now();
+    let (out, _) = archiver(&archiver_cfg, &event).await?;
+    assert_eq!(out[0]["pull"]["result"], "device_offline", "{:?}", out[0]);
+    assert_eq!(out[0]["pull"]["available"], "stopped", "{:?}", out[0]);
+    assert!(
+        asked.elapsed() < Duration::from_secs(40),
+        "no waiting for an absent device"
+    );
+    Ok(())
+}
