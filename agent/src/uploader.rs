@@ -289,6 +289,7 @@ impl Uploader {
             received = self.stats.fragments_received.load(r),
             rejected = self.stats.fragments_rejected.load(r),
             sessions = self.stats.sessions.load(r),
+            bytes = self.stats.bytes_sent.load(r),
             "uploader finished"
         );
     }

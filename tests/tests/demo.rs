@@ -1,7 +1,9 @@
 //! `make demo`'s script on the binaries this build made: the whole offline pipeline (a
 //! test-pattern camera with a test tone → agent → kvs-local → alarm → archiver → clip →
 //! MediaConvert) runs to the end, and what it prints is true: the clip it names exists and
-//! holds H.264 video and AAC audio, and so do the HLS and MP4 outputs it points to.
+//! holds H.264 video and AAC audio, and so do the HLS and MP4 outputs it points to; the
+//! on-demand camera's clip, pulled from the device, too, and it uploaded less than it
+//! recorded.
 
 use std::process::Command;
 
@@ -48,6 +50,21 @@ fn make_demo_streams_a_tone_and_prints_a_clip_with_audio() -> anyhow::Result<()>
     let master = std::path::PathBuf::from(hls.split_whitespace().next().unwrap_or_default());
     let playlist = std::fs::read_to_string(&master)?;
     assert!(playlist.contains("TYPE=AUDIO"), "{playlist}");
+    // The on-demand camera: its clip was pulled from the device, and it uploaded less than
+    // it recorded.
+    let pulled = std::path::PathBuf::from(field("on disk")?);
+    let streams = ffprobe_streams(&pulled)?;
+    assert_eq!(kinds(&streams), [("video", "h264"), ("audio", "aac")]);
+    let uploaded = field("uploaded")?;
+    let numbers: Vec<u64> = uploaded
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [continuous, on_demand, recorded] = numbers[..] else {
+        anyhow::bail!("unexpected 'uploaded' line: {uploaded}")
+    };
+    assert!(continuous > 0 && on_demand > 0, "{uploaded}");
+    assert!(on_demand < recorded, "only the window went: {uploaded}");
     let mp4 = std::path::PathBuf::from(field("MP4")?);
     let streams = ffprobe_streams(&mp4)?;
     assert_eq!(
