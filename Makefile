@@ -26,6 +26,7 @@ bench: deps
 	$(CARGO) run --release -p kvs-local --example bench_ingest
 	scripts/bench-agent
 	scripts/bench-journal
+	scripts/bench-pull
 	$(CARGO) build --release -p kvs-edge-archiver
 	$(CARGO) run --release -p kvs-edge-tests --example bench_archiver
 	$(CARGO) run --release -p kvs-edge-tests --example bench_replay

@@ -228,7 +228,7 @@ fn audio_bytes(audio: Option<&AudioConfig>) -> Vec<u8> {
 }
 
 /// The size of a record once framed.
-fn encoded_len(r: &Record) -> u64 {
+pub(crate) fn encoded_len(r: &Record) -> u64 {
     let audio = r.tracks.audio.as_ref().map_or(1, |a| 11 + a.private.len());
     (HEADER + FIXED + r.tracks.video.private.len() + audio + 1 + r.bytes.len()) as u64
 }

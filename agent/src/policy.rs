@@ -339,6 +339,53 @@ mod tests {
     }
 
     #[test]
+    fn a_full_recording_drops_or_keeps_by_its_strategy_and_windows_say_what_is_gone() {
+        use crate::journal::{FullPolicy, Journal, JournalConfig, test_support};
+        // Room for three 1 s fragments; five recorded on demand (nothing sent).
+        let record = |tc: i64| crate::journal::Record {
+            deferred: true,
+            ..test_support::record(tc, 1000)
+        };
+        let gate = Gate::new("yard", &on_demand());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        for (policy, kept) in [
+            // DELETE_OLDEST_MEDIA: the newest three stay, the first two are missing.
+            (FullPolicy::DeleteOldest, vec![[0, 2000]]),
+            // DENY_NEW_MEDIA: the first three stay, the rest was never recorded.
+            (FullPolicy::DenyNew, vec![[3000, 5000]]),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let one = crate::journal::encoded_len(&record(0));
+            let (mut journal, _) = Journal::open(JournalConfig {
+                max_bytes: one * 3,
+                policy,
+                ..test_support::cfg(dir.path())
+            })
+            .unwrap();
+            for tc in 0..5 {
+                let _ = journal.append(&record(tc * 1000), 0);
+            }
+            assert_eq!(journal.pending().count(), 3, "{policy:?}");
+            assert!(
+                journal.pending().all(|e| e.deferred),
+                "recorded, not for sending"
+            );
+            let asked = WindowRequest {
+                id: format!("{policy:?}"),
+                start_ms: 0,
+                end_ms: 5000,
+                events: tx.clone(),
+            };
+            let new = gate.request(asked, &journal, 10_000).unwrap();
+            assert_eq!(
+                (new.fragments_available, new.missing),
+                (3, kept),
+                "{policy:?}"
+            );
+        }
+    }
+
+    #[test]
     fn gaps_are_what_no_fragment_covers() {
         assert_eq!(gaps(0, 10, &[]), vec![[0, 10]]);
         assert_eq!(gaps(0, 10, &[(0, 4), (4, 10)]), Vec::<[i64; 2]>::new());
