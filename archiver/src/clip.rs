@@ -683,8 +683,10 @@ impl Archiver {
             .kvs
             .fragments(stream, req.start, req.end, Duration::ZERO)
             .await?;
+        // The fragment holding the window's first moment starts before it and is not
+        // listed: a gap up to a fragment's length there is expected.
         let longest = have.iter().map(|f| f.duration_ms).max().unwrap_or(0);
-        let tolerance = longest.max(2000) + 1000;
+        let tolerance = longest.max(1000) + 500;
         let gaps = plan::gaps(&have, ms(req.start), ms(req.end), tolerance);
         let (Some(first), Some(last)) = (gaps.first(), gaps.last()) else {
             return Ok(None);

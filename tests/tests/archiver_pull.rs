@@ -106,12 +106,66 @@ async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<
     assert_eq!(out[0]["result"], "duplicate", "{:?}", out[0]);
     assert!(out[0]["pull"].is_null(), "{:?}", out[0]);
 
-    // The device gone: a window it alone had is a recorded outcome at once.
+    // Another alarm, delivered twice at once (two consumers): both ask with the same id, the
+    // device sends the window once, and one clip is stored under the one key.
+    let event = local.dir.path().join("alarm-twice.json");
+    std::fs::write(
+        &event,
+        alarm_event("Gate twice", STREAM, started + 9_000).to_string(),
+    )?;
+    let (a, b) = tokio::join!(
+        archiver(&archiver_cfg, &event),
+        archiver(&archiver_cfg, &event)
+    );
+    let (a, b) = (a?.0, b?.0);
+    assert_eq!(a[0]["key"], b[0]["key"]);
+    for o in [&a[0], &b[0]] {
+        assert!(
+            ["stored", "duplicate"].contains(&o["result"].as_str().unwrap_or("")),
+            "{o}"
+        );
+    }
+    let dir = std::path::Path::new(a[0]["key"].as_str().unwrap())
+        .parent()
+        .map(|p| local.dir.path().join("s3/clips").join(p))
+        .context("a key with a directory")?;
+    let twice: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("Gate-twice-") && n.ends_with(".mp4"))
+        .collect();
+    assert_eq!(twice.len(), 1, "one clip: {twice:?}");
+    let listed = list_all_fragments(&local.archived(), STREAM).await?;
+    let mut stamps: Vec<i128> = listed
+        .iter()
+        .filter_map(|f| f.producer_timestamp)
+        .map(|t| t.as_nanos())
+        .collect();
+    let all = stamps.len();
+    stamps.sort_unstable();
+    stamps.dedup();
+    assert_eq!(stamps.len(), all, "no fragment was sent twice");
+
+    // The device gone: a window it alone had (recorded well after the last one asked
+    // for, never sent) is a recorded outcome at once.
+    tokio::time::timeout(BOUND, async {
+        while cam
+            .journal
+            .lock()
+            .unwrap()
+            .pending()
+            .all(|e| e.timecode_ms < started + 22_000)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .context("the camera stopped recording")?;
     agent.stop().await?;
     let event = local.dir.path().join("alarm-2.json");
     std::fs::write(
         &event,
-        alarm_event("Gate again", STREAM, started + 8_500).to_string(),
+        alarm_event("Gate again", STREAM, started + 18_000).to_string(),
     )?;
     let asked = std::time::Instant::now();
     let (out, _) = archiver(&archiver_cfg, &event).await?;
