@@ -84,7 +84,10 @@ impl Timeline {
             self.anchor = Some((media, start));
         }
         let (m0, w0) = self.anchor.expect("anchored above");
-        let mut wall = WallMs(w0.0 + ((media.0 - m0.0) / 1_000_000) as i64);
+        // Signed: the anchor may come from another stream (audio first, via `project`), and
+        // the first picture may be a little older than it.
+        let delta_ms = (media.0 as i128 - m0.0 as i128) / 1_000_000;
+        let mut wall = WallMs(w0.0 + delta_ms as i64);
         if let Some(last) = self.last_wall
             && wall <= last
         {
@@ -118,6 +121,25 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_picture_older_than_an_audio_anchor_maps_before_it_without_overflow() {
+        // Audio reached the camera task first and anchored the timeline; the first picture
+        // is 30 ms older in media time (a loaded device: seen in make test).
+        let mut t = Timeline::new();
+        assert_eq!(
+            t.project(MediaTime(1_030 * MS), WallMs(50_000)),
+            WallMs(50_000)
+        );
+        assert_eq!(
+            t.wall(MediaTime(1_000 * MS), WallMs(50_010)),
+            WallMs(49_970)
+        );
+        assert_eq!(
+            t.wall(MediaTime(1_040 * MS), WallMs(50_050)),
+            WallMs(50_010)
+        );
+    }
 
     #[test]
     fn other_streams_project_on_the_same_anchor() {
