@@ -87,6 +87,9 @@ pub struct JournalConfig {
     pub policy: FullPolicy,
     /// Start a new segment file past this size.
     pub segment_bytes: u64,
+    /// Keep delivered fragments (the camera's `delete_after_upload = false`) until the
+    /// budget or `max_age` needs their room; otherwise they go once released.
+    pub keep_delivered: bool,
 }
 
 impl JournalConfig {
@@ -113,6 +116,7 @@ impl JournalConfig {
                 OnFull::DenyNew => FullPolicy::DenyNew,
             },
             segment_bytes: s.segment_mb * 1024 * 1024,
+            keep_delivered: false,
         }
     }
 }
@@ -182,6 +186,8 @@ pub struct JournalStats {
     pub denied: u64,
     pub expired: u64,
     pub bytes_written: u64,
+    /// Delivered fragments let go to make room or by age (not a loss: KVS has them).
+    pub kept_dropped: u64,
 }
 
 struct Segment {
@@ -194,6 +200,8 @@ pub struct Journal {
     segments: BTreeMap<u64, Segment>,
     active: Option<(u64, File)>,
     entries: BTreeMap<u64, Entry>,
+    /// Delivered fragments kept on the device (`keep_delivered`), oldest first.
+    kept: BTreeMap<u64, Entry>,
     released: File,
     released_count: usize,
     next_seq: u64,
@@ -480,6 +488,7 @@ impl Journal {
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         let mut entries = BTreeMap::new();
+        let mut kept = BTreeMap::new();
         let mut salvage: Vec<(u64, Record)> = Vec::new();
         let mut ids: Vec<u64> = Vec::new();
         for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
@@ -532,11 +541,13 @@ impl Journal {
             recovery.segments += 1;
             for s in &records {
                 max_seq = max_seq.max(Some(s.seq));
-                if released_set.contains(&s.seq) {
+                let delivered = released_set.contains(&s.seq);
+                if delivered && !cfg.keep_delivered {
                     continue;
                 }
                 let r = &s.record;
-                entries.insert(
+                let index = if delivered { &mut kept } else { &mut entries };
+                index.insert(
                     s.seq,
                     Entry {
                         seq: s.seq,
@@ -573,6 +584,7 @@ impl Journal {
             segments,
             active: None,
             entries,
+            kept,
             released,
             released_count: released_set.len(),
             next_seq: max_seq.map_or(0, |m| m + 1),
@@ -591,17 +603,39 @@ impl Journal {
         Ok((journal, recovery))
     }
 
-    /// Applies new settings (budgets, fsync, policy) to the open journal; its directory stays.
+    /// Applies new settings (budgets, fsync, policy) to the open journal; its directory stays,
+    /// and so does whether delivered fragments are kept (a camera setting: `keep_delivered`).
     /// The budgets are enforced from the next append on.
     pub fn set_limits(&mut self, cfg: JournalConfig) {
         self.cfg = JournalConfig {
             dir: self.cfg.dir.clone(),
+            keep_delivered: self.cfg.keep_delivered,
             ..cfg
         };
     }
 
+    /// Whether delivered fragments stay (the camera's `delete_after_upload = false`). Turned
+    /// off, the kept ones go now.
+    pub fn keep_delivered(&mut self, keep: bool) -> Result<(), JournalError> {
+        self.cfg.keep_delivered = keep;
+        if !keep {
+            self.kept.clear();
+            self.collect_garbage()?;
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> JournalStats {
         self.stats
+    }
+
+    /// Delivered fragments kept on the device (`keep_delivered`), oldest first.
+    pub fn kept(&self) -> impl Iterator<Item = &Entry> {
+        self.kept.values()
+    }
+
+    pub fn kept_bytes(&self) -> u64 {
+        self.kept.values().map(|e| e.len).sum()
     }
 
     /// Unreleased fragments, oldest first.
@@ -707,6 +741,13 @@ impl Journal {
         loop {
             match self.pressure(need) {
                 Pressure::None => {}
+                // Short of room: delivered copies go first, whatever the policy (KVS has
+                // them; the policy is about video not sent yet).
+                Pressure::Budget | Pressure::Disk if !self.kept.is_empty() => {
+                    let oldest = *self.kept.keys().next().expect("not empty");
+                    self.forget_kept(oldest)?;
+                    continue;
+                }
                 Pressure::Budget | Pressure::Disk
                     if self.cfg.policy == FullPolicy::DenyNew || self.entries.is_empty() =>
                 {
@@ -760,7 +801,7 @@ impl Journal {
     }
 
     fn pressure(&self, need: u64) -> Pressure {
-        if self.pending_bytes() + need > self.cfg.max_bytes {
+        if self.pending_bytes() + self.kept_bytes() + need > self.cfg.max_bytes {
             return Pressure::Budget;
         }
         let low_disk = self.cfg.min_free_bytes > 0
@@ -867,6 +908,13 @@ impl Journal {
     /// The mark is fsynced by the same policy as the fragments, so that power loss does not
     /// make the agent send again what KVS already holds (it would store it twice).
     pub fn release(&mut self, seq: u64) -> Result<(), JournalError> {
+        if self.cfg.keep_delivered
+            && let Some(entry) = self.entries.get(&seq).cloned()
+        {
+            // Kept for local playback until the budget or the age limit needs its room
+            // (indexed before the mark, so that its segment is not collected).
+            self.kept.insert(seq, entry);
+        }
         if !self.mark(seq)? {
             return Ok(());
         }
@@ -901,12 +949,30 @@ impl Journal {
         Ok(true)
     }
 
-    /// Drops fragments older than `max_age` (counted as expired).
+    /// Lets a kept (delivered) fragment go; its segment goes once nothing in it is held.
+    fn forget_kept(&mut self, seq: u64) -> Result<(), JournalError> {
+        if self.kept.remove(&seq).is_some() {
+            self.stats.kept_dropped += 1;
+            self.collect_garbage()?;
+        }
+        Ok(())
+    }
+
+    /// Drops fragments older than `max_age` (counted as expired; kept copies silently).
     pub fn expire(&mut self, now_ms: i64) -> Result<u64, JournalError> {
         let Some(max_age) = self.cfg.max_age else {
             return Ok(0);
         };
         let cutoff = now_ms - max_age.as_millis() as i64;
+        let old_kept: Vec<u64> = self
+            .kept
+            .values()
+            .take_while(|e| e.timecode_ms < cutoff)
+            .map(|e| e.seq)
+            .collect();
+        for seq in old_kept {
+            self.forget_kept(seq)?;
+        }
         let old: Vec<u64> = self
             .entries
             .values()
@@ -924,7 +990,12 @@ impl Journal {
     /// Deletes segments with nothing unreleased left (not the active one) and compacts
     /// `released.log` once it holds only marks for deleted segments.
     fn collect_garbage(&mut self) -> Result<(), JournalError> {
-        let live: BTreeSet<u64> = self.entries.values().map(|e| e.segment).collect();
+        let live: BTreeSet<u64> = self
+            .entries
+            .values()
+            .chain(self.kept.values())
+            .map(|e| e.segment)
+            .collect();
         // A fully released active segment goes too: otherwise a full disk never frees up.
         if self
             .active
@@ -990,6 +1061,7 @@ pub(crate) mod test_support {
             min_free_bytes: 0,
             policy: FullPolicy::DeleteOldest,
             segment_bytes: 4096,
+            keep_delivered: false,
         }
     }
 
@@ -1190,6 +1262,72 @@ mod tests {
             "the good record before the damage is kept"
         );
         assert_eq!(j.read(j.pending().next().unwrap()).unwrap(), record(0, 500));
+    }
+
+    #[test]
+    fn delivered_fragments_are_kept_when_asked_and_go_first_when_room_is_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = encoded_len(&record(0, 1000));
+        let open = |keep| {
+            Journal::open(JournalConfig {
+                max_bytes: one * 4,
+                keep_delivered: keep,
+                ..cfg(dir.path())
+            })
+            .unwrap()
+            .0
+        };
+        let mut j = open(true);
+        for tc in 0..3 {
+            j.append(&record(tc, 1000), 0).unwrap();
+        }
+        let seqs: Vec<u64> = j.pending().map(|e| e.seq).collect();
+        j.release(seqs[0]).unwrap();
+        j.release(seqs[1]).unwrap();
+        let kept = |j: &Journal| j.kept().map(|e| e.timecode_ms).collect::<Vec<_>>();
+        assert_eq!((timecodes(&j), kept(&j)), (vec![2], vec![0, 1]));
+        assert_eq!(
+            j.read(j.kept().next().unwrap()).unwrap(),
+            record(0, 1000),
+            "readable"
+        );
+        // Reopened: still kept, and never pending again (KVS has them).
+        drop(j);
+        let mut j = open(true);
+        assert_eq!((timecodes(&j), kept(&j)), (vec![2], vec![0, 1]));
+        // Room is needed: the oldest delivered copy goes, not unsent video, not counted lost.
+        for tc in 3..5 {
+            j.append(&record(tc, 1000), 0).unwrap();
+        }
+        assert_eq!((timecodes(&j), kept(&j)), (vec![2, 3, 4], vec![1]));
+        assert_eq!((j.stats().kept_dropped, j.stats().dropped_oldest), (1, 0));
+        // Without keeping, a release frees the room at once.
+        j.keep_delivered(false).unwrap();
+        assert!(kept(&j).is_empty());
+        let next = j.pending().next().unwrap().seq;
+        j.release(next).unwrap();
+        assert!(kept(&j).is_empty());
+    }
+
+    #[test]
+    fn kept_copies_expire_with_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(JournalConfig {
+            max_age: Some(Duration::from_secs(10)),
+            keep_delivered: true,
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        for tc in [0, 5_000, 20_000] {
+            j.append(&record(tc, 100), 0).unwrap();
+        }
+        for seq in j.pending().map(|e| e.seq).collect::<Vec<_>>() {
+            j.release(seq).unwrap();
+        }
+        assert_eq!(j.kept().count(), 3);
+        j.expire(21_000).unwrap();
+        let left: Vec<i64> = j.kept().map(|e| e.timecode_ms).collect();
+        assert_eq!(left, [20_000], "older than ten seconds: gone");
     }
 
     #[test]

@@ -311,6 +311,7 @@ mod tests {
                 schedule: Some("0 0 2 * * ?".into()),
                 duration_s: Some(3600),
                 max_bytes_per_sec: Some(250_000),
+                ..Default::default()
             },
         );
         let (closed, open, last) = (

@@ -169,6 +169,14 @@ impl Fleet {
             slot.upload_stats.clone(),
         );
         let gate = Arc::new(crate::policy::Gate::new(&cam.name, &cam.upload_policy));
+        let keep = !cam.upload_policy.delete_after_upload;
+        if let Err(e) = journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep_delivered(keep)
+        {
+            warn!(camera = %cam.name, "journal: {e}");
+        }
         let uploader = Uploader {
             gate: gate.clone(),
             stream: cam.stream_name.clone(),

@@ -396,7 +396,7 @@ pub struct CameraConfig {
 }
 
 /// A camera's upload policy.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadPolicy {
     #[serde(default)]
@@ -412,6 +412,22 @@ pub struct UploadPolicy {
     /// lower of the two applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_sec: Option<u64>,
+    /// Delete video from the device once KVS has it (default); `false` keeps it for local
+    /// playback until the journal's retention needs the room.
+    #[serde(default = "yes")]
+    pub delete_after_upload: bool,
+}
+
+impl Default for UploadPolicy {
+    fn default() -> Self {
+        UploadPolicy {
+            mode: UploadMode::default(),
+            schedule: None,
+            duration_s: None,
+            max_bytes_per_sec: None,
+            delete_after_upload: true,
+        }
+    }
 }
 
 impl UploadPolicy {

@@ -60,7 +60,7 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
     let state = local.dir.path().join("state");
     // Inside the camera's table, before [mqtt].
     let extra = format!(
-        "upload_policy = {{ mode = \"on_demand\" }}\n{}",
+        "upload_policy = {{ mode = \"on_demand\", delete_after_upload = false }}\n{}",
         plain_mqtt(broker.port)
     );
     let cfg = AgentConfig::from_toml(
@@ -124,6 +124,20 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
         in_kvs(&local).await?,
         overlapping,
         "only the window is in KVS"
+    );
+    // delete_after_upload = false: what was sent stays on the device, not pending again.
+    let kept: Vec<i64> = cam
+        .journal
+        .lock()
+        .unwrap()
+        .kept()
+        .map(|e| e.timecode_ms)
+        .collect();
+    assert_eq!(kept, overlapping, "kept for local playback");
+    assert!(
+        recorded(&cam)
+            .iter()
+            .all(|(tc, _)| !overlapping.contains(tc))
     );
 
     // A window before anything was recorded: nothing to send, said at once.

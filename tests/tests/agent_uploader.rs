@@ -52,6 +52,7 @@ fn journal(dir: &Path) -> Arc<Mutex<Journal>> {
         min_free_bytes: 0,
         policy: FullPolicy::DeleteOldest,
         segment_bytes: 1 << 20,
+        keep_delivered: false,
     };
     Arc::new(Mutex::new(Journal::open(cfg).expect("journal opens").0))
 }
