@@ -214,10 +214,10 @@ pub enum MqttProtocol {
     V311,
 }
 
-fn default_mqtt_port() -> u16 {
+pub(crate) fn default_mqtt_port() -> u16 {
     1883
 }
-fn default_prefix() -> String {
+pub(crate) fn default_prefix() -> String {
     "kvs-edge".into()
 }
 fn default_keep_alive() -> u64 {

@@ -72,10 +72,10 @@ pub struct ArchiverConfig {
 pub struct PullSettings {
     /// The devices' broker (mosquitto, or AWS IoT Core with a certificate and `[pull.tls]`).
     pub host: String,
-    #[serde(default = "default_mqtt_port")]
+    #[serde(default = "crate::agent::default_mqtt_port")]
     pub port: u16,
     /// The devices' topic prefix (their `[mqtt] prefix`).
-    #[serde(default = "default_prefix")]
+    #[serde(default = "crate::agent::default_prefix")]
     pub prefix: String,
     /// Default: `kvs-edge-archiver-<random>`.
     pub client_id: Option<String>,
@@ -99,12 +99,6 @@ pub struct PullDevice {
     pub camera: String,
 }
 
-fn default_mqtt_port() -> u16 {
-    1883
-}
-fn default_prefix() -> String {
-    "kvs-edge".into()
-}
 fn default_pull_wait() -> u64 {
     300
 }

@@ -768,6 +768,45 @@ impl InProcessAgent {
     }
 }
 
+/// The MQTT tests' rig: mosquitto, kvs-local, the agent in-process with the one test
+/// camera `cam` of `mqtt_agent_toml` streaming to `stream` (`camera_extra`: more settings for
+/// its table, e.g. an `upload_policy`), and a watcher on every topic of the device
+/// (`kvs-edge/garage-pi/#`); ready once the agent said it is online.
+pub struct MqttRig {
+    pub broker: Mosquitto,
+    pub local: Local,
+    pub watch: MqttWatch,
+    pub agent: InProcessAgent,
+}
+
+impl MqttRig {
+    pub async fn start(stream: &str, camera_extra: &str) -> Result<MqttRig> {
+        let broker = Mosquitto::start(None)?;
+        let local = Local::start().await?;
+        let base = "kvs-edge/garage-pi";
+        let mut watch = MqttWatch::subscribe(broker.port, &format!("{base}/#")).await?;
+        let state = local.dir.path().join("state");
+        // Inside the camera's table, before [mqtt].
+        let extra = format!("{camera_extra}\n{}", plain_mqtt(broker.port));
+        let cfg = kvs_edge_config::AgentConfig::from_toml(
+            "rig.toml",
+            &mqtt_agent_toml(&local.url(), &state, stream, &extra),
+        )?;
+        let agent = InProcessAgent::start(cfg).await?;
+        watch
+            .wait_for(Duration::from_secs(60), |t, p| {
+                t == format!("{base}/available") && p == "online"
+            })
+            .await?;
+        Ok(MqttRig {
+            broker,
+            local,
+            watch,
+            agent,
+        })
+    }
+}
+
 /// mosquitto on a loopback port (free, or a given one to restart on), stopped by PID when
 /// dropped. Readiness is its own "running" log line.
 pub struct Mosquitto {

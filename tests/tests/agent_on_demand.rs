@@ -54,25 +54,18 @@ async fn event(mq: &mut MqttWatch, id: &str, kind: &str) -> anyhow::Result<Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Result<()> {
     init_logs();
-    let broker = Mosquitto::start(None)?;
-    let local = Local::start().await?;
-    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
-    let state = local.dir.path().join("state");
-    // Inside the camera's table, before [mqtt].
-    let extra = format!(
-        "upload_policy = {{ mode = \"on_demand\", delete_after_upload = false }}\n{}",
-        plain_mqtt(broker.port)
-    );
-    let cfg = AgentConfig::from_toml(
-        "on-demand.toml",
-        &mqtt_agent_toml(&local.url(), &state, STREAM, &extra),
-    )?;
-    let agent = InProcessAgent::start(cfg).await?;
-    let cam = agent.camera("cam").expect("cam runs");
-    mq.wait_for(BOUND, |t, p| {
-        t == format!("{BASE}/available") && p == "online"
-    })
+    let rig = MqttRig::start(
+        STREAM,
+        "upload_policy = { mode = \"on_demand\", delete_after_upload = false }",
+    )
     .await?;
+    let MqttRig {
+        local,
+        watch: mut mq,
+        agent,
+        broker: _broker,
+    } = rig;
+    let cam = agent.camera("cam").expect("cam runs");
 
     // Recording, not uploading.
     tokio::time::timeout(BOUND, async {

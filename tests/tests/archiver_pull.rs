@@ -8,12 +8,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use kvs_edge_config::AgentConfig;
 use kvs_edge_tests::*;
 use serde_json::Value;
 
 const BOUND: Duration = Duration::from_secs(60);
-const BASE: &str = "kvs-edge/garage-pi";
 const STREAM: &str = "pulled-cam";
 
 async fn archiver(
@@ -30,24 +28,13 @@ async fn archiver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<()> {
     init_logs();
-    let broker = Mosquitto::start(None)?;
-    let local = Local::start().await?;
-    let mut mq = MqttWatch::subscribe(broker.port, &format!("{BASE}/#")).await?;
-    let state = local.dir.path().join("state");
-    let extra = format!(
-        "upload_policy = {{ mode = \"on_demand\" }}\n{}",
-        plain_mqtt(broker.port)
-    );
-    let cfg = AgentConfig::from_toml(
-        "pull.toml",
-        &mqtt_agent_toml(&local.url(), &state, STREAM, &extra),
-    )?;
-    let agent = InProcessAgent::start(cfg).await?;
+    let MqttRig {
+        broker,
+        local,
+        agent,
+        watch: _watch,
+    } = MqttRig::start(STREAM, "upload_policy = { mode = \"on_demand\" }").await?;
     let cam = agent.camera("cam").expect("cam runs");
-    mq.wait_for(BOUND, |t, p| {
-        t == format!("{BASE}/available") && p == "online"
-    })
-    .await?;
     // Ten seconds of recording, nothing uploaded.
     let started = now_ms();
     tokio::time::timeout(BOUND, async {
