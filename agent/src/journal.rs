@@ -365,6 +365,53 @@ fn decode(payload: &[u8]) -> Option<(u64, Record)> {
     ))
 }
 
+/// Reads, changing nothing (the agent may be running and writing), the fragments recorded
+/// in the journal at `dir` that overlap `[start_ms, end_ms)`, sent or not, in the order they
+/// were recorded: what a local export plays. A torn or damaged record ends its segment's
+/// part of the reading (recovery at the agent's next start deals with it). Returns how many
+/// fragments `each` got.
+pub fn read_window(
+    dir: &Path,
+    start_ms: i64,
+    end_ms: i64,
+    mut each: impl FnMut(Record) -> Result<(), JournalError>,
+) -> Result<usize, JournalError> {
+    let mut segments: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+        })
+        .collect();
+    segments.sort();
+    let mut seen = BTreeSet::new();
+    let mut count = 0;
+    for path in segments {
+        let (records, _, _) = match scan(&path) {
+            Ok(r) => r,
+            // Deleted meanwhile (delivered and collected): nothing of it to export.
+            Err(JournalError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for s in records {
+            let r = &s.record;
+            if r.timecode_ms < end_ms
+                && r.timecode_ms + r.duration_ms > start_ms
+                && seen.insert(s.seq)
+            {
+                each(s.record)?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
 /// One scanned record: where it is, and its contents.
 struct Scanned {
     offset: u64,

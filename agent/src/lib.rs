@@ -14,6 +14,7 @@ pub mod capture;
 pub mod codec;
 pub mod control;
 pub mod credentials;
+pub mod export;
 pub mod fragmenter;
 pub mod h264;
 pub mod h265;

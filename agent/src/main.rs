@@ -22,6 +22,28 @@ struct Args {
     /// Validate the configuration, print what would run (secrets redacted) and exit.
     #[arg(long)]
     check: bool,
+    /// Write CAMERA's recording of --start..--end from the journal to --output (Matroska,
+    /// plays in any player) and exit; works while the agent runs.
+    #[arg(long, value_name = "CAMERA", requires_all = ["start", "end", "output"])]
+    export: Option<String>,
+    /// The window's start: RFC 3339 (2026-12-03T10:00:00Z) or milliseconds since the epoch.
+    #[arg(long, value_parser = parse_time, requires = "export")]
+    start: Option<i64>,
+    /// The window's end, like --start.
+    #[arg(long, value_parser = parse_time, requires = "export")]
+    end: Option<i64>,
+    /// Where the export goes (`<name>-2.mkv` … follow where the camera's tracks change).
+    #[arg(long, requires = "export")]
+    output: Option<PathBuf>,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{text:?}: not RFC 3339 (2026-12-03T10:00:00Z) nor epoch ms: {e}"))
 }
 
 fn load(path: &PathBuf) -> Result<AgentConfig, String> {
@@ -104,6 +126,22 @@ async fn agent_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(camera), Some(start), Some(end), Some(output)) =
+        (&args.export, args.start, args.end, &args.output)
+    {
+        return match kvs_edge_agent::export::export(&cfg, camera, start, end, output) {
+            Ok(files) => {
+                for (path, fragments) in files {
+                    println!("{}\t{fragments} fragments", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kvs-edge-agent: export: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check {
         // What would run: the file, with the remote configuration accepted last over it.
         let (cfg, version, note) = kvs_edge_agent::persisted::effective(cfg);

@@ -293,3 +293,82 @@ async fn scheduled_uploads_only_in_windows_and_under_the_cap() -> anyhow::Result
     }
     Ok(())
 }
+
+/// `kvs-edge-agent --export`: the recording, sent or not, as a Matroska file any player
+/// opens, read while the agent runs (ffprobe checks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_exports_for_local_playback_while_the_agent_runs() -> anyhow::Result<()> {
+    init_logs();
+    let local = Local::start().await?;
+    let state = local.dir.path().join("state");
+    let cameras = format!(
+        r#"
+        [[cameras]]
+        name = "yard"
+        stream_name = "{STREAM}"
+        fragment_duration_ms = 1000
+        encoder = {{ bitrate_kbps = 500 }}
+        source = {{ type = "test", width = 320, height = 240, fps = 25 }}
+        create_stream = {{ retention_period_hours = 1 }}
+        upload_policy = {{ mode = "on_demand" }}
+        "#
+    );
+    let text = agent_toml(&local.url(), &cameras, &state);
+    let path = local.dir.path().join("export.toml");
+    std::fs::write(&path, &text)?;
+    let agent = InProcessAgent::start(AgentConfig::from_toml("export.toml", &text)?).await?;
+    let cam = agent.camera("yard").expect("runs");
+    tokio::time::timeout(BOUND, async {
+        while recorded(&cam).len() < 6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .context("the camera never recorded six fragments")?;
+    let fragments = recorded(&cam);
+    let (start, end) = (fragments[1].0, fragments[4].0);
+    let out = local.dir.path().join("yard.mkv");
+    let run = std::process::Command::new(agent_binary()?)
+        .arg("--config")
+        .arg(&path)
+        .args(["--export", "yard", "--start", &start.to_string(), "--end"])
+        .arg(
+            chrono::DateTime::from_timestamp_millis(end)
+                .expect("a time")
+                .to_rfc3339(),
+        )
+        .arg("--output")
+        .arg(&out)
+        .output()?;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(said.contains("yard.mkv\t3 fragments"), "{said}");
+    let (codec, width, height, _, frames) = ffprobe(&out)?;
+    assert_eq!((codec.as_str(), width, height), ("h264", 320, 240));
+    assert!(
+        (60..=90).contains(&frames),
+        "three 1 s fragments at 25 fps: {frames} frames"
+    );
+    // Nothing of a window: said, and no file.
+    let none = std::process::Command::new(agent_binary()?)
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "--export",
+            "yard",
+            "--start",
+            "1000000000000",
+            "--end",
+            "1000000060000",
+            "--output",
+        ])
+        .arg(local.dir.path().join("none.mkv"))
+        .output()?;
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("holds nothing of that window"));
+    agent.stop().await
+}
