@@ -37,6 +37,23 @@ async fn in_kvs(local: &Local) -> anyhow::Result<Vec<i64>> {
         .collect())
 }
 
+/// A `[[cameras]]` table: test pattern `(width, height, fps)` in 1 s fragments to `STREAM`,
+/// with `upload_policy` (a TOML inline table).
+fn test_camera(name: &str, (width, height, fps): (u32, u32, u32), upload_policy: &str) -> String {
+    format!(
+        r#"
+        [[cameras]]
+        name = "{name}"
+        stream_name = "{STREAM}"
+        fragment_duration_ms = 1000
+        encoder = {{ bitrate_kbps = 500 }}
+        source = {{ type = "test", width = {width}, height = {height}, fps = {fps} }}
+        create_stream = {{ retention_period_hours = 1 }}
+        upload_policy = {upload_policy}
+        "#
+    )
+}
+
 /// The next event on the camera's `upload/events` for window `id` of type `kind`.
 async fn event(mq: &mut MqttWatch, id: &str, kind: &str) -> anyhow::Result<Value> {
     let topic = format!("{BASE}/cam/upload/events");
@@ -233,17 +250,10 @@ async fn scheduled_uploads_only_in_windows_and_under_the_cap() -> anyhow::Result
     init_logs();
     let local = Local::start().await?;
     let state = local.dir.path().join("state");
-    let cameras = format!(
-        r#"
-        [[cameras]]
-        name = "sched"
-        stream_name = "{STREAM}"
-        fragment_duration_ms = 1000
-        encoder = {{ bitrate_kbps = 500 }}
-        source = {{ type = "test", width = 160, height = 120, fps = 20 }}
-        create_stream = {{ retention_period_hours = 1 }}
-        upload_policy = {{ mode = "scheduled", schedule = "*/6 * * * * ?", duration_s = 2, max_bytes_per_sec = 20000 }}
-        "#
+    let cameras = test_camera(
+        "sched",
+        (160, 120, 20),
+        r#"{ mode = "scheduled", schedule = "*/6 * * * * ?", duration_s = 2, max_bytes_per_sec = 20000 }"#,
     );
     let cfg = AgentConfig::from_toml(
         "scheduled.toml",
@@ -301,18 +311,7 @@ async fn the_recording_exports_for_local_playback_while_the_agent_runs() -> anyh
     init_logs();
     let local = Local::start().await?;
     let state = local.dir.path().join("state");
-    let cameras = format!(
-        r#"
-        [[cameras]]
-        name = "yard"
-        stream_name = "{STREAM}"
-        fragment_duration_ms = 1000
-        encoder = {{ bitrate_kbps = 500 }}
-        source = {{ type = "test", width = 320, height = 240, fps = 25 }}
-        create_stream = {{ retention_period_hours = 1 }}
-        upload_policy = {{ mode = "on_demand" }}
-        "#
-    );
+    let cameras = test_camera("yard", (320, 240, 25), r#"{ mode = "on_demand" }"#);
     let text = agent_toml(&local.url(), &cameras, &state);
     let path = local.dir.path().join("export.toml");
     std::fs::write(&path, &text)?;
