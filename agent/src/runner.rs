@@ -133,8 +133,12 @@ impl Fleet {
     fn slot(&mut self, cam: &CameraConfig) -> Result<&Slot, AgentError> {
         if !self.slots.contains_key(&cam.name) {
             let dir = self.cfg.state_dir.join("journal").join(&cam.name);
-            let (journal, recovery) =
-                Journal::open(JournalConfig::from_settings(&self.cfg.journal, dir.clone()))?;
+            // Opened with the camera's keep setting, so that delivered copies kept before a
+            // restart are indexed again from the release marks.
+            let (journal, recovery) = Journal::open(JournalConfig {
+                keep_delivered: !cam.upload_policy.delete_after_upload,
+                ..JournalConfig::from_settings(&self.cfg.journal, dir.clone())
+            })?;
             if recovery.pending > 0 || recovery.torn_bytes > 0 || !recovery.quarantined.is_empty() {
                 info!(
                     camera = %cam.name,

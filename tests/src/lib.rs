@@ -777,6 +777,8 @@ pub struct MqttRig {
     pub local: Local,
     pub watch: MqttWatch,
     pub agent: InProcessAgent,
+    /// The agent's configuration (to start it again).
+    pub cfg: kvs_edge_config::AgentConfig,
 }
 
 impl MqttRig {
@@ -792,7 +794,7 @@ impl MqttRig {
             "rig.toml",
             &mqtt_agent_toml(&local.url(), &state, stream, &extra),
         )?;
-        let agent = InProcessAgent::start(cfg).await?;
+        let agent = InProcessAgent::start(cfg.clone()).await?;
         watch
             .wait_for(Duration::from_secs(60), |t, p| {
                 t == format!("{base}/available") && p == "online"
@@ -803,6 +805,7 @@ impl MqttRig {
             local,
             watch,
             agent,
+            cfg,
         })
     }
 }

@@ -81,6 +81,7 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
         watch: mut mq,
         agent,
         broker: _broker,
+        cfg: file,
     } = rig;
     let cam = agent.camera("cam").expect("cam runs");
 
@@ -239,6 +240,22 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
         "recorded on demand before the switch, never asked for, yet uploaded: {new:?} (switched at {switched_at})"
     );
     assert!(!after.contains(&fragments[0].0));
+    agent.stop().await?;
+
+    // Started again: the copies kept on the device are still there (from the release marks).
+    let agent = InProcessAgent::start(file).await?;
+    let cam = agent.camera("cam").expect("cam runs");
+    let again: Vec<i64> = cam
+        .journal
+        .lock()
+        .unwrap()
+        .kept()
+        .map(|e| e.timecode_ms)
+        .collect();
+    assert!(
+        overlapping.iter().all(|tc| again.contains(tc)),
+        "kept across a restart: {again:?} lacks some of {overlapping:?}"
+    );
     agent.stop().await
 }
 

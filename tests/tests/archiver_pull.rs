@@ -33,6 +33,7 @@ async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<
         local,
         agent,
         watch: _watch,
+        cfg: _,
     } = MqttRig::start(STREAM, "upload_policy = { mode = \"on_demand\" }").await?;
     let cam = agent.camera("cam").expect("cam runs");
     // Ten seconds of recording, nothing uploaded.
