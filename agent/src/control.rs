@@ -519,6 +519,43 @@ mod tests {
     }
 
     #[test]
+    fn upload_windows_take_absolute_times_and_a_token() {
+        let r = cmd(
+            "front",
+            "upload",
+            r#"{"id": "w1", "start": "2026-12-03T10:00:00Z", "end": 1796292060000, "token": "w1"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.token.as_deref(), Some("w1"), "answered in a rejection");
+        assert_eq!(
+            r.command,
+            Command::Upload {
+                id: "w1".into(),
+                start_ms: 1_796_292_000_000,
+                end_ms: 1_796_292_060_000
+            }
+        );
+        for (bad, why) in [
+            (
+                r#"{"id": "w1", "start": 1796292000, "end": 1796292060000}"#,
+                "start: expected",
+            ),
+            (r#"{"id": "w1", "start": 1796292000000}"#, "end: required"),
+            (
+                r#"{"id": "w/1", "start": 1796292000000, "end": 1796292060000}"#,
+                "id:",
+            ),
+            (
+                r#"{"id": "w1", "start": 1, "end": 2, "pad": 0}"#,
+                "unknown field",
+            ),
+        ] {
+            let e = cmd("front", "upload", bad).unwrap_err();
+            assert!(e.reason.contains(why), "{bad}: {}", e.reason);
+        }
+    }
+
+    #[test]
     fn plans_touch_only_what_changed() {
         let old = cfg();
         let bitrate = applied("front", "bitrate", "900");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kvs_edge_config::archiver::{PullDevice, PullSettings};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Packet};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use serde_json::{Value, json};
@@ -118,7 +118,7 @@ pub async fn pull(
 
 fn connect(cfg: &PullSettings) -> Result<(AsyncClient, EventLoop), String> {
     let id = cfg.client_id.clone().unwrap_or_else(|| {
-        let n: u64 = rand_u64();
+        let n = crate::retry::random_u64();
         format!("kvs-edge-archiver-{n:016x}")
     });
     let mut opts = MqttOptions::new(id, cfg.host.clone(), cfg.port);
@@ -143,26 +143,9 @@ fn connect(cfg: &PullSettings) -> Result<(AsyncClient, EventLoop), String> {
             client_auth,
         }));
     }
-    // Nothing to say if the archiver goes away; the will keeps the broker tidy.
-    opts.set_last_will(LastWill::new(
-        "kvs-edge-archiver/gone",
-        "",
-        QoS::AtMostOnce,
-        false,
-        None,
-    ));
+    // No last will: the archiver has nothing to say when it goes, and AWS IoT refuses a
+    // connection whose will topic its policy does not allow.
     Ok(AsyncClient::new(opts, 16))
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 struct Link {
@@ -219,7 +202,9 @@ impl Link {
         if state != "online" {
             return Pulled::Offline(state);
         }
-        let request = json!({"id": id, "start": start_ms, "end": end_ms}).to_string();
+        // The token comes back in a rejection: another archiver's request to the same
+        // camera is refused on the same topic.
+        let request = json!({"id": id, "start": start_ms, "end": end_ms, "token": id}).to_string();
         if let Err(e) = self
             .client
             .publish(
@@ -233,25 +218,27 @@ impl Link {
             return Pulled::Failed(format!("MQTT: {e}"));
         }
         info!(device = %base, id, start_ms, end_ms, "asked the device for the window");
-        let mut deadline = Instant::now() + ANSWER_WITHIN;
         let give_up = Instant::now() + Duration::from_secs(cfg.wait_s);
+        // Until the device answers, the shorter bound applies.
+        let mut answered = false;
+        let mut deadline = (Instant::now() + ANSWER_WITHIN).min(give_up);
         let mut sent = 0;
         let mut next_note = Instant::now() + PROGRESS_EVERY;
         loop {
-            let until = deadline.min(give_up).min(next_note);
+            let until = deadline.min(next_note);
             let message = match self.next(until).await {
                 Err(e) => return Pulled::Failed(e),
                 Ok(m) => m,
             };
             let now = Instant::now();
             let Some((topic, payload)) = message else {
-                if now >= deadline.min(give_up) {
-                    return if sent == 0 && now >= deadline && deadline < give_up {
+                if now >= deadline {
+                    return if answered {
+                        Pulled::TimedOut { fragments: sent }
+                    } else {
                         Pulled::Failed(format!(
                             "the device did not answer within {ANSWER_WITHIN:?}"
                         ))
-                    } else {
-                        Pulled::TimedOut { fragments: sent }
                     };
                 }
                 info!(device = %base, id, sent, "waiting for the device's upload");
@@ -270,26 +257,28 @@ impl Link {
                 continue;
             };
             if topic == rejected {
-                // Not ours when it names another token; we send none, so any is ours.
-                return Pulled::Refused(body["reason"].as_str().unwrap_or("refused").into());
+                if body["token"] == id {
+                    return Pulled::Refused(body["reason"].as_str().unwrap_or("refused").into());
+                }
+                continue;
             }
             if body["id"] != id {
                 continue;
             }
             sent = body["fragments_sent"].as_u64().unwrap_or(sent);
+            // Answered: from now on only the overall bound applies.
+            answered = true;
+            deadline = give_up;
             match body["type"].as_str() {
-                Some("new") => {
-                    if body["fragments_available"] == 0 {
-                        // It may still come (a window ending in the future), but what the
-                        // device holds now is none of it: say so rather than wait.
-                        if body["end_ms"].as_i64().is_some_and(|e| e <= now_ms()) {
-                            return Pulled::Refused(
-                                "the device holds none of the window (never recorded, or dropped by its retention)".into(),
-                            );
-                        }
-                    }
-                    // Answered: from now on only the overall bound applies.
-                    deadline = give_up;
+                // A window ending in the future may still come; one that has ended and of
+                // which the device holds nothing will not: say so rather than wait.
+                Some("new")
+                    if body["fragments_available"] == 0
+                        && body["end_ms"].as_i64().is_some_and(|e| e <= now_ms()) =>
+                {
+                    return Pulled::Refused(
+                        "the device holds none of the window (never recorded, or dropped by its retention)".into(),
+                    );
                 }
                 Some("end") => {
                     return Pulled::Sent {
@@ -298,7 +287,7 @@ impl Link {
                         missing: body["missing"].clone(),
                     };
                 }
-                _ => deadline = give_up,
+                _ => {}
             }
         }
     }

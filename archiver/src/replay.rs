@@ -237,11 +237,7 @@ struct Report {
 /// same second (two report directories) never share one: the run id keys the MediaConvert
 /// idempotency tokens, and a shared one made the second run submit nothing.
 fn new_run_id(now: DateTime<Utc>) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS's randomness, per process and per instance.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
+    let random = crate::retry::random_u64();
     format!(
         "replay-{}-{:08x}",
         now.format("%Y%m%dT%H%M%SZ"),

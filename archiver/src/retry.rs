@@ -14,8 +14,9 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::time::Instant;
 use tracing::warn;
 
-/// A number in [0, 1) that differs between calls (no RNG crate needed for backoff jitter).
-pub fn jitter() -> f64 {
+/// A number that differs between calls: RandomState is seeded from the OS's randomness per
+/// process and instance (no RNG crate needed for jitter, client ids and run ids).
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -24,7 +25,12 @@ pub fn jitter() -> f64 {
             .unwrap_or_default()
             .as_nanos(),
     );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    h.finish()
+}
+
+/// A number in [0, 1) that differs between calls, for backoff jitter.
+pub fn jitter() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Delays doubling from `first` up to `max`; each one jittered to half to all of itself, so
