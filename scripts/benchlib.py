@@ -78,16 +78,19 @@ def threads(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def start_kvs_local(data):
-    p = subprocess.Popen([os.path.join(RELEASE, "kvs-local"), "--listen", "127.0.0.1:0", "--data-dir", data],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def start_kvs_local(data, bucket=None):
+    args = [os.path.join(RELEASE, "kvs-local"), "--listen", "127.0.0.1:0", "--data-dir", data]
+    if bucket:
+        args += ["--bucket", bucket]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     return p, p.stdout.readline().split()[3]
 
 
-def metrics(port):
-    """{metric name: value}, summed over cameras."""
+def metrics(port, camera=None):
+    """{metric name: value}, summed over cameras (or of `camera` alone)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out = {}
-    for m in re.finditer(r"kvs_edge_(\w+)\{[^}]*\} (\d+)", text):
-        out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+    for m in re.finditer(r'kvs_edge_(\w+)\{camera="([^"]*)"[^}]*\} (\d+)', text):
+        if camera is None or m.group(2) == camera:
+            out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(3))
     return out

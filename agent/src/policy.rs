@@ -236,6 +236,10 @@ impl Gate {
     /// Ends the windows that have nothing left to send: their end is recorded (or past, for
     /// a camera that stopped) and no unsent fragment of `journal` overlaps them.
     pub fn settle(&self, journal: &Journal, now_ms: i64) {
+        // Called on every refill: with no window open, no pass over the journal.
+        if self.lock().is_empty() {
+            return;
+        }
         let recorded_until = journal
             .pending()
             .map(|e| e.timecode_ms + e.duration_ms)
