@@ -62,6 +62,8 @@ pub struct Gate {
     /// `scheduled`: when windows open, and for how long (ms).
     schedule: Option<(croner::Cron, i64)>,
     max_bytes_per_sec: Option<u64>,
+    window_max_bytes_per_sec: Option<u64>,
+    live_max_wait: std::time::Duration,
     windows: Mutex<Vec<Window>>,
     /// Bumped when a window is added: the uploader looks at the journal again.
     changed: watch::Sender<u64>,
@@ -90,6 +92,8 @@ impl Gate {
             mode: policy.mode,
             schedule,
             max_bytes_per_sec: policy.max_bytes_per_sec,
+            window_max_bytes_per_sec: policy.window_max_bytes_per_sec,
+            live_max_wait: std::time::Duration::from_secs(policy.live_max_wait_s),
             windows: Mutex::new(Vec::new()),
             changed: watch::Sender::new(0),
         }
@@ -102,6 +106,16 @@ impl Gate {
     /// This camera's own byte rate cap.
     pub fn max_bytes_per_sec(&self) -> Option<u64> {
         self.max_bytes_per_sec
+    }
+
+    /// The further cap on video recorded under a scheduled or on-demand policy (`deferred`).
+    pub fn window_max_bytes_per_sec(&self) -> Option<u64> {
+        self.window_max_bytes_per_sec
+    }
+
+    /// How long live video waits at most behind a window of older (deferred) video.
+    pub fn live_max_wait(&self) -> std::time::Duration {
+        self.live_max_wait
     }
 
     /// Whether the fragment `[timecode_ms, timecode_ms + duration_ms)` may be sent at

@@ -412,6 +412,14 @@ pub struct UploadPolicy {
     /// lower of the two applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_sec: Option<u64>,
+    /// A further byte rate cap (bytes/s) on video recorded under a scheduled or on-demand
+    /// policy: what windows send, on top of `max_bytes_per_sec`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_max_bytes_per_sec: Option<u64>,
+    /// How long live video waits at most while a window of older video is sent on the
+    /// same connection: windows go in bursts of at most this long, then live catches up.
+    #[serde(default = "default_live_max_wait_s")]
+    pub live_max_wait_s: u64,
     /// Delete video from the device once KVS has it (default); `false` keeps it for local
     /// playback until the journal's retention needs the room.
     #[serde(default = "yes")]
@@ -425,9 +433,15 @@ impl Default for UploadPolicy {
             schedule: None,
             duration_s: None,
             max_bytes_per_sec: None,
+            window_max_bytes_per_sec: None,
+            live_max_wait_s: default_live_max_wait_s(),
             delete_after_upload: true,
         }
     }
+}
+
+fn default_live_max_wait_s() -> u64 {
+    10
 }
 
 impl UploadPolicy {
@@ -976,10 +990,21 @@ impl AgentConfig {
                 }
                 _ => {}
             }
-            if p.max_bytes_per_sec.is_some_and(|b| b < 10_000) {
+            for (field, cap) in [
+                ("max_bytes_per_sec", p.max_bytes_per_sec),
+                ("window_max_bytes_per_sec", p.window_max_bytes_per_sec),
+            ] {
+                if cap.is_some_and(|b| b < 10_000) {
+                    return Err(err(
+                        at(&format!("upload_policy.{field}")),
+                        "must be at least 10000".into(),
+                    ));
+                }
+            }
+            if !(1..=600).contains(&p.live_max_wait_s) {
                 return Err(err(
-                    at("upload_policy.max_bytes_per_sec"),
-                    "must be at least 10000".into(),
+                    at("upload_policy.live_max_wait_s"),
+                    "must be 1 to 600 seconds".into(),
                 ));
             }
             if cam.name.is_empty()
@@ -1467,6 +1492,14 @@ mod tests {
             (
                 r#"{ max_bytes_per_sec = 10 }"#,
                 "cameras[0].upload_policy.max_bytes_per_sec",
+            ),
+            (
+                r#"{ window_max_bytes_per_sec = 10 }"#,
+                "cameras[0].upload_policy.window_max_bytes_per_sec",
+            ),
+            (
+                r#"{ live_max_wait_s = 0 }"#,
+                "cameras[0].upload_policy.live_max_wait_s",
             ),
         ] {
             assert_eq!(policy(bad).unwrap_err().path, path, "{bad}");

@@ -783,16 +783,25 @@ pub struct MqttRig {
 
 impl MqttRig {
     pub async fn start(stream: &str, camera_extra: &str) -> Result<MqttRig> {
+        Self::start_with(|url, state, mqtt| {
+            // Inside the camera's table, before [mqtt].
+            let extra = format!("{camera_extra}\n{mqtt}");
+            mqtt_agent_toml(url, state, stream, &extra)
+        })
+        .await
+    }
+
+    /// The rig with an agent configuration of the caller's: `toml(kvs-local URL, state
+    /// directory, [mqtt] table)`; its device id must be `garage-pi`.
+    pub async fn start_with(toml: impl FnOnce(&str, &Path, &str) -> String) -> Result<MqttRig> {
         let broker = Mosquitto::start(None)?;
         let local = Local::start().await?;
         let base = "kvs-edge/garage-pi";
         let mut watch = MqttWatch::subscribe(broker.port, &format!("{base}/#")).await?;
         let state = local.dir.path().join("state");
-        // Inside the camera's table, before [mqtt].
-        let extra = format!("{camera_extra}\n{}", plain_mqtt(broker.port));
         let cfg = kvs_edge_config::AgentConfig::from_toml(
             "rig.toml",
-            &mqtt_agent_toml(&local.url(), &state, stream, &extra),
+            &toml(&local.url(), &state, &plain_mqtt(broker.port)),
         )?;
         let agent = InProcessAgent::start(cfg.clone()).await?;
         watch

@@ -259,6 +259,146 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
     agent.stop().await
 }
 
+/// A continuous camera holding older video recorded on demand: a window asking for it shares
+/// the connection with live video in turns. The window goes under `window_max_bytes_per_sec`
+/// (20 kB/s: several seconds per 60 kB fragment), live video waits at most
+/// `live_max_wait_s` (2 s) behind it and then goes between the window's fragments (kvs-local's
+/// server timestamps are arrival times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_video_takes_turns_with_a_window_of_older_video() -> anyhow::Result<()> {
+    init_logs();
+    // Snow at 500 kbit/s: every 1 s fragment is about 60 kB.
+    let camera = |policy: &str| {
+        format!(
+            r#"
+            [[cameras]]
+            name = "cam"
+            stream_name = "{STREAM}"
+            fragment_duration_ms = 1000
+            encoder = {{ bitrate_kbps = 500 }}
+            source = {{ type = "test", width = 320, height = 240, fps = 20, pattern = "snow" }}
+            create_stream = {{ retention_period_hours = 1 }}
+            upload_policy = {policy}
+            "#
+        )
+    };
+    let rig = MqttRig::start_with(|url, state, mqtt| {
+        let cameras = format!("{}\n{mqtt}", camera(r#"{ mode = "on_demand" }"#));
+        format!(
+            "device_id = \"garage-pi\"\n{}",
+            agent_toml(url, &cameras, state)
+        )
+    })
+    .await?;
+    let MqttRig {
+        local,
+        watch: mut mq,
+        agent,
+        broker: _broker,
+        cfg: _,
+    } = rig;
+    let cam = agent.camera("cam").expect("cam runs");
+    tokio::time::timeout(BOUND, async {
+        while recorded(&cam).len() < 6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .context("the camera never recorded six fragments")?;
+
+    // Now continuous, with the older video still on the device.
+    let policy =
+        json!({"mode": "continuous", "window_max_bytes_per_sec": 20000, "live_max_wait_s": 2});
+    let switch =
+        json!({"version": 1, "token": "c1", "cameras": {"cam": {"upload_policy": policy}}});
+    mq.ask(
+        &format!("{BASE}/config/set"),
+        &switch,
+        &format!("{BASE}/config/accepted"),
+        BOUND,
+    )
+    .await?;
+    let cam = agent.camera("cam").expect("restarted");
+    let deferred: Vec<i64> = {
+        let journal = cam.journal.lock().unwrap();
+        journal
+            .pending()
+            .filter(|e| e.deferred)
+            .map(|e| e.timecode_ms)
+            .collect()
+    };
+    assert!(deferred.len() >= 6, "{deferred:?}");
+    let start = deferred[0];
+    let end = *deferred.last().unwrap() + 1;
+    mq.publish(
+        &format!("{BASE}/cam/upload/set"),
+        json!({"id": "older", "start": start, "end": end}).to_string(),
+        false,
+    )
+    .await?;
+    let new = event(&mut mq, "older", "new").await?;
+    assert_eq!(new["fragments_available"], deferred.len(), "{new}");
+    let (_, payload, _) = mq
+        .wait_for(Duration::from_secs(120), |t, p| {
+            t == format!("{BASE}/cam/upload/events")
+                && serde_json::from_str::<Value>(p)
+                    .is_ok_and(|v| v["id"] == "older" && v["type"] == "end")
+        })
+        .await
+        .context("the window never ended")?;
+    let done: Value = serde_json::from_str(&payload)?;
+    assert_eq!(done["fragments_sent"], deferred.len(), "{done}");
+    agent.stop().await?;
+
+    // (producer timestamp ms, arrival ms, bytes) of everything KVS holds.
+    let listed = list_all_fragments(&local.archived(), STREAM).await?;
+    let mut arrivals: Vec<(i64, i64, i64)> = listed
+        .iter()
+        .filter_map(|f| {
+            let tc = (f.producer_timestamp?.as_nanos() + 500_000).div_euclid(1_000_000) as i64;
+            let at = f.server_timestamp?.as_nanos().div_euclid(1_000_000) as i64;
+            Some((tc, at, f.fragment_size_in_bytes))
+        })
+        .collect();
+    arrivals.sort_by_key(|(_, at, _)| *at);
+    let window: Vec<&(i64, i64, i64)> = arrivals
+        .iter()
+        .filter(|(tc, _, _)| deferred.contains(tc))
+        .collect();
+    assert_eq!(window.len(), deferred.len(), "the whole window reached KVS");
+    let (first, last) = (window[0].1, window[window.len() - 1].1);
+    let live_between: Vec<&(i64, i64, i64)> = arrivals
+        .iter()
+        .filter(|(tc, at, _)| !deferred.contains(tc) && (first..last).contains(at))
+        .collect();
+    assert!(
+        live_between.len() >= 3,
+        "live video went between the window's fragments ({first}..{last}): {arrivals:?}"
+    );
+    for (tc, at, _) in &live_between {
+        // It ended at tc + 1 s; then waited at most 2 s (plus a loaded machine's slack).
+        let lag = at - (tc + 1000);
+        assert!(
+            lag <= 2000 + 2500,
+            "live fragment {tc} waited {lag} ms: {arrivals:?}"
+        );
+    }
+    // The window under its own cap (plus the one fragment the cap lets start).
+    let largest = window.iter().map(|(_, _, b)| *b).max().unwrap_or(0);
+    for (_, from, _) in &window {
+        let in_a_second: i64 = window
+            .iter()
+            .filter(|(_, at, _)| (*from..from + 1000).contains(at))
+            .map(|(_, _, b)| b)
+            .sum();
+        assert!(
+            in_a_second <= 20_000 + largest,
+            "{in_a_second} window bytes within a second from {from}"
+        );
+    }
+    Ok(())
+}
+
 /// A scheduled camera (windows every 6 s, open 2 s, a 20 kB/s cap): KVS receives its video
 /// only while a window is open (kvs-local's server timestamps are arrival times), and never
 /// faster than the cap (plus the one fragment the cap lets start).

@@ -8,6 +8,13 @@
 //! retryable ones keep the fragment, fatal ones are reported and release it; an ERROR that
 //! names no fragment is laid on the one the service was reading, so it cannot loop.
 //!
+//! Live video comes before older video sent for a window. A continuous camera's journal can
+//! hold video recorded under a scheduled or on-demand policy (`deferred`) that a window asks
+//! for; KVS takes one PutMedia connection per stream and orders fragments only within a
+//! session, so the two share the connection in turns: the window's fragments go (under
+//! `window_max_bytes_per_sec`) until live video has waited `live_max_wait_s`, then live
+//! catches up in the same session (it is newer), and the window goes on in a new session.
+//!
 //! RAM stays bounded whatever the backlog: the uploader holds metadata for a window of
 //! fragments and reads media bytes from the journal only to send them.
 
@@ -29,8 +36,16 @@ use crate::journal::{Journal, JournalError};
 use crate::kvs::DataEndpoint;
 use crate::mkv::{self, TrackSpec};
 use crate::policy::Gate;
-use crate::putmedia::{Ack, AckEvent, PutMediaError, Session, SessionParams};
+use crate::putmedia::{AckEvent, PutMediaError, Session, SessionParams};
 use crate::timeline::WallMs;
+
+mod acks;
+mod rate;
+mod slots;
+
+pub use acks::{ErrorAction, classify};
+use rate::RateCap;
+use slots::{Slot, WINDOW, pick};
 
 /// Counters for health and metrics.
 #[derive(Debug)]
@@ -97,35 +112,6 @@ impl UploadStats {
     }
 }
 
-/// What to do about an ERROR ack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorAction {
-    /// Keep the fragment and retry in a new session after backoff.
-    Retry,
-    /// Start a new session right away (4003: the connection is too old).
-    Rotate,
-    /// 4004: the fragment does not follow the previous one *of this session* and was not
-    /// stored. A new session starting with it is accepted (the service deduplicates
-    /// producer timestamps on read); if it was already first in its session, it is dropped.
-    NotAfterPrevious,
-    /// The fragment can never be accepted: release it (counted) and go on.
-    DropFragment,
-    /// A stream or account problem an operator must fix; retried at the longest backoff.
-    Operator,
-}
-
-/// Classifies a PutMedia ErrorId, as the official producer does (it retries 4000, 4003,
-/// 5000 and 5001 and skips the fragment otherwise).
-pub fn classify(error_id: u32) -> ErrorAction {
-    match error_id {
-        4003 => ErrorAction::Rotate,
-        4004 => ErrorAction::NotAfterPrevious,
-        4001 | 4002 | 4005 | 4006 | 4007 | 4009 | 4010 | 4011 | 4012 => ErrorAction::DropFragment,
-        4008 | 4500..=4507 => ErrorAction::Operator,
-        _ => ErrorAction::Retry,
-    }
-}
-
 pub struct Uploader {
     pub stream: String,
     pub region: String,
@@ -142,29 +128,6 @@ pub struct Uploader {
     pub gate: Arc<Gate>,
 }
 
-/// A fragment of the window: the journal's metadata, and how far it got in this session.
-struct Slot {
-    seq: u64,
-    timecode_ms: i64,
-    duration_ms: i64,
-    tracks: Arc<TrackSet>,
-    /// Recorded under a scheduled or on-demand policy (see `Record::deferred`).
-    deferred: bool,
-    sent_at: Option<Instant>,
-    /// Bytes sent (once sent).
-    len: u64,
-    /// RECEIVED in this session: the service has all of it.
-    received: bool,
-    /// Sent first in its session: a 4004 then cannot be cured by a new session.
-    opened_session: bool,
-}
-
-impl Slot {
-    fn end_ms(&self) -> i64 {
-        self.timecode_ms + self.duration_ms
-    }
-}
-
 /// How a session ended.
 enum End {
     /// Input closed and everything released: the uploader is done.
@@ -176,9 +139,6 @@ enum End {
     /// Like `Failed`, but an operator must act; wait the longest backoff.
     Operator(String),
 }
-
-/// Fragments kept in the window at most: metadata only, the media stays on disk.
-const WINDOW: usize = 64;
 
 /// Runs journal work on the blocking pool.
 async fn with_journal<T: Send + 'static>(
@@ -209,72 +169,6 @@ async fn with_journal_index<T: Send + 'static>(
         Some(result) => result,
         None => with_journal(journal, f.expect("not run")).await,
     }
-}
-
-/// Paces sends to a fragment rate and a byte rate.
-struct RateCap {
-    fragments: Vec<Instant>,
-    bytes: VecDeque<(Instant, u64)>,
-    max_fragments: u32,
-    max_bytes: u64,
-}
-
-impl RateCap {
-    /// When the next fragment of `len` bytes may go.
-    fn next_slot(&mut self, len: u64) -> Instant {
-        let now = Instant::now();
-        let window = Duration::from_secs(1);
-        self.fragments.retain(|t| now.duration_since(*t) < window);
-        while self
-            .bytes
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
-        {
-            self.bytes.pop_front();
-        }
-        let mut at = now;
-        if self.fragments.len() as u32 >= self.max_fragments
-            && let Some(first) = self.fragments.first()
-        {
-            at = at.max(*first + window);
-        }
-        let used: u64 = self.bytes.iter().map(|(_, b)| b).sum();
-        if used + len > self.max_bytes {
-            // Wait until enough of the last second's bytes have aged out.
-            let mut freed = 0;
-            for (t, b) in &self.bytes {
-                freed += b;
-                if used - freed + len <= self.max_bytes {
-                    at = at.max(*t + window);
-                    break;
-                }
-            }
-        }
-        at
-    }
-
-    fn record(&mut self, len: u64) {
-        let now = Instant::now();
-        self.fragments.push(now);
-        self.bytes.push_back((now, len));
-    }
-}
-
-/// Where an ERROR ack applies: the fragment it names, else the one the service was reading
-/// (the oldest sent and not yet RECEIVED), else the oldest in flight, else the next to go
-/// (whose codec made the session header).
-fn blamed(window: &VecDeque<Slot>, timecode_ms: Option<i64>) -> Option<usize> {
-    if let Some(tc) = timecode_ms
-        && let Some(i) = window.iter().position(|s| s.timecode_ms == tc)
-    {
-        return Some(i);
-    }
-    let sent = |s: &&Slot| s.sent_at.is_some();
-    window
-        .iter()
-        .position(|s| s.sent_at.is_some() && !s.received)
-        .or_else(|| window.iter().position(|s| sent(&s)))
-        .or_else(|| (!window.is_empty()).then_some(0))
 }
 
 impl Uploader {
@@ -360,21 +254,23 @@ impl Uploader {
         };
         let mut window: VecDeque<Slot> = VecDeque::new();
         let mut cursor = Cursor {
-            pulled: None,
+            pulled: [None, None],
             windows: self.gate.subscribe(),
             seen: (0, None),
         };
         let mut endpoint = DataEndpoint::new(&self.stream);
         let mut backoff = self.backoff();
-        let mut rate = RateCap {
-            fragments: Vec::new(),
-            bytes: VecDeque::new(),
-            max_fragments: self.cfg.max_fragments_per_sec,
-            max_bytes: self
-                .cfg
+        let mut rate = RateCap::new(
+            self.cfg.max_fragments_per_sec,
+            self.cfg
                 .max_bytes_per_sec
                 .min(self.gate.max_bytes_per_sec().unwrap_or(u64::MAX)),
-        };
+        );
+        let mut window_rate = self
+            .gate
+            .window_max_bytes_per_sec()
+            .map(|max_bytes| RateCap::new(u32::MAX, max_bytes));
+        let mut window_since = None;
         let mut input_open = true;
         loop {
             self.refill(&mut window, &mut cursor).await;
@@ -398,6 +294,8 @@ impl Uploader {
                         input_open: &mut input_open,
                         backoff: &mut backoff,
                         rate: &mut rate,
+                        window_rate: &mut window_rate,
+                        window_since: &mut window_since,
                         release_on,
                     };
                     self.session(&url, &mut session).await
@@ -433,17 +331,17 @@ impl Uploader {
         }
     }
 
-    /// Tops the window up from the journal with what the policy admits (fragments after
-    /// the last one looked at; all again when a window was asked for), dropping slots the
-    /// journal no longer holds (released, or dropped by its budget). Windows with nothing
-    /// left to send end here.
+    /// Tops the window up from the journal with what the policy admits, live and deferred
+    /// fragments each up to `WINDOW` (after the last one of its kind looked at; all again
+    /// when a window was asked for), dropping slots the journal no longer holds (released,
+    /// or dropped by its budget). Windows with nothing left to send end here.
     async fn refill(&self, window: &mut VecDeque<Slot>, cursor: &mut Cursor) {
         let now = WallMs::now().0;
         cursor.windows.mark_unchanged();
         let epoch = self.gate.epoch(now);
         if epoch != cursor.seen {
             cursor.seen = epoch;
-            cursor.pulled = None;
+            cursor.pulled = [None, None];
         }
         let by_policy = self.gate.mode() != UploadMode::Continuous || self.gate.has_windows();
         if by_policy {
@@ -458,28 +356,43 @@ impl Uploader {
             return;
         }
         let after = cursor.pulled;
-        let want = WINDOW.saturating_sub(window.len());
+        let held = |deferred: bool| window.iter().filter(|s| s.deferred == deferred).count();
+        // Without a window or schedule, deferred fragments wait: no need to look at them.
+        let want = [
+            WINDOW.saturating_sub(held(false)),
+            if by_policy {
+                WINDOW.saturating_sub(held(true))
+            } else {
+                0
+            },
+        ];
         let known: Vec<u64> = window.iter().map(|s| s.seq).collect();
         let gate = self.gate.clone();
         let result = with_journal_index(&self.journal, move |j| {
             let alive: Vec<bool> = known.iter().map(|s| j.get(*s).is_some()).collect();
             let mut looked_at = after;
             let mut new: Vec<(u64, i64, i64, bool, Arc<TrackSet>)> = Vec::new();
-            for e in j.pending_after(after) {
-                if new.len() >= want {
-                    break;
-                }
-                looked_at = Some(e.seq);
-                if !known.contains(&e.seq)
-                    && gate.admits(e.timecode_ms, e.duration_ms, e.deferred, now)
-                {
-                    new.push((
-                        e.seq,
-                        e.timecode_ms,
-                        e.duration_ms,
-                        e.deferred,
-                        e.tracks.clone(),
-                    ));
+            // Each kind from its own cursor, so a long window cannot keep live video out.
+            for (kind, deferred) in [(0, false), (1, true)] {
+                let mut taken = 0;
+                for e in j.pending_after(after[kind]) {
+                    if taken >= want[kind] {
+                        break;
+                    }
+                    looked_at[kind] = Some(e.seq);
+                    if e.deferred == deferred
+                        && !known.contains(&e.seq)
+                        && gate.admits(e.timecode_ms, e.duration_ms, e.deferred, now)
+                    {
+                        taken += 1;
+                        new.push((
+                            e.seq,
+                            e.timecode_ms,
+                            e.duration_ms,
+                            e.deferred,
+                            e.tracks.clone(),
+                        ));
+                    }
                 }
             }
             if by_policy {
@@ -567,7 +480,19 @@ impl Uploader {
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let window = &mut *st.window;
-        let tracks = window.front().expect("non-empty").tracks.clone();
+        for s in window.iter_mut() {
+            s.sent_at = None;
+            s.received = false;
+            s.opened_session = false;
+        }
+        let live_max_wait = self.gate.live_max_wait();
+        let window_turn = |since: &Option<Instant>, sent_live: bool| {
+            !sent_live && since.is_none_or(|t| Instant::now() < t + live_max_wait)
+        };
+        // The fragment to go first sets the session's tracks.
+        let first = pick(window, window_turn(st.window_since, false)).unwrap_or(0);
+        let header_seq = window[first].seq;
+        let tracks = window[first].tracks.clone();
         let mut uid = [0u8; 16];
         uid[..8].copy_from_slice(&random_u64().to_be_bytes());
         uid[8..].copy_from_slice(&random_u64().to_be_bytes());
@@ -578,13 +503,8 @@ impl Uploader {
         );
         if let Err(e) = upload.send(Bytes::from(header)).await {
             return self
-                .send_failed(e, &mut acks, window, st.backoff, st.release_on)
+                .send_failed(e, &mut acks, window, st.backoff, st.release_on, header_seq)
                 .await;
-        }
-        for s in window.iter_mut() {
-            s.sent_at = None;
-            s.received = false;
-            s.opened_session = false;
         }
         let v = &tracks.video;
         debug!(stream = %self.stream, url, audio = ?tracks.audio.as_ref().map(|a| a.codec), "PutMedia session open ({} {}x{})", v.codec, v.width, v.height);
@@ -595,9 +515,21 @@ impl Uploader {
         let mut sent_until: Option<i64> = None;
         // The next fragment's bytes, read from the journal ahead of its turn.
         let mut ready: Option<(u64, Bytes)> = None;
+        // A live fragment went in this session: older (window) fragments cannot follow.
+        let mut sent_live = false;
         loop {
             self.refill(window, st.cursor).await;
-            let next = window.iter().position(|s| s.sent_at.is_none());
+            let live_waiting = window.iter().any(|s| s.sent_at.is_none() && !s.deferred);
+            let next = pick(window, window_turn(st.window_since, sent_live));
+            if next.is_some_and(|i| window[i].deferred) && live_waiting {
+                st.window_since.get_or_insert_with(Instant::now);
+            }
+            // When live video's wait is up, its turn comes without another event.
+            let turn_ends = st
+                .window_since
+                .filter(|_| live_waiting && !sent_live)
+                .map(|t| t + live_max_wait)
+                .filter(|at| *at > Instant::now());
             let in_flight = window.iter().filter(|s| s.sent_at.is_some()).count();
             if draining.is_none() {
                 if let Some(i) = next
@@ -672,7 +604,14 @@ impl Uploader {
             let payload = sendable
                 .and_then(|i| ready.as_ref().filter(|(seq, _)| *seq == window[i].seq))
                 .map(|(_, b)| b.clone());
-            let send_at = payload.as_ref().map(|b| st.rate.next_slot(b.len() as u64));
+            let deferred = sendable.is_some_and(|i| window[i].deferred);
+            let send_at = payload.as_ref().map(|_| {
+                let at = st.rate.next_slot();
+                match st.window_rate.as_mut() {
+                    Some(cap) if deferred => at.max(cap.next_slot()),
+                    _ => at,
+                }
+            });
             let oldest = window.iter().filter_map(|s| s.sent_at).min();
             let deadline = oldest.map(|t| t + ack_timeout).unwrap_or(rotate_at);
             tokio::select! {
@@ -681,7 +620,7 @@ impl Uploader {
                     None => return End::Failed("the service closed the session".into()),
                     Some(Err(e)) => return self.failed(e).await,
                     Some(Ok(ack)) => {
-                        if let Some(end) = self.on_ack(&ack, window, st.backoff, st.release_on).await {
+                        if let Some(end) = self.on_ack(&ack, window, st.backoff, st.release_on, header_seq).await {
                             return end;
                         }
                     }
@@ -689,6 +628,7 @@ impl Uploader {
                 n = st.appended.recv(), if *st.input_open => if n.is_none() { *st.input_open = false },
                 _ = st.cursor.windows.changed() => {}
                 _ = self.policy_changes() => {}
+                _ = async { sleep_until(turn_ends.expect("guarded")).await }, if turn_ends.is_some() => {}
                 sent = async {
                     sleep_until(send_at.expect("guarded")).await;
                     upload.send(payload.clone().expect("guarded")).await
@@ -701,13 +641,21 @@ impl Uploader {
                         window[i].len = len;
                         sent_until = Some(sent_until.unwrap_or(i64::MIN).max(window[i].end_ms()));
                         st.rate.record(len);
+                        if window[i].deferred {
+                            if let Some(cap) = st.window_rate.as_mut() {
+                                cap.record(len);
+                            }
+                        } else {
+                            sent_live = true;
+                            *st.window_since = None;
+                        }
                         ready = None;
                         self.stats.fragments_sent.fetch_add(1, Ordering::Relaxed);
                         self.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
                     }
                     Err(e) => {
                         return self
-                            .send_failed(e, &mut acks, window, st.backoff, st.release_on)
+                            .send_failed(e, &mut acks, window, st.backoff, st.release_on, header_seq)
                             .await;
                     }
                 },
@@ -719,128 +667,13 @@ impl Uploader {
             }
         }
     }
-
-    /// The request body was refused: the service's answer says why better than the dropped
-    /// body does (a 403 arriving early, or ERROR acks it sent before closing). Acks already
-    /// sent are applied, so a fragment the service stored or refused is not sent again.
-    async fn send_failed(
-        &self,
-        e: PutMediaError,
-        acks: &mut crate::putmedia::Acks,
-        window: &mut VecDeque<Slot>,
-        backoff: &mut Backoff,
-        release_on: AckEvent,
-    ) -> End {
-        let linger = Duration::from_secs(2);
-        loop {
-            match tokio::time::timeout(linger, acks.next()).await {
-                Ok(Some(Ok(ack))) => {
-                    if let Some(end) = self.on_ack(&ack, window, backoff, release_on).await {
-                        return end;
-                    }
-                }
-                Ok(Some(Err(answer @ PutMediaError::Http { .. }))) => {
-                    return self.failed(answer).await;
-                }
-                _ => return End::Failed(e.to_string()),
-            }
-        }
-    }
-
-    /// Releases the fragment at `i` from the journal and the window.
-    async fn release(&self, window: &mut VecDeque<Slot>, i: usize) -> Option<Slot> {
-        let slot = window.remove(i)?;
-        let seq = slot.seq;
-        if let Err(e) = with_journal(&self.journal, move |j| j.release(seq)).await {
-            // Not fatal: the fragment may be sent again, and KVS stores it again (reads
-            // deduplicate producer timestamps).
-            warn!(stream = %self.stream, "{e}");
-        }
-        Some(slot)
-    }
-
-    /// Applies one ack; `Some` ends the session.
-    async fn on_ack(
-        &self,
-        ack: &Ack,
-        window: &mut VecDeque<Slot>,
-        backoff: &mut Backoff,
-        release_on: AckEvent,
-    ) -> Option<End> {
-        let named = || {
-            let tc = ack.fragment_timecode?;
-            window.iter().position(|s| s.timecode_ms == tc)
-        };
-        match ack.event_type {
-            AckEvent::Received | AckEvent::Persisted => {
-                let i = named()?;
-                window[i].received = true;
-                if ack.event_type != release_on {
-                    return None;
-                }
-                let latency = window[i]
-                    .sent_at
-                    .map_or(0, |sent| sent.elapsed().as_millis() as u64);
-                self.stats
-                    .last_ack_latency_ms
-                    .store(latency, Ordering::Relaxed);
-                let (counter, what) = match ack.event_type {
-                    AckEvent::Persisted => (&self.stats.fragments_persisted, "PERSISTED"),
-                    _ => (&self.stats.fragments_received, "RECEIVED (no retention)"),
-                };
-                debug!(stream = %self.stream, timecode = window[i].timecode_ms, latency_ms = latency, "{what}");
-                // Counted before the journal lets go: the service has it whatever happens to
-                // this task meanwhile (a shutdown may end it during the release).
-                self.stats.bump(counter);
-                backoff.reset();
-                let s = &window[i];
-                self.gate.delivered(s.timecode_ms, s.duration_ms, s.len);
-                self.release(window, i).await;
-                None
-            }
-            AckEvent::Error => {
-                self.stats.error_acks.fetch_add(1, Ordering::Relaxed);
-                let id = ack.error_id.unwrap_or(0);
-                let code = ack.error_code.clone().unwrap_or_default();
-                let blame = blamed(window, ack.fragment_timecode);
-                let what = format!(
-                    "ERROR {id} {code} for fragment {}",
-                    blame.map_or("(none in flight)".to_string(), |i| window[i]
-                        .timecode_ms
-                        .to_string())
-                );
-                match classify(id) {
-                    ErrorAction::Retry => Some(End::Failed(what)),
-                    ErrorAction::Rotate => Some(End::Next),
-                    ErrorAction::Operator => Some(End::Operator(what)),
-                    ErrorAction::NotAfterPrevious
-                        if blame.is_some_and(|i| !window[i].opened_session) =>
-                    {
-                        // Not stored; it opens the next session, where it follows nothing.
-                        warn!(stream = %self.stream, "{what}: not stored; sending it again in a new session");
-                        Some(End::Next)
-                    }
-                    ErrorAction::NotAfterPrevious | ErrorAction::DropFragment => {
-                        if let Some(i) = blame {
-                            self.release(window, i).await;
-                            self.stats
-                                .fragments_rejected
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        error!(stream = %self.stream, "{what}: KVS will never accept this fragment; dropped it");
-                        Some(End::Failed(what))
-                    }
-                }
-            }
-            AckEvent::Buffering | AckEvent::Idle => None,
-        }
-    }
 }
 
-/// Where the uploader is in the journal: the last fragment it looked at, and the policy's
-/// windows as last seen (a new window means looking at everything again).
+/// Where the uploader is in the journal: the last fragment it looked at for live and for
+/// deferred fragments, and the policy's windows as last seen (a new window means looking at
+/// everything again).
 struct Cursor {
-    pulled: Option<u64>,
+    pulled: [Option<u64>; 2],
     windows: watch::Receiver<u64>,
     seen: (u64, Option<i64>),
 }
@@ -853,55 +686,10 @@ struct SessionState<'a> {
     input_open: &'a mut bool,
     backoff: &'a mut Backoff,
     rate: &'a mut RateCap,
+    /// `window_max_bytes_per_sec` for deferred fragments.
+    window_rate: &'a mut Option<RateCap>,
+    /// Since when live video has waited behind a window's fragments.
+    window_since: &'a mut Option<Instant>,
     /// PERSISTED normally; RECEIVED on a stream whose retention is 0.
     release_on: AckEvent,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_ids_are_classified() {
-        assert_eq!(classify(4003), ErrorAction::Rotate);
-        assert_eq!(classify(4004), ErrorAction::NotAfterPrevious);
-        assert_eq!(classify(4011), ErrorAction::DropFragment);
-        assert_eq!(classify(4008), ErrorAction::Operator);
-        assert_eq!(classify(4502), ErrorAction::Operator);
-        assert_eq!(classify(5000), ErrorAction::Retry);
-        assert_eq!(classify(5001), ErrorAction::Retry);
-        assert_eq!(classify(4000), ErrorAction::Retry);
-    }
-
-    #[test]
-    fn the_rate_cap_spaces_fragments() {
-        let second = Duration::from_secs(1);
-        let mut cap = RateCap {
-            fragments: Vec::new(),
-            bytes: VecDeque::new(),
-            max_fragments: 2,
-            max_bytes: 1000,
-        };
-        for _ in 0..2 {
-            assert!(cap.next_slot(100) <= Instant::now(), "within the cap: now");
-            cap.record(100);
-        }
-        let third = cap.next_slot(100);
-        assert!(
-            third > Instant::now() + second / 2,
-            "a third fragment in the same second waits"
-        );
-        let mut cap = RateCap {
-            fragments: Vec::new(),
-            bytes: VecDeque::new(),
-            max_fragments: 100,
-            max_bytes: 1000,
-        };
-        cap.record(900);
-        assert!(
-            cap.next_slot(200) > Instant::now() + second / 2,
-            "over the byte cap waits"
-        );
-        assert!(cap.next_slot(100) <= Instant::now());
-    }
 }
