@@ -191,7 +191,16 @@ impl Fleet {
             stats: upload_stats,
             tls: self.shared.tls.clone(),
             journal: journal.clone(),
-            create_stream: cam.create_stream.clone(),
+            create_stream: cam.create_stream.clone().map(|mut c| {
+                // Who records the stream, for the archiver to ask for windows.
+                for (k, v) in [
+                    (kvs_edge_config::STREAM_DEVICE_TAG, &self.cfg.device_id),
+                    (kvs_edge_config::STREAM_CAMERA_TAG, &cam.name),
+                ] {
+                    c.tags.entry(k.to_string()).or_insert_with(|| v.clone());
+                }
+                c
+            }),
         };
         self.generation += 1;
         let generation = self.generation;

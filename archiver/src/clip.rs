@@ -676,9 +676,6 @@ impl Archiver {
         let Some(cfg) = &self.cfg.pull else {
             return Ok(None);
         };
-        let Some(device) = pull::device_for(cfg, stream) else {
-            return Ok(None);
-        };
         let (have, _) = self
             .kvs
             .fragments(stream, req.start, req.end, Duration::ZERO)
@@ -692,6 +689,25 @@ impl Archiver {
             return Ok(None);
         };
         let span = (first.0, last.1);
+        let device = match pull::device_for(
+            cfg,
+            &self.kvs.control,
+            self.kvs.throttle_budget,
+            stream,
+        )
+        .await
+        {
+            Ok(Some(device)) => device,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                // Clipped from what KVS has, with the reason no device was asked.
+                warn!(stream, "cannot tell which device records the stream: {e:#}");
+                return Ok(Some(
+                    json!({"result": "no_device", "error": format!("{e:#}")}),
+                ));
+            }
+        };
+        let device = &device;
         let id = pull::request_id(key);
         info!(stream, device = %device.device, camera = %device.camera, id, "KVS lacks {} ms of the window: asking the device", span.1 - span.0);
         let pulled = pull::pull(cfg, device, &id, span.0, span.1).await;

@@ -7,8 +7,10 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use kvs_edge_config::archiver::{PullDevice, PullSettings};
+use kvs_edge_config::{STREAM_CAMERA_TAG, STREAM_DEVICE_TAG};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -82,9 +84,53 @@ impl Pulled {
     }
 }
 
-/// The device recording `stream`, if one is configured.
-pub fn device_for<'a>(cfg: &'a PullSettings, stream: &str) -> Option<&'a PullDevice> {
-    cfg.devices.iter().find(|d| d.stream == stream)
+/// The device recording `stream`: the one `[[pull.devices]]` names, else the one the
+/// stream's tags name (`kvs-edge:device` and `kvs-edge:camera`, set by the agent on the
+/// streams it creates); `None` when neither says.
+pub async fn device_for(
+    cfg: &PullSettings,
+    kvs: &aws_sdk_kinesisvideo::Client,
+    throttle_budget: Duration,
+    stream: &str,
+) -> anyhow::Result<Option<PullDevice>> {
+    if let Some(d) = cfg.devices.iter().find(|d| d.stream == stream) {
+        return Ok(Some(d.clone()));
+    }
+    let what = format!("ListTagsForStream {stream}");
+    let out = crate::retry::kvs(&what, throttle_budget, || {
+        kvs.list_tags_for_stream().stream_name(stream).send()
+    })
+    .await
+    .context(what)?;
+    let tags = out.tags.unwrap_or_default();
+    device_from_tags(stream, |k| tags.get(k).map(String::as_str))
+}
+
+/// The device a stream's tags name, checked: both tags or neither, each a single MQTT topic
+/// level (a tag is set by whoever may tag the stream, and becomes part of a topic).
+pub fn device_from_tags<'a>(
+    stream: &str,
+    tag: impl Fn(&str) -> Option<&'a str>,
+) -> anyhow::Result<Option<PullDevice>> {
+    let (device, camera) = match (tag(STREAM_DEVICE_TAG), tag(STREAM_CAMERA_TAG)) {
+        (None, None) => return Ok(None),
+        (Some(d), Some(c)) => (d, c),
+        _ => anyhow::bail!(
+            "stream {stream} has only one of the tags {STREAM_DEVICE_TAG} and {STREAM_CAMERA_TAG}"
+        ),
+    };
+    for (name, value) in [(STREAM_DEVICE_TAG, device), (STREAM_CAMERA_TAG, camera)] {
+        if value.is_empty() || value.contains(['/', '+', '#', '\0']) {
+            anyhow::bail!(
+                "stream {stream}: tag {name} = {value:?} is not a single MQTT topic level"
+            );
+        }
+    }
+    Ok(Some(PullDevice {
+        stream: stream.to_string(),
+        device: device.to_string(),
+        camera: camera.to_string(),
+    }))
 }
 
 /// The request id for a clip: the same for every delivery of the same alarm (a device
@@ -300,6 +346,42 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_tags_name_the_device_or_say_what_is_wrong() {
+        let tags = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+        };
+        let d = device_from_tags(
+            "gate",
+            tags(&[
+                ("kvs-edge:device", "garage-pi"),
+                ("kvs-edge:camera", "cam"),
+                ("site", "x"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (d.stream.as_str(), d.device.as_str(), d.camera.as_str()),
+            ("gate", "garage-pi", "cam")
+        );
+        assert!(
+            device_from_tags("gate", tags(&[("site", "x")]))
+                .unwrap()
+                .is_none(),
+            "untagged"
+        );
+        let e = device_from_tags("gate", tags(&[("kvs-edge:device", "garage-pi")])).unwrap_err();
+        assert!(e.to_string().contains("only one of"), "{e}");
+        for bad in ["a/b", "+", "#", ""] {
+            let pairs: &'static [(&str, &str)] = Box::leak(
+                vec![("kvs-edge:device", bad), ("kvs-edge:camera", "cam")].into_boxed_slice(),
+            );
+            let e = device_from_tags("gate", tags(pairs)).unwrap_err();
+            assert!(e.to_string().contains("kvs-edge:device"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn request_ids_are_stable_per_clip_and_valid_on_the_device() {

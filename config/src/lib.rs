@@ -9,6 +9,12 @@ pub mod archiver;
 pub mod remote;
 
 pub use agent::AgentConfig;
+
+/// The stream tags saying which device (its `device_id`) and which of its cameras record a
+/// stream. The agent sets them on the streams it creates (`create_stream`); the archiver
+/// reads them to know whom to ask for a window KVS lacks.
+pub const STREAM_DEVICE_TAG: &str = "kvs-edge:device";
+pub const STREAM_CAMERA_TAG: &str = "kvs-edge:camera";
 use serde::Deserialize;
 use thiserror::Error;
 

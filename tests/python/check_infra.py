@@ -89,6 +89,12 @@ for s in statements(archiver):
     if "s3:DeleteObject" in as_list(s["Action"]) and "/*.error.json" not in str(s["Resource"]):
         problems.append(f"ArchiverPolicy: may delete more than failure records: {s['Resource']}")
 
+read_streams = [a for s in statements(archiver) for a in as_list(s["Action"]) if a.startswith("kinesisvideo:")]
+if "kinesisvideo:ListTagsForStream" not in read_streams:
+    problems.append("ArchiverPolicy: cannot read stream tags (pull's stream-to-device mapping)")
+if any(a in read_streams for a in ("kinesisvideo:TagStream", "kinesisvideo:UntagStream", "kinesisvideo:PutMedia")):
+    problems.append(f"ArchiverPolicy: writes to streams: {read_streams}")
+
 rule = resources["AlarmRule"]["Properties"]["EventPattern"]
 if rule["detail"]["state"]["value"] != ["ALARM"]:
     problems.append("AlarmRule: must match transitions into ALARM only")

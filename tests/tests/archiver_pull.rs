@@ -94,6 +94,38 @@ async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<
     assert_eq!(out[0]["result"], "duplicate", "{:?}", out[0]);
     assert!(out[0]["pull"].is_null(), "{:?}", out[0]);
 
+    // Without [[pull.devices]], the stream's tags say who records it: the agent set them
+    // when it created the stream.
+    let tags = local
+        .control()
+        .list_tags_for_stream()
+        .stream_name(STREAM)
+        .send()
+        .await?
+        .tags
+        .unwrap_or_default();
+    assert_eq!(
+        tags.get("kvs-edge:device").map(String::as_str),
+        Some("garage-pi"),
+        "{tags:?}"
+    );
+    assert_eq!(
+        tags.get("kvs-edge:camera").map(String::as_str),
+        Some("cam"),
+        "{tags:?}"
+    );
+    let archiver_cfg = write_archiver_config(
+        local.dir.path(),
+        "archiver-tags.toml",
+        &local.url(),
+        &local.url(),
+        &format!(
+            "[clip]\npre_roll_s = 3\npost_roll_s = 3\ningest_wait_s = 10\n\
+             [pull]\nhost = \"127.0.0.1\"\nport = {}\nwait_s = 30\n",
+            broker.port
+        ),
+    )?;
+
     // Another alarm, delivered twice at once (two consumers): both ask with the same id, the
     // device sends the window once, and one clip is stored under the one key.
     let event = local.dir.path().join("alarm-twice.json");
@@ -113,6 +145,12 @@ async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<
             "{o}"
         );
     }
+    assert!(
+        [&a[0], &b[0]]
+            .iter()
+            .any(|o| o["pull"]["device"] == "garage-pi"),
+        "the device found by the stream's tags was asked: {a:?} {b:?}"
+    );
     let dir = std::path::Path::new(a[0]["key"].as_str().unwrap())
         .parent()
         .map(|p| local.dir.path().join("s3/clips").join(p))
