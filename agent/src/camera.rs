@@ -52,6 +52,35 @@ pub struct CameraStats {
     pub audio_dropped: AtomicU64,
     /// The encoder element in use ("passthrough" when none).
     pub encoder: Mutex<String>,
+    /// Alarms the motion trigger raised.
+    pub motion_alarms: AtomicU64,
+}
+
+/// What cameras say by themselves, for the MQTT link to publish: alarms they raised
+/// (motion) and the progress of the windows those alarms asked for. Nobody listening
+/// (no `[mqtt]`) is fine: what the camera does with them does not depend on it.
+#[derive(Clone)]
+pub struct Signals {
+    pub alarms: mpsc::UnboundedSender<(String, crate::motion::Raised)>,
+    pub windows: mpsc::UnboundedSender<WindowEvent>,
+}
+
+/// The listening end of `Signals`.
+pub struct SignalsRx {
+    pub alarms: mpsc::UnboundedReceiver<(String, crate::motion::Raised)>,
+    pub windows: mpsc::UnboundedReceiver<WindowEvent>,
+}
+
+pub fn signals() -> (Signals, SignalsRx) {
+    let (alarms, alarms_rx) = mpsc::unbounded_channel();
+    let (windows, windows_rx) = mpsc::unbounded_channel();
+    (
+        Signals { alarms, windows },
+        SignalsRx {
+            alarms: alarms_rx,
+            windows: windows_rx,
+        },
+    )
 }
 
 /// What a camera can be asked to do while it runs.
@@ -76,6 +105,7 @@ pub struct Camera {
     /// changes to the stream itself).
     pub updates: watch::Receiver<CameraConfig>,
     pub commands: mpsc::Receiver<CameraCommand>,
+    pub signals: Signals,
 }
 
 /// The tracks being captured now: the video's codec configuration and the audio's (while
@@ -154,6 +184,7 @@ impl Camera {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut slow = Backoff::new(Duration::from_secs(60), Duration::from_secs(15 * 60));
         let mut marks = Marks::default();
+        let mut trigger = self.cfg.motion.clone().map(crate::motion::Trigger::new);
         'sources: loop {
             let cam = self.cfg.clone();
             let stall = Duration::from_secs(cam.stall_timeout_secs);
@@ -167,10 +198,15 @@ impl Camera {
                     continue;
                 }
             };
+            let motion = cam.motion.as_ref().map(|m| capture::MotionSpec {
+                threshold: m.threshold,
+                quiet_ms: m.quiet_s as i64 * 1000,
+            });
             let mut capture = match Capture::start(
                 &description,
                 self.stats.capture.clone(),
                 self.audio_policy(),
+                motion,
             ) {
                 Ok(c) => c,
                 Err(e) => {
@@ -223,6 +259,10 @@ impl Camera {
                                 let (tags, omitted) = marks.tags(start, au.pts_ms);
                                 fragmenter.set_tags(tags, omitted);
                                 marks.keyframe = Some((unit.codec.clone(), au.data.clone()));
+                                // Motion going on keeps its alarm open.
+                                if let Some(raised) = trigger.as_mut().and_then(|t| t.tick(WallMs::now().0)) {
+                                    self.raise(raised, &mut marks);
+                                }
                             }
                             let pushed = fragmenter.push(au);
                             // (A first keyframe drops the early audio older than it.)
@@ -243,6 +283,12 @@ impl Camera {
                                     self.stats.frames_discarded.fetch_add(n as u64 + 1, Ordering::Relaxed);
                                     error!(camera = %cam.name, discarded_frames = n, "{e}");
                                 }
+                            }
+                        }
+                        Some(CaptureEvent::Motion(change)) => {
+                            debug!(camera = %cam.name, "motion {change:?}");
+                            if let Some(raised) = trigger.as_mut().and_then(|t| t.on_change(change, WallMs::now().0)) {
+                                self.raise(raised, &mut marks);
                             }
                         }
                         Some(CaptureEvent::AudioLinked) => {
@@ -458,7 +504,42 @@ impl Camera {
             &cam.source,
             &encoder,
             aac.as_deref(),
+            cam.motion.is_some(),
         ))
+    }
+
+    /// An alarm the motion trigger raised, as an `alarm/set` command's: its fragments
+    /// tagged; on a scheduled or on-demand camera its window asked of the uploader (its
+    /// pre-roll from the recording); the alarm and the window's progress signalled.
+    fn raise(&self, raised: crate::motion::Raised, marks: &mut Marks) {
+        let alarm = &raised.alarm;
+        let cam = &self.cfg.name;
+        if raised.new {
+            info!(camera = %cam, id = %alarm.id, "motion: alarm until {}", alarm.end_ms);
+            self.stats.motion_alarms.fetch_add(1, Ordering::Relaxed);
+        }
+        marks.alarms.retain(|a| a.id != alarm.id);
+        marks.alarms.push(alarm.clone());
+        if self.gate.mode() != kvs_edge_config::agent::UploadMode::Continuous {
+            let request = WindowRequest {
+                id: alarm.id.clone(),
+                start_ms: alarm.start_ms,
+                end_ms: alarm.end_ms,
+                events: self.signals.windows.clone(),
+            };
+            let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            let answer = self.gate.request(request, &journal, WallMs::now().0);
+            drop(journal);
+            match answer {
+                Ok(event) => {
+                    let _ = self.signals.windows.send(event);
+                }
+                Err(reason) => {
+                    warn!(camera = %cam, id = %alarm.id, "the motion alarm's window is not uploaded: {reason}")
+                }
+            }
+        }
+        let _ = self.signals.alarms.send((cam.clone(), raised));
     }
 
     /// Whether a passed-through source's audio is sent.

@@ -23,6 +23,7 @@ pub mod journal;
 pub mod kvs;
 pub mod metrics;
 pub mod mkv;
+pub mod motion;
 pub mod mqtt;
 pub mod net;
 pub mod persisted;

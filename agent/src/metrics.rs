@@ -157,6 +157,12 @@ const METRICS: &[Metric] = &[
         |s| s.c.camera_stats.tags_omitted.load(R),
     ),
     (
+        "motion_alarms_total",
+        "counter",
+        "Alarms the camera's motion trigger raised.",
+        |s| s.c.camera_stats.motion_alarms.load(R),
+    ),
+    (
         "audio_frames_dropped_total",
         "counter",
         "Audio frames left out: before the first picture, or too late for their fragment.",

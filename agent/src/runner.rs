@@ -127,6 +127,8 @@ struct Fleet {
     registry: Registry,
     ended: mpsc::UnboundedSender<(String, u64)>,
     generation: u64,
+    /// What cameras raise by themselves, to the MQTT link.
+    signals: crate::camera::Signals,
 }
 
 impl Fleet {
@@ -208,6 +210,7 @@ impl Fleet {
         let (updates, updates_rx) = watch::channel(cam.clone());
         let (commands, commands_rx) = mpsc::channel(16);
         let ended = self.ended.clone();
+        let signals = self.signals.clone();
         let key = cam.name.clone();
         let name = cam.name.clone();
         let handle = tokio::spawn(async move {
@@ -223,6 +226,7 @@ impl Fleet {
                 denying: Default::default(),
                 updates: updates_rx,
                 commands: commands_rx,
+                signals,
             }
             .run(tx, stop_rx)
             .await;
@@ -399,7 +403,9 @@ pub async fn start(
     };
     let registry = Registry::default();
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let (signals, signals_rx) = crate::camera::signals();
     let mut fleet = Fleet {
+        signals: signals.clone(),
         cfg: cfg.clone(),
         shared,
         slots: HashMap::new(),
@@ -446,7 +452,9 @@ pub async fn start(
                 registry: registry.clone(),
                 credentials: credentials.clone(),
                 link: mqtt_link.clone().unwrap_or_default(),
+                signals,
             },
+            signals_rx,
             shutdown.clone(),
         ))
     });

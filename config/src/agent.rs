@@ -393,6 +393,60 @@ pub struct CameraConfig {
     /// into the journal never stops; `[journal]` is its retention.
     #[serde(default)]
     pub upload_policy: UploadPolicy,
+    /// A local motion trigger: motion raises an alarm like `alarm/set` does (fragment tags,
+    /// events, and on a scheduled or on-demand camera its window uploaded). Absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motion: Option<MotionSettings>,
+}
+
+/// The local motion trigger of a camera.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MotionSettings {
+    /// The fraction of the picture (0-1, compared at 64x36) that must change between two
+    /// looks for motion: 0.005 sees a person across a room; raise it for trees and rain.
+    #[serde(default = "default_motion_threshold")]
+    pub threshold: f32,
+    /// Seconds before the motion started that the alarm covers (from the recording).
+    #[serde(default = "default_motion_pre")]
+    pub pre_s: u64,
+    /// Seconds after the motion ended that the alarm covers.
+    #[serde(default = "default_motion_post")]
+    pub post_s: u64,
+    /// Seconds without motion after which motion has ended.
+    #[serde(default = "default_motion_quiet")]
+    pub quiet_s: u64,
+    /// The alarm's label.
+    #[serde(default = "default_motion_label")]
+    pub label: String,
+}
+
+impl Default for MotionSettings {
+    fn default() -> Self {
+        MotionSettings {
+            threshold: default_motion_threshold(),
+            pre_s: default_motion_pre(),
+            post_s: default_motion_post(),
+            quiet_s: default_motion_quiet(),
+            label: default_motion_label(),
+        }
+    }
+}
+
+fn default_motion_threshold() -> f32 {
+    0.005
+}
+fn default_motion_pre() -> u64 {
+    10
+}
+fn default_motion_post() -> u64 {
+    30
+}
+fn default_motion_quiet() -> u64 {
+    5
+}
+fn default_motion_label() -> String {
+    "motion".into()
 }
 
 /// A camera's upload policy.
@@ -1001,6 +1055,34 @@ impl AgentConfig {
                     ));
                 }
             }
+            if let Some(m) = &cam.motion {
+                if !(m.threshold > 0.0 && m.threshold <= 1.0) {
+                    return Err(err(
+                        at("motion.threshold"),
+                        "must be a fraction of the picture, above 0 and at most 1".into(),
+                    ));
+                }
+                for (field, v) in [("pre_s", m.pre_s), ("post_s", m.post_s)] {
+                    if v > 3600 {
+                        return Err(err(
+                            at(&format!("motion.{field}")),
+                            "must be 0 to 3600 seconds".into(),
+                        ));
+                    }
+                }
+                if !(1..=600).contains(&m.quiet_s) {
+                    return Err(err(at("motion.quiet_s"), "must be 1 to 600 seconds".into()));
+                }
+                if m.label.is_empty()
+                    || m.label.chars().count() > 64
+                    || m.label.chars().any(char::is_control)
+                {
+                    return Err(err(
+                        at("motion.label"),
+                        "must be 1 to 64 printable characters".into(),
+                    ));
+                }
+            }
             if !(1..=600).contains(&p.live_max_wait_s) {
                 return Err(err(
                     at("upload_policy.live_max_wait_s"),
@@ -1503,6 +1585,37 @@ mod tests {
             ),
         ] {
             assert_eq!(policy(bad).unwrap_err().path, path, "{bad}");
+        }
+        // The motion trigger: off unless set; every bad field named.
+        let motion = |m: &str| {
+            AgentConfig::from_toml(
+                "agent.toml",
+                &MINIMAL.replace("[[cameras]]", &format!("[[cameras]]\nmotion = {m}")),
+            )
+        };
+        assert_eq!(
+            AgentConfig::from_toml("agent.toml", MINIMAL)
+                .unwrap()
+                .cameras[0]
+                .motion,
+            None
+        );
+        let m = motion("{ pre_s = 5 }").unwrap().cameras[0]
+            .motion
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (m.pre_s, m.post_s, m.threshold, m.label.as_str()),
+            (5, 30, 0.005, "motion")
+        );
+        for (bad, path) in [
+            ("{ threshold = 0.0 }", "cameras[0].motion.threshold"),
+            ("{ threshold = 2.0 }", "cameras[0].motion.threshold"),
+            ("{ post_s = 4000 }", "cameras[0].motion.post_s"),
+            ("{ quiet_s = 0 }", "cameras[0].motion.quiet_s"),
+            ("{ label = \"\" }", "cameras[0].motion.label"),
+        ] {
+            assert_eq!(motion(bad).unwrap_err().path, path, "{bad}");
         }
         let m = with("[mqtt]\nhost = \"h\"\nprotocol = \"3.1.1\"")
             .unwrap()

@@ -89,9 +89,16 @@ fn aac_branch(raw: &str, aac: &str) -> String {
 
 /// The gst-launch description for a source. `encoder` is the chosen encoder chain (unused
 /// by passthrough sources); `aac`, when given, the AAC encoder for the audio a test pattern
-/// (a tone) or a V4L2 camera (its microphone) makes.
-pub fn pipeline_description(source: &SourceConfig, encoder: &str, aac: Option<&str>) -> String {
-    let video = video_description(source, encoder);
+/// (a tone) or a V4L2 camera (its microphone) makes; `motion` puts a tee for the motion
+/// branch before the encoder (`motiontap`), or on encoded video (`motionkeys`; passed-through
+/// files and RTSP get theirs when they are plugged).
+pub fn pipeline_description(
+    source: &SourceConfig,
+    encoder: &str,
+    aac: Option<&str>,
+    motion: bool,
+) -> String {
+    let video = video_description(source, encoder, motion);
     let audio = match (source, aac) {
         (SourceConfig::Test { .. }, Some(aac)) => Some(aac_branch(
             "audiotestsrc is-live=true wave=sine freq=440 volume=0.2",
@@ -112,7 +119,15 @@ pub fn pipeline_description(source: &SourceConfig, encoder: &str, aac: Option<&s
     }
 }
 
-fn video_description(source: &SourceConfig, encoder: &str) -> String {
+fn video_description(source: &SourceConfig, encoder: &str, motion: bool) -> String {
+    let tap = |name: &str| {
+        if motion {
+            format!("tee name={name} ! ")
+        } else {
+            String::new()
+        }
+    };
+    let (raw, keys) = (tap(super::motion::RAW_TAP), tap(super::motion::ENCODED_TAP));
     match source {
         SourceConfig::Test {
             width,
@@ -122,7 +137,7 @@ fn video_description(source: &SourceConfig, encoder: &str) -> String {
         } => format!(
             "videotestsrc is-live=true pattern={pattern} ! video/x-raw,width={width},height={height},framerate={fps}/1 \
              ! clockoverlay time-format=\"%Y-%m-%d %H:%M:%S\" ! videoconvert ! video/x-raw,format=I420 \
-             ! {encoder} ! {SINK} sync=false"
+             ! {raw}{encoder} ! {SINK} sync=false"
         ),
         SourceConfig::File { path, realtime, .. } => format!(
             "filesrc location={} ! parsebin name={AUTOPLUG}  {APPSINK} sync={realtime}",
@@ -176,15 +191,17 @@ fn video_description(source: &SourceConfig, encoder: &str) -> String {
             };
             let src = format!("v4l2src device={}", quote(&device.display().to_string()));
             match format {
-                V4l2Format::H264 => format!("{src} ! video/x-h264{extra} ! {SINK} sync=false"),
+                V4l2Format::H264 => {
+                    format!("{src} ! video/x-h264{extra} ! {keys}{SINK} sync=false")
+                }
                 V4l2Format::Mjpeg => format!(
-                    "{src} ! image/jpeg{extra} ! jpegdec ! videoconvert ! video/x-raw,format=I420 ! {encoder} ! {SINK} sync=false"
+                    "{src} ! image/jpeg{extra} ! jpegdec ! videoconvert ! video/x-raw,format=I420 ! {raw}{encoder} ! {SINK} sync=false"
                 ),
                 V4l2Format::Raw => format!(
-                    "{src} ! video/x-raw{extra} ! videoconvert ! video/x-raw,format=I420 ! {encoder} ! {SINK} sync=false"
+                    "{src} ! video/x-raw{extra} ! videoconvert ! video/x-raw,format=I420 ! {raw}{encoder} ! {SINK} sync=false"
                 ),
                 V4l2Format::Auto => format!(
-                    "{src} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=I420{extra} ! {encoder} ! {SINK} sync=false"
+                    "{src} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=I420{extra} ! {raw}{encoder} ! {SINK} sync=false"
                 ),
             }
         }
@@ -240,7 +257,7 @@ mod tests {
             transport: RtspTransport::Tcp,
             latency_ms: 100,
         };
-        let d = pipeline_description(&src, "NOT-USED", None);
+        let d = pipeline_description(&src, "NOT-USED", None, false);
         // Plugged by what the camera sends (parsebin per stream), never re-encoded.
         assert!(
             d.starts_with("rtspsrc name=rtsp ")
@@ -271,7 +288,7 @@ mod tests {
             fps: 25,
             pattern: "ball".into(),
         };
-        let d = pipeline_description(&test, &chain, None);
+        let d = pipeline_description(&test, &chain, None, false);
         assert!(
             d.contains("clockoverlay") && d.contains("x264enc") && d.contains("format=I420"),
             "{d}"
@@ -282,7 +299,7 @@ mod tests {
         );
         assert!(needs_encoder(&test));
         // A tone, encoded to AAC into the audio appsink.
-        let d = pipeline_description(&test, &chain, Some("voaacenc"));
+        let d = pipeline_description(&test, &chain, Some("voaacenc"), false);
         assert!(
             d.contains("audiotestsrc")
                 && d.contains("! voaacenc ! aacparse")
@@ -297,16 +314,33 @@ mod tests {
             format: V4l2Format::Mjpeg,
             microphone: Some("hw:1,0".into()),
         };
-        let d = pipeline_description(&v4l2, &chain, None);
+        let d = pipeline_description(&v4l2, &chain, None, false);
         assert!(
             d.contains("image/jpeg,width=1280,height=720,framerate=30/1 ! jpegdec"),
             "{d}"
         );
-        let d = pipeline_description(&v4l2, &chain, Some("avenc_aac"));
+        let d = pipeline_description(&v4l2, &chain, Some("avenc_aac"), false);
         assert!(
             d.contains("alsasrc device=\"hw:1,0\"") && d.contains("avenc_aac"),
             "the microphone, encoded to AAC: {d}"
         );
+        // The motion trigger taps raw video before the encoder, or a camera's own H.264.
+        let d = pipeline_description(&test, &chain, None, true);
+        assert!(
+            d.contains("format=I420 ! tee name=motiontap ! x264enc"),
+            "{d}"
+        );
+        let h264 = SourceConfig::V4l2 {
+            device: "/dev/video2".into(),
+            width: Some(1280),
+            height: Some(720),
+            fps: Some(30),
+            format: V4l2Format::H264,
+            microphone: None,
+        };
+        let d = pipeline_description(&h264, &chain, None, true);
+        assert!(d.contains("video/x-h264,width=1280,height=720,framerate=30/1 ! tee name=motionkeys ! h264parse"), "{d}");
+        assert!(!pipeline_description(&h264, &chain, None, false).contains("tee"));
     }
 
     #[test]

@@ -19,12 +19,14 @@
 
 mod describe;
 mod handoff;
+mod motion;
 mod plug;
 
 pub use describe::{
     AAC_CANDIDATES, ENCODER_CANDIDATES, choose_aac_encoder, choose_encoder, encoder_chain,
     needs_encoder, pipeline_description, redact,
 };
+pub use motion::MotionSpec;
 pub use plug::describe_caps;
 
 use std::sync::Arc;
@@ -91,6 +93,8 @@ pub enum CaptureEvent {
     Notice(String),
     /// An audio stream is linked: its frames follow (fragments can wait for them).
     AudioLinked,
+    /// The motion branch saw motion start or end.
+    Motion(crate::motion::Change),
 }
 
 pub fn init() -> Result<(), CaptureError> {
@@ -128,11 +132,13 @@ const STOP: &str = "kvs-edge-capture-stop";
 
 impl Capture {
     /// Builds and starts the pipeline described by `description`; `audio` says whether a
-    /// passed-through source's audio is sent.
+    /// passed-through source's audio is sent; `motion`, when given, runs the motion branch
+    /// (its tee named in the description, or put in by the plugging).
     pub fn start(
         description: &str,
         stats: Arc<CaptureStats>,
         audio: AudioPolicy,
+        motion: Option<MotionSpec>,
     ) -> Result<Capture, CaptureError> {
         init()?;
         let build_err = |reason: String| CaptureError::Build {
@@ -153,8 +159,19 @@ impl Capture {
             sink: sink.clone().upcast(),
             events: tx.clone(),
             audio,
+            motion,
         };
         plug::plug_streams(&plug, &pipeline);
+        if let Some(spec) = motion {
+            for (name, tap) in [
+                (motion::RAW_TAP, motion::Tap::Raw),
+                (motion::ENCODED_TAP, motion::Tap::Encoded),
+            ] {
+                if let Some(tee) = pipeline.by_name(name) {
+                    motion::attach(&pipeline, &tee, tap, spec, tx.clone()).map_err(build_err)?;
+                }
+            }
+        }
         if let Some(tone) = pipeline
             .by_name(describe::AUDIO_SINK)
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
@@ -258,8 +275,8 @@ mod tests {
             looping: false,
             realtime: false,
         };
-        let description = pipeline_description(&source, "", None);
-        let e = match Capture::start(&description, Arc::default(), AudioPolicy::Send) {
+        let description = pipeline_description(&source, "", None, false);
+        let e = match Capture::start(&description, Arc::default(), AudioPolicy::Send, None) {
             Ok(_) => panic!("a missing file started"),
             Err(e) => e.to_string(),
         };

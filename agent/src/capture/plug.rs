@@ -52,6 +52,8 @@ pub(super) struct Plug {
     pub sink: gst::Element,
     pub events: EventTx,
     pub audio: AudioPolicy,
+    /// The motion trigger: the video's keyframes decoded, on a tee before the appsink.
+    pub motion: Option<super::MotionSpec>,
 }
 
 /// Links a stream `parsebin` exposes: the first H.264 or H.265 video through its parser to
@@ -72,7 +74,17 @@ fn plug_stream(plug: &Plug, pad: &gst::Pad) {
     let is_audio = name.starts_with("audio/");
     let audio_linked = pipeline.by_name(AUDIO_SINK).is_some();
     let result = match codec {
-        Some(codec) if !linked => link_video(&pipeline, pad, sink, codec),
+        Some(codec) if !linked => link_video(&pipeline, pad, sink, codec, plug.motion.is_some())
+            .and_then(|tee| match (tee, plug.motion) {
+                (Some(tee), Some(spec)) => super::motion::attach(
+                    &pipeline,
+                    &tee,
+                    super::motion::Tap::Encoded,
+                    spec,
+                    events.clone(),
+                ),
+                _ => Ok(()),
+            }),
         _ if is_audio && plug.audio == AudioPolicy::Send && !audio_linked => {
             match audio_chain(&caps) {
                 Some(chain) => link_audio(&pipeline, pad, &chain, events),
@@ -166,12 +178,14 @@ fn sink_syncs(pipeline: &gst::Pipeline) -> bool {
         .is_some_and(|s| s.property::<bool>("sync"))
 }
 
+/// Returns the tee the motion branch hangs on, when `motion` asks for one.
 fn link_video(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     sink: &gst::Element,
     codec: VideoCodec,
-) -> Result<(), String> {
+    motion: bool,
+) -> Result<Option<gst::Element>, String> {
     let caps: gst::Caps = codec
         .parsed_caps()
         .parse()
@@ -194,6 +208,15 @@ fn link_video(
         );
     }
     chain.push(filter);
+    let tee = if motion {
+        let tee = gst::ElementFactory::make("tee")
+            .build()
+            .map_err(|e| e.to_string())?;
+        chain.push(tee.clone());
+        Some(tee)
+    } else {
+        None
+    };
     // No queue: the appsinks do not preroll (see `APPSINK`), so one demuxer thread can
     // feed both tracks.
     pipeline.add_many(&chain).map_err(|e| e.to_string())?;
@@ -207,7 +230,7 @@ fn link_video(
         .static_pad("sink")
         .ok_or("the video chain has no sink pad")?;
     pad.link(&target).map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(tee)
 }
 
 /// A stream nobody wants: into a fakesink, so that it cannot stall or fail the pipeline.

@@ -99,6 +99,8 @@ pub struct Context {
     pub credentials: Arc<CredentialSource>,
     /// The connection's state, for `/metrics`.
     pub link: Arc<LinkStats>,
+    /// Where window progress goes (this link's own requests, and the cameras').
+    pub signals: crate::camera::Signals,
 }
 
 /// Whether the agent is connected to its broker, and how often it connected: what the
@@ -143,7 +145,12 @@ struct Agent {
 }
 
 /// Runs the MQTT side until `shutdown`; then publishes "stopped" and disconnects.
-pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    cfg: MqttConfig,
+    ctx: Context,
+    mut signals: crate::camera::SignalsRx,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (client, mut link, driver) = match link::start(&cfg, &ctx.config.device_id) {
         Ok(started) => started,
         Err(e) => {
@@ -151,9 +158,9 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
             return;
         }
     };
-    let (uploads_tx, mut uploads) = mpsc::unbounded_channel();
     let mut stats = tokio::time::interval(Duration::from_secs(cfg.stats_interval_secs));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let ctx_windows = ctx.signals.windows.clone();
     let mut agent = Agent {
         topics: Topics::new(&cfg.prefix, &ctx.config.device_id),
         shadow: cfg
@@ -170,7 +177,7 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
         shadow_reported: Value::Null,
         shadow_version: 0,
         rates: HashMap::new(),
-        uploads: uploads_tx,
+        uploads: ctx_windows,
     };
     loop {
         let next_alarm_end = agent.alarms.values().map(|a| a.end_ms).min();
@@ -190,7 +197,8 @@ pub async fn run(cfg: MqttConfig, ctx: Context, mut shutdown: watch::Receiver<bo
                 Some(link::Event::Closed) | None => break,
             },
             _ = stats.tick() => agent.tick(),
-            Some(event) = uploads.recv() => agent.upload_event(&event),
+            Some(event) = signals.windows.recv() => agent.upload_event(&event),
+            Some((camera, raised)) = signals.alarms.recv() => agent.raised(&camera, raised),
             _ = sleep_until_ms(next_alarm_end) => agent.end_alarms(),
             _ = shutdown.changed() => break,
         }
@@ -661,6 +669,16 @@ impl Agent {
         info!(camera, id = %alarm.id, "event {kind}");
         self.publish(&self.topics.events, false, event.to_string());
         event
+    }
+
+    /// An alarm a camera raised by itself (motion): announced like a commanded one, and
+    /// ended when its window closes.
+    fn raised(&mut self, camera: &str, raised: crate::motion::Raised) {
+        let kind = if raised.new { "new" } else { "update" };
+        let alarm = raised.alarm;
+        self.alarms
+            .insert((camera.to_string(), alarm.id.clone()), alarm.clone());
+        self.event(kind, camera, &alarm);
     }
 
     fn end_alarms(&mut self) {

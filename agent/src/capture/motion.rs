@@ -1,0 +1,151 @@
+//! The motion branch of a pipeline: a tee on the video feeds, through a leaky queue (the
+//! branch never holds the video back), small grey pictures to an appsink whose callback runs
+//! the `Detector` in the branch's own thread and tells the camera task when motion starts or
+//! ends. Raw video (before the encoder) is looked at five times a second; passed-through
+//! video is encoded, so only its keyframes are decoded and looked at (every GOP, typically
+//! 1-2 s), which costs a small fraction of decoding it all.
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use super::CaptureEvent;
+use super::handoff::EventTx;
+use crate::motion::{Detector, HEIGHT, WIDTH};
+use crate::timeline::WallMs;
+
+/// The tee before the encoder of an encoded source.
+pub(super) const RAW_TAP: &str = "motiontap";
+/// The tee on already-encoded video (a V4L2 camera's H.264).
+pub(super) const ENCODED_TAP: &str = "motionkeys";
+/// Pictures a second looked at from raw video.
+const RAW_RATE: i32 = 5;
+
+/// What the motion trigger needs from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MotionSpec {
+    pub threshold: f32,
+    pub quiet_ms: i64,
+}
+
+/// What the tee carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tap {
+    Raw,
+    Encoded,
+}
+
+fn make(factory: &str) -> Result<gst::Element, String> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|e| format!("motion: {factory}: {e}"))
+}
+
+/// Links the motion branch to a new src pad of `tee`.
+pub(super) fn attach(
+    pipeline: &gst::Pipeline,
+    tee: &gst::Element,
+    tap: Tap,
+    spec: MotionSpec,
+    events: EventTx,
+) -> Result<(), String> {
+    let queue = make("queue")?;
+    queue.set_property_from_str("leaky", "downstream");
+    queue.set_property("max-size-buffers", 1u32);
+    queue.set_property("max-size-bytes", 0u32);
+    queue.set_property("max-size-time", 0u64);
+    let scale = make("videoscale")?;
+    let convert = make("videoconvert")?;
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "GRAY8")
+        .field("width", WIDTH as i32)
+        .field("height", HEIGHT as i32)
+        .build();
+    let filter = gst::ElementFactory::make("capsfilter")
+        .property("caps", &caps)
+        .build()
+        .map_err(|e| format!("motion: capsfilter: {e}"))?;
+    let sink = gst_app::AppSink::builder()
+        .name("motion")
+        .sync(false)
+        .max_buffers(1)
+        .drop(true)
+        .build();
+    sink.set_property("async", false);
+    let confirm = match tap {
+        Tap::Raw => 2,
+        Tap::Encoded => 1,
+    };
+    let mut detector = Detector::new(spec.threshold, spec.quiet_ms, confirm);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(map) = sample.buffer().and_then(|b| b.map_readable().ok())
+                    && let Some(change) = detector.push(map.as_slice(), WallMs::now().0)
+                {
+                    events.try_send(CaptureEvent::Motion(change));
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    let sink: gst::Element = sink.upcast();
+    let mut tail = vec![scale.clone(), convert, filter, sink];
+    let head = match tap {
+        Tap::Raw => {
+            let rate = make("videorate")?;
+            rate.set_property("max-rate", RAW_RATE);
+            vec![queue.clone(), rate]
+        }
+        Tap::Encoded => {
+            // Keyframes only (they decode on their own), dropped before the queue so that
+            // it holds the latest keyframe.
+            let keys = make("identity")?;
+            keys.set_property_from_str("drop-buffer-flags", "delta-unit");
+            let decode = make("decodebin")?;
+            // One thread per decoder: a picture every GOP needs no frame threading, which
+            // would hold pictures back and start a thread per core per camera.
+            if let Some(bin) = decode.downcast_ref::<gst::Bin>() {
+                bin.connect_element_added(|_, element| {
+                    if element.find_property("max-threads").is_some() {
+                        element.set_property("max-threads", 1i32);
+                    }
+                });
+            }
+            vec![keys, queue.clone(), decode]
+        }
+    };
+    let all: Vec<&gst::Element> = head.iter().chain(tail.iter()).collect();
+    pipeline.add_many(all).map_err(|e| e.to_string())?;
+    gst::Element::link_many(&tail).map_err(|e| format!("motion: {e}"))?;
+    match tap {
+        Tap::Raw => gst::Element::link_many(&head)
+            .and_then(|_| head[1].link(&scale))
+            .map_err(|e| format!("motion: {e}"))?,
+        Tap::Encoded => {
+            gst::Element::link_many(&head).map_err(|e| format!("motion: {e}"))?;
+            // decodebin exposes the decoded video once it has seen the stream.
+            let target = scale
+                .static_pad("sink")
+                .ok_or("motion: videoscale has no sink")?;
+            head[2].connect_pad_added(move |_, pad| {
+                if !target.is_linked() {
+                    let _ = pad.link(&target);
+                }
+            });
+        }
+    }
+    tail.splice(0..0, head);
+    for e in &tail {
+        e.sync_state_with_parent().map_err(|e| e.to_string())?;
+    }
+    let src = tee
+        .request_pad_simple("src_%u")
+        .ok_or("motion: the tee gave no pad")?;
+    let sink_pad = tail[0]
+        .static_pad("sink")
+        .ok_or("motion: the branch has no sink")?;
+    src.link(&sink_pad).map_err(|e| format!("motion: {e}"))?;
+    Ok(())
+}
