@@ -54,6 +54,8 @@ pub struct CameraStats {
     pub encoder: Mutex<String>,
     /// Alarms the motion trigger raised.
     pub motion_alarms: AtomicU64,
+    /// Fragments captured outside the recording windows, not journaled.
+    pub fragments_not_recorded: AtomicU64,
 }
 
 /// What cameras say by themselves, for the MQTT link to publish: alarms they raised
@@ -106,6 +108,8 @@ pub struct Camera {
     pub updates: watch::Receiver<CameraConfig>,
     pub commands: mpsc::Receiver<CameraCommand>,
     pub signals: Signals,
+    /// When fragments are journaled: always, or in recording windows and alarms.
+    pub recording: crate::policy::Recording,
 }
 
 /// The tracks being captured now: the video's codec configuration and the audio's (while
@@ -365,6 +369,7 @@ impl Camera {
                     }
                     Some(command) = self.commands.recv() => match command {
                         CameraCommand::Alarm(alarm) => {
+                            self.recording.alarm(alarm.end_ms);
                             info!(camera = %cam.name, id = %alarm.id, label = %alarm.label, "alarm: tagging fragments until {}", alarm.end_ms);
                             marks.alarms.retain(|a| a.id != alarm.id);
                             marks.alarms.push(alarm);
@@ -520,6 +525,7 @@ impl Camera {
         }
         marks.alarms.retain(|a| a.id != alarm.id);
         marks.alarms.push(alarm.clone());
+        self.recording.alarm(alarm.end_ms);
         if self.gate.mode() != kvs_edge_config::agent::UploadMode::Continuous {
             let request = WindowRequest {
                 id: alarm.id.clone(),
@@ -567,6 +573,15 @@ impl Camera {
                 .map(|a| (**a).clone()),
         });
         self.stats.fragments.fetch_add(1, Ordering::Relaxed);
+        if !self.recording.records(f.timecode_ms) {
+            // Outside the recording windows, with no alarm: captured (for motion and
+            // snapshots), not kept.
+            self.stats
+                .fragments_not_recorded
+                .fetch_add(1, Ordering::Relaxed);
+            drop(crate::recycle::bytes(f.bytes)); // its buffer back to the free list
+            return;
+        }
         if f.tags_omitted > 0 {
             self.stats
                 .tags_omitted

@@ -387,6 +387,7 @@ pub fn plan(old: &AgentConfig, new: &AgentConfig) -> Plan {
                 if before.stream_name != cam.stream_name
                     || before.create_stream != cam.create_stream
                     || before.upload_policy != cam.upload_policy
+                    || before.record_schedule != cam.record_schedule
                     || old.upload != new.upload
                 {
                     p.restart.push(cam.name.clone());

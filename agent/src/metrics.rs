@@ -157,6 +157,12 @@ const METRICS: &[Metric] = &[
         |s| s.c.camera_stats.tags_omitted.load(R),
     ),
     (
+        "fragments_not_recorded_total",
+        "counter",
+        "Fragments captured outside the camera's recording windows (record_schedule) and not kept.",
+        |s| s.c.camera_stats.fragments_not_recorded.load(R),
+    ),
+    (
         "motion_alarms_total",
         "counter",
         "Alarms the camera's motion trigger raised.",

@@ -54,13 +54,98 @@ pub enum EventKind {
     End,
 }
 
+/// Windows that open at a Quartz cron expression's times (UTC) and stay open a duration:
+/// the KVS Edge Agent's ScheduleConfig, for uploading and for recording.
+pub struct Schedule {
+    cron: croner::Cron,
+    duration_ms: i64,
+}
+
+impl Schedule {
+    pub fn new(expr: &str, duration_s: u64) -> Result<Schedule, String> {
+        Ok(Schedule {
+            cron: UploadPolicy::cron(expr)?,
+            duration_ms: duration_s as i64 * 1000,
+        })
+    }
+
+    /// The window open at `now_ms`, as [start, end).
+    pub fn window_at(&self, now_ms: i64) -> Option<(i64, i64)> {
+        let now = DateTime::<Utc>::from_timestamp_millis(now_ms)?;
+        let start = self
+            .cron
+            .find_previous_occurrence(&now, true)
+            .ok()?
+            .timestamp_millis();
+        let end = start + self.duration_ms;
+        (now_ms < end).then_some((start, end))
+    }
+
+    /// When a window next opens or closes after `now_ms`.
+    pub fn next_change(&self, now_ms: i64) -> Option<i64> {
+        if let Some((_, end)) = self.window_at(now_ms) {
+            return Some(end);
+        }
+        let now = DateTime::<Utc>::from_timestamp_millis(now_ms)?;
+        Some(
+            self.cron
+                .find_next_occurrence(&now, false)
+                .ok()?
+                .timestamp_millis(),
+        )
+    }
+}
+
+/// When a camera records: always, or in its `record_schedule`'s windows and while an alarm
+/// lasts (an alarm outside the windows records from when it is raised to its end; its
+/// pre-roll was not recorded).
+#[derive(Default)]
+pub struct Recording {
+    schedule: Option<Schedule>,
+    /// The end of the latest alarm (ms).
+    alarm_until: std::sync::atomic::AtomicI64,
+}
+
+impl Recording {
+    pub fn new(camera: &str, cfg: Option<&kvs_edge_config::agent::RecordSchedule>) -> Recording {
+        let schedule = cfg.and_then(|r| match Schedule::new(&r.schedule, r.duration_s) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(camera, "record schedule: {e}; recording always");
+                None
+            }
+        });
+        Recording {
+            schedule,
+            alarm_until: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// An alarm lasting until `end_ms`: fragments until then are recorded.
+    pub fn alarm(&self, end_ms: i64) {
+        self.alarm_until
+            .fetch_max(end_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the fragment starting at `start_ms` is recorded.
+    pub fn records(&self, start_ms: i64) -> bool {
+        match &self.schedule {
+            None => true,
+            Some(s) => {
+                s.window_at(start_ms).is_some()
+                    || start_ms <= self.alarm_until.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+    }
+}
+
 /// The upload policy of one camera, shared by its camera task (which takes requests) and
 /// its uploader (which asks what it may send, and says what was delivered).
 pub struct Gate {
     camera: String,
     mode: UploadMode,
-    /// `scheduled`: when windows open, and for how long (ms).
-    schedule: Option<(croner::Cron, i64)>,
+    /// `scheduled`: when windows open, and for how long.
+    schedule: Option<Schedule>,
     max_bytes_per_sec: Option<u64>,
     window_max_bytes_per_sec: Option<u64>,
     live_max_wait: std::time::Duration,
@@ -77,14 +162,16 @@ struct Window {
 impl Gate {
     pub fn new(camera: &str, policy: &UploadPolicy) -> Gate {
         let schedule = match (policy.mode, &policy.schedule) {
-            (UploadMode::Scheduled, Some(expr)) => match UploadPolicy::cron(expr) {
-                Ok(cron) => Some((cron, policy.duration_s.unwrap_or(0) as i64 * 1000)),
-                Err(e) => {
-                    // Validated with the configuration; never open rather than always.
-                    tracing::error!(camera, "upload schedule: {e}");
-                    None
+            (UploadMode::Scheduled, Some(expr)) => {
+                match Schedule::new(expr, policy.duration_s.unwrap_or(0)) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        // Validated with the configuration; never open rather than always.
+                        tracing::error!(camera, "upload schedule: {e}");
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         };
         Gate {
@@ -138,28 +225,13 @@ impl Gate {
 
     /// `scheduled`: the schedule window open at `now_ms`, as [start, end).
     pub fn open_window(&self, now_ms: i64) -> Option<(i64, i64)> {
-        let (cron, duration) = self.schedule.as_ref()?;
-        let now = DateTime::<Utc>::from_timestamp_millis(now_ms)?;
-        let start = cron
-            .find_previous_occurrence(&now, true)
-            .ok()?
-            .timestamp_millis();
-        (now_ms < start + duration).then_some((start, start + duration))
+        self.schedule.as_ref()?.window_at(now_ms)
     }
 
     /// When what `admits` answers next changes by itself (a schedule window opens or
     /// closes), for the uploader to look again then.
     pub fn next_change(&self, now_ms: i64) -> Option<i64> {
-        if let Some((_, end)) = self.open_window(now_ms) {
-            return Some(end);
-        }
-        let (cron, _) = self.schedule.as_ref()?;
-        let now = DateTime::<Utc>::from_timestamp_millis(now_ms)?;
-        Some(
-            cron.find_next_occurrence(&now, false)
-                .ok()?
-                .timestamp_millis(),
-        )
+        self.schedule.as_ref()?.next_change(now_ms)
     }
 
     /// Changes the uploader must look at everything again for: a window asked for, a
@@ -317,6 +389,33 @@ mod tests {
         DateTime::parse_from_rfc3339(rfc3339)
             .unwrap()
             .timestamp_millis()
+    }
+
+    #[test]
+    fn recording_follows_its_schedule_and_alarms() {
+        let always = Recording::new("yard", None);
+        assert!(always.records(ms("2026-12-03T03:00:00Z")));
+        let office = Recording::new(
+            "yard",
+            Some(&kvs_edge_config::agent::RecordSchedule {
+                schedule: "0 0 8 ? * MON-FRI".into(),
+                duration_s: 10 * 3600,
+            }),
+        );
+        // Thursday 2026-12-03.
+        assert!(office.records(ms("2026-12-03T08:00:00Z")));
+        assert!(office.records(ms("2026-12-03T17:59:59Z")));
+        assert!(!office.records(ms("2026-12-03T18:00:00Z")));
+        assert!(!office.records(ms("2026-12-05T12:00:00Z")), "Saturday");
+        // An alarm at night records until its end.
+        office.alarm(ms("2026-12-03T22:01:00Z"));
+        assert!(office.records(ms("2026-12-03T22:00:30Z")));
+        assert!(!office.records(ms("2026-12-03T22:01:01Z")));
+        office.alarm(ms("2026-12-03T21:00:00Z"));
+        assert!(
+            office.records(ms("2026-12-03T22:00:59Z")),
+            "an earlier end does not shorten it"
+        );
     }
 
     #[test]

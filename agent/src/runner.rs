@@ -211,6 +211,7 @@ impl Fleet {
         let (commands, commands_rx) = mpsc::channel(16);
         let ended = self.ended.clone();
         let signals = self.signals.clone();
+        let recording = crate::policy::Recording::new(&cam.name, cam.record_schedule.as_ref());
         let key = cam.name.clone();
         let name = cam.name.clone();
         let handle = tokio::spawn(async move {
@@ -227,6 +228,7 @@ impl Fleet {
                 updates: updates_rx,
                 commands: commands_rx,
                 signals,
+                recording,
             }
             .run(tx, stop_rx)
             .await;

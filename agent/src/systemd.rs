@@ -49,7 +49,9 @@ fn progress(c: &CameraMetrics) -> Progress {
     Progress {
         capture: cs.capture.frames.load(r) + cs.restarts.load(r),
         fragments: cs.fragments.load(r),
-        journaled: journaled + cs.fragments_denied.load(r),
+        // A fragment the journal refused, or left out of the recording windows, was
+        // handled too: the journal stage is not stuck.
+        journaled: journaled + cs.fragments_denied.load(r) + cs.fragments_not_recorded.load(r),
         uploads: us.fragments_sent.load(r)
             + us.delivered()
             + us.sessions.load(r)

@@ -397,6 +397,18 @@ pub struct CameraConfig {
     /// events, and on a scheduled or on-demand camera its window uploaded). Absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub motion: Option<MotionSettings>,
+    /// When the camera records (the KVS Edge Agent's recorder ScheduleConfig): absent =
+    /// always; else only in the schedule's windows, and while an alarm lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_schedule: Option<RecordSchedule>,
+}
+
+/// Recording windows: a Quartz cron expression in UTC and how long each stays open.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSchedule {
+    pub schedule: String,
+    pub duration_s: u64,
 }
 
 /// The local motion trigger of a camera.
@@ -1055,6 +1067,16 @@ impl AgentConfig {
                     ));
                 }
             }
+            if let Some(r) = &cam.record_schedule {
+                UploadPolicy::cron(&r.schedule)
+                    .map_err(|e| err(at("record_schedule.schedule"), e))?;
+                if !(1..=86_400).contains(&r.duration_s) {
+                    return Err(err(
+                        at("record_schedule.duration_s"),
+                        "must be 1 to 86400 seconds".into(),
+                    ));
+                }
+            }
             if let Some(m) = &cam.motion {
                 if !(m.threshold > 0.0 && m.threshold <= 1.0) {
                     return Err(err(
@@ -1616,6 +1638,29 @@ mod tests {
             ("{ label = \"\" }", "cameras[0].motion.label"),
         ] {
             assert_eq!(motion(bad).unwrap_err().path, path, "{bad}");
+        }
+        // A recorder schedule: a Quartz expression and a duration, both checked.
+        let record = |r: &str| {
+            AgentConfig::from_toml(
+                "agent.toml",
+                &MINIMAL.replace(
+                    "[[cameras]]",
+                    &format!("[[cameras]]\nrecord_schedule = {r}"),
+                ),
+            )
+        };
+        assert!(record(r#"{ schedule = "0 0 8 ? * MON-FRI", duration_s = 36000 }"#).is_ok());
+        for (bad, path) in [
+            (
+                r#"{ schedule = "0 8 * * *", duration_s = 60 }"#,
+                "cameras[0].record_schedule.schedule",
+            ),
+            (
+                r#"{ schedule = "0 0 8 * * ?", duration_s = 0 }"#,
+                "cameras[0].record_schedule.duration_s",
+            ),
+        ] {
+            assert_eq!(record(bad).unwrap_err().path, path, "{bad}");
         }
         let m = with("[mqtt]\nhost = \"h\"\nprotocol = \"3.1.1\"")
             .unwrap()

@@ -461,6 +461,112 @@ async fn scheduled_uploads_only_in_windows_and_under_the_cap() -> anyhow::Result
     Ok(())
 }
 
+/// A recorder schedule (windows every 6 s, open 2 s) on a continuous camera: only the
+/// fragments that start in a window are recorded, so only they reach KVS; the rest are
+/// counted as not recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_records_only_in_its_recording_windows() -> anyhow::Result<()> {
+    init_logs();
+    let local = Local::start().await?;
+    let state = local.dir.path().join("state");
+    let cameras = format!(
+        "{}record_schedule = {{ schedule = \"*/6 * * * * ?\", duration_s = 2 }}\n",
+        test_camera("rec", (160, 120, 20), r#"{ mode = "continuous" }"#)
+    );
+    let cfg = AgentConfig::from_toml("record.toml", &agent_toml(&local.url(), &cameras, &state))?;
+    let agent = InProcessAgent::start(cfg).await?;
+    let cam = agent.camera("rec").expect("runs");
+    tokio::time::timeout(BOUND, async {
+        while cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) < 4
+            || cam
+                .camera_stats
+                .fragments_not_recorded
+                .load(Ordering::Relaxed)
+                < 4
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .context("four fragments recorded and four not")?;
+    agent.stop().await?;
+    let stored = in_kvs(&local).await?;
+    for tc in &stored {
+        assert!(
+            tc.rem_euclid(6000) < 2000,
+            "recorded at {tc}, {} ms into a 6 s period: {stored:?}",
+            tc.rem_euclid(6000)
+        );
+    }
+    Ok(())
+}
+
+/// Retention while only recording (on demand, nothing uploaded): a 1 MB journal keeps the
+/// newest video under `delete_oldest`, the oldest under `deny_new`, never more than 1 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_only_retention_follows_on_full() -> anyhow::Result<()> {
+    init_logs();
+    for on_full in ["delete_oldest", "deny_new"] {
+        let local = Local::start().await?;
+        let state = local.dir.path().join("state");
+        // Snow at 2 Mbit/s: about 250 kB a fragment, four to a megabyte.
+        let cameras = format!(
+            r#"
+            [[cameras]]
+            name = "cam"
+            stream_name = "{STREAM}"
+            fragment_duration_ms = 1000
+            encoder = {{ bitrate_kbps = 2000 }}
+            source = {{ type = "test", width = 320, height = 240, fps = 20, pattern = "snow" }}
+            create_stream = {{ retention_period_hours = 1 }}
+            upload_policy = {{ mode = "on_demand" }}
+            [journal]
+            max_size_mb = 1
+            on_full = "{on_full}"
+            "#
+        );
+        let cfg = AgentConfig::from_toml(
+            "retention.toml",
+            &agent_toml(&local.url(), &cameras, &state),
+        )?;
+        let agent = InProcessAgent::start(cfg).await?;
+        let cam = agent.camera("cam").expect("runs");
+        tokio::time::timeout(BOUND, async {
+            while cam.camera_stats.fragments.load(Ordering::Relaxed) < 10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .context("ten fragments")?;
+        let first = recorded(&cam);
+        let (bytes, stats) = {
+            let j = cam.journal.lock().unwrap();
+            (j.pending_bytes(), j.stats())
+        };
+        agent.stop().await?;
+        assert!(bytes <= 1024 * 1024, "{on_full}: {bytes} bytes kept");
+        assert_eq!(
+            cam.upload_stats.fragments_sent.load(Ordering::Relaxed),
+            0,
+            "{on_full}"
+        );
+        let made = cam.camera_stats.fragments.load(Ordering::Relaxed);
+        assert!(
+            (first.len() as u64) < made,
+            "{on_full}: {} of {made} kept",
+            first.len()
+        );
+        match on_full {
+            "delete_oldest" => assert!(stats.dropped_oldest > 0, "{on_full}: {stats:?}"),
+            _ => assert!(
+                cam.camera_stats.fragments_denied.load(Ordering::Relaxed) > 0,
+                "{on_full}: the newest refused"
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// `kvs-edge-agent --export`: the recording, sent or not, as a Matroska file any player
 /// opens, read while the agent runs (ffprobe checks it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
