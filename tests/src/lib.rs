@@ -460,6 +460,18 @@ pub async fn start_agent(
     Ok(kvs_edge_agent::runner::start(cfg, shutdown.clone()).await?)
 }
 
+/// Waits until `cond` holds, looking every 100 ms, for at most `within`; the error says
+/// `what` was awaited.
+pub async fn eventually(within: Duration, what: &str, cond: impl Fn() -> bool) -> Result<()> {
+    tokio::time::timeout(within, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("not within {within:?}: {what}"))
+}
+
 /// Records a file with `gst-launch-1.0 <pipeline> ! filesink location=<path>`.
 pub fn recorded_file(path: &Path, pipeline: &str) -> Result<PathBuf> {
     let mut args: Vec<String> = vec!["-q".into()];
@@ -787,6 +799,17 @@ impl MqttRig {
             // Inside the camera's table, before [mqtt].
             let extra = format!("{camera_extra}\n{mqtt}");
             mqtt_agent_toml(url, state, stream, &extra)
+        })
+        .await
+    }
+
+    /// The rig with device `garage-pi` and the caller's `[[cameras]]` tables.
+    pub async fn with_cameras(cameras: &str) -> Result<MqttRig> {
+        Self::start_with(|url, state, mqtt| {
+            format!(
+                "device_id = \"garage-pi\"\n{}",
+                agent_toml(url, &format!("{cameras}\n{mqtt}"), state)
+            )
         })
         .await
     }

@@ -31,13 +31,7 @@ async fn rig(source: &str, motion: &str) -> anyhow::Result<MqttRig> {
         motion = {motion}
         "#
     );
-    MqttRig::start_with(|url, state, mqtt| {
-        format!(
-            "device_id = \"garage-pi\"\n{}",
-            agent_toml(url, &format!("{camera}\n{mqtt}"), state)
-        )
-    })
-    .await
+    MqttRig::with_cameras(&camera).await
 }
 
 /// The next alarm event of `kind` on `<base>/events`.
@@ -180,13 +174,10 @@ async fn a_still_picture_with_a_ticking_clock_raises_nothing() -> anyhow::Result
     let cam = agent.camera("cam").expect("runs");
     // Six seconds of recording: the clock overlay ticks six times. (Not `smpte`: its corner
     // of noise moves.)
-    tokio::time::timeout(BOUND, async {
-        while cam.camera_stats.fragments.load(Ordering::Relaxed) < 6 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(BOUND, "six fragments recorded", || {
+        cam.camera_stats.fragments.load(Ordering::Relaxed) >= 6
     })
-    .await
-    .context("the camera never recorded six fragments")?;
+    .await?;
     assert_eq!(cam.camera_stats.motion_alarms.load(Ordering::Relaxed), 0);
     let topic = format!("{BASE}/events");
     assert!(

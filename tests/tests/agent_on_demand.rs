@@ -86,13 +86,10 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
     let cam = agent.camera("cam").expect("cam runs");
 
     // Recording, not uploading.
-    tokio::time::timeout(BOUND, async {
-        while recorded(&cam).len() < 5 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(BOUND, "five fragments recorded", || {
+        recorded(&cam).len() >= 5
     })
-    .await
-    .context("the camera never recorded five fragments")?;
+    .await?;
     assert_eq!(cam.upload_stats.fragments_sent.load(Ordering::Relaxed), 0);
     let fragments = recorded(&cam);
     // Its status says it records (a continuous camera this far behind would be "poor").
@@ -221,13 +218,10 @@ async fn on_demand_records_and_sends_only_the_windows_asked_for() -> anyhow::Res
     assert_eq!(accepted["applied"]["restart"], json!(["cam"]), "{accepted}");
     let cam = agent.camera("cam").expect("restarted");
     let before = stored.len() as u64; // the camera's counters outlive its restarts
-    tokio::time::timeout(BOUND, async {
-        while cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) < before + 3 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(BOUND, "a continuous camera uploads", || {
+        cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) >= before + 3
     })
-    .await
-    .context("a continuous camera uploads")?;
+    .await?;
     let after = in_kvs(&local).await?;
     assert!(after.len() >= stored.len() + 3, "{after:?}");
     let new: Vec<i64> = after
@@ -282,14 +276,7 @@ async fn live_video_takes_turns_with_a_window_of_older_video() -> anyhow::Result
             "#
         )
     };
-    let rig = MqttRig::start_with(|url, state, mqtt| {
-        let cameras = format!("{}\n{mqtt}", camera(r#"{ mode = "on_demand" }"#));
-        format!(
-            "device_id = \"garage-pi\"\n{}",
-            agent_toml(url, &cameras, state)
-        )
-    })
-    .await?;
+    let rig = MqttRig::with_cameras(&camera(r#"{ mode = "on_demand" }"#)).await?;
     let MqttRig {
         local,
         watch: mut mq,
@@ -298,13 +285,10 @@ async fn live_video_takes_turns_with_a_window_of_older_video() -> anyhow::Result
         cfg: _,
     } = rig;
     let cam = agent.camera("cam").expect("cam runs");
-    tokio::time::timeout(BOUND, async {
-        while recorded(&cam).len() < 6 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(BOUND, "six fragments recorded", || {
+        recorded(&cam).len() >= 6
     })
-    .await
-    .context("the camera never recorded six fragments")?;
+    .await?;
 
     // Now continuous, with the older video still on the device.
     let policy =
@@ -419,13 +403,10 @@ async fn scheduled_uploads_only_in_windows_and_under_the_cap() -> anyhow::Result
     let agent = InProcessAgent::start(cfg).await?;
     let cam = agent.camera("sched").expect("runs");
     // Three windows' worth.
-    tokio::time::timeout(BOUND, async {
-        while cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) < 6 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    eventually(BOUND, "six fragments in KVS", || {
+        cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) >= 6
     })
-    .await
-    .context("fewer than six fragments reached KVS")?;
+    .await?;
     agent.stop().await?;
 
     let listed = list_all_fragments(&local.archived(), STREAM).await?;
@@ -476,19 +457,15 @@ async fn a_camera_records_only_in_its_recording_windows() -> anyhow::Result<()> 
     let cfg = AgentConfig::from_toml("record.toml", &agent_toml(&local.url(), &cameras, &state))?;
     let agent = InProcessAgent::start(cfg).await?;
     let cam = agent.camera("rec").expect("runs");
-    tokio::time::timeout(BOUND, async {
-        while cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) < 4
-            || cam
+    eventually(BOUND, "four fragments recorded and four not", || {
+        cam.upload_stats.fragments_persisted.load(Ordering::Relaxed) >= 4
+            && cam
                 .camera_stats
                 .fragments_not_recorded
                 .load(Ordering::Relaxed)
-                < 4
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                >= 4
     })
-    .await
-    .context("four fragments recorded and four not")?;
+    .await?;
     agent.stop().await?;
     let stored = in_kvs(&local).await?;
     for tc in &stored {
@@ -580,13 +557,10 @@ async fn the_recording_exports_for_local_playback_while_the_agent_runs() -> anyh
     std::fs::write(&path, &text)?;
     let agent = InProcessAgent::start(AgentConfig::from_toml("export.toml", &text)?).await?;
     let cam = agent.camera("yard").expect("runs");
-    tokio::time::timeout(BOUND, async {
-        while recorded(&cam).len() < 6 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(BOUND, "six fragments recorded", || {
+        recorded(&cam).len() >= 6
     })
-    .await
-    .context("the camera never recorded six fragments")?;
+    .await?;
     let fragments = recorded(&cam);
     let (start, end) = (fragments[1].0, fragments[4].0);
     let out = local.dir.path().join("yard.mkv");

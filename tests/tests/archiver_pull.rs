@@ -38,13 +38,10 @@ async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<
     let cam = agent.camera("cam").expect("cam runs");
     // Ten seconds of recording, nothing uploaded.
     let started = now_ms();
-    tokio::time::timeout(BOUND, async {
-        while cam.journal.lock().unwrap().pending().count() < 10 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(BOUND, "ten fragments recorded", || {
+        cam.journal.lock().unwrap().pending().count() >= 10
     })
-    .await
-    .context("the camera never recorded ten fragments")?;
+    .await?;
     assert!(
         list_all_fragments(&local.archived(), STREAM)
             .await?
@@ -174,19 +171,11 @@ async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<
 
     // The device gone: a window it alone had (recorded well after the last one asked
     // for, never sent) is a recorded outcome at once.
-    tokio::time::timeout(BOUND, async {
-        while cam
-            .journal
-            .lock()
-            .unwrap()
-            .pending()
-            .all(|e| e.timecode_ms < started + 22_000)
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(BOUND, "recording past 22 s", || {
+        let journal = cam.journal.lock().unwrap();
+        journal.pending().any(|e| e.timecode_ms >= started + 22_000)
     })
-    .await
-    .context("the camera stopped recording")?;
+    .await?;
     agent.stop().await?;
     let event = local.dir.path().join("alarm-2.json");
     std::fs::write(
