@@ -124,7 +124,7 @@ struct Current {
 #[derive(Default)]
 struct Marks {
     alarms: Vec<Alarm>,
-    keyframe: Option<(Arc<CodecConfig>, Vec<u8>)>,
+    keyframe: Option<(Arc<CodecConfig>, bytes::Bytes)>,
 }
 
 /// Alarms described one by one in a fragment's metadata (two tags each); later ones are
@@ -206,11 +206,18 @@ impl Camera {
                 threshold: m.threshold,
                 quiet_ms: m.quiet_s as i64 * 1000,
             });
+            // Demuxed and depayloaded frames are referenced; a V4L2 camera's or an
+            // encoder's, from small pools, copied.
+            let frames = match cam.source {
+                SourceConfig::File { .. } | SourceConfig::Rtsp { .. } => capture::FrameMemory::Keep,
+                _ => capture::FrameMemory::Copy,
+            };
             let mut capture = match Capture::start(
                 &description,
                 self.stats.capture.clone(),
                 self.audio_policy(),
                 motion,
+                frames,
             ) {
                 Ok(c) => c,
                 Err(e) => {

@@ -36,7 +36,8 @@ pub struct AccessUnit {
     /// Decode time, ms since the epoch; equal to `pts_ms` without B-frames.
     pub dts_ms: i64,
     pub keyframe: bool,
-    pub data: Vec<u8>,
+    /// Shared, not copied: GStreamer's own buffer where the source allows it.
+    pub data: bytes::Bytes,
 }
 
 /// One audio frame (an AAC access unit, or a run of A-law samples), in producer time.
@@ -401,7 +402,7 @@ mod tests {
             dts_ms: pts_ms,
             pts_ms,
             keyframe,
-            data: vec![0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }],
+            data: vec![0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }].into(),
         }
     }
 
@@ -478,7 +479,7 @@ mod tests {
                 pts_ms: 1000 + pts,
                 dts_ms: 1000 + dts,
                 keyframe: key,
-                data: vec![1],
+                data: vec![1].into(),
             };
             assert_eq!(f.push(unit), Ok(None));
         }
@@ -487,7 +488,7 @@ mod tests {
                 pts_ms: 1160,
                 dts_ms: 1120,
                 keyframe: true,
-                data: vec![1],
+                data: vec![1].into(),
             })
             .unwrap()
             .unwrap();
@@ -513,7 +514,7 @@ mod tests {
                 pts_ms: 1200,
                 dts_ms: 1120,
                 keyframe: false,
-                data: vec![1]
+                data: vec![1].into()
             }),
             Err(MkvError::NonMonotonic {
                 prev: 1120,

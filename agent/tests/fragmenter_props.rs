@@ -30,7 +30,7 @@ proptest! {
         for (i, (gap, key, size)) in seq.iter().enumerate() {
             t += gap;
             let key = *key || i == 0;
-            let au = AccessUnit { pts_ms: t, dts_ms: t, keyframe: key, data: vec![0x41; *size] };
+            let au = AccessUnit { pts_ms: t, dts_ms: t, keyframe: key, data: vec![0x41; *size].into() };
             match f.push(au) {
                 Ok(done) => {
                     accepted.push(t);

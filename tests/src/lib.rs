@@ -174,7 +174,7 @@ impl Encoded {
                 pts_ms: start_ms + (i as f64 * step).round() as i64,
                 dts_ms: start_ms + (i as f64 * step).round() as i64,
                 keyframe: *key,
-                data: data.clone(),
+                data: data.clone().into(),
             })
             .collect()
     }

@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Notify, mpsc};
 
-use super::{CaptureEvent, CaptureStats, CapturedAudio, CapturedUnit};
+use super::{CaptureEvent, CaptureStats, CapturedAudio, CapturedUnit, FrameMemory};
 use crate::codec::{AudioConfig, CodecConfig, CodecError, VideoCodec};
 use crate::timeline::{MediaTime, WallMs};
 
@@ -199,7 +200,12 @@ fn changed_caps<'a>(
 
 /// Hands the video appsink's access units over as `CaptureEvent::Unit`, with the codec
 /// configuration of the caps they came with.
-pub(super) fn attach_video(sink: &gst_app::AppSink, events: EventTx, stats: Arc<CaptureStats>) {
+pub(super) fn attach_video(
+    sink: &gst_app::AppSink,
+    events: EventTx,
+    stats: Arc<CaptureStats>,
+    memory: FrameMemory,
+) {
     let mut codec: Option<Arc<CodecConfig>> = None;
     let mut last_caps: Option<gst::Caps> = None;
     on_samples(sink, move |sample, buffer| {
@@ -229,13 +235,26 @@ pub(super) fn attach_video(sink: &gst_app::AppSink, events: EventTx, stats: Arc<
             (Some(p), Some(d)) if p > d => (p - d).nseconds(),
             _ => 0,
         };
-        let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+        let data = match memory {
+            FrameMemory::Keep => {
+                let mapped = sample
+                    .buffer_owned()
+                    .ok_or(gst::FlowError::Error)?
+                    .into_mapped_buffer_readable()
+                    .map_err(|_| gst::FlowError::Error)?;
+                Bytes::from_owner(mapped)
+            }
+            FrameMemory::Copy => {
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                Bytes::copy_from_slice(map.as_slice())
+            }
+        };
         stats.frames.fetch_add(1, Ordering::Relaxed);
         let unit = CapturedUnit {
             pts: MediaTime(running.nseconds()),
             decode_delay_ns,
             keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-            data: map.as_slice().to_vec(),
+            data,
             codec,
             arrived: WallMs::now(),
         };
@@ -332,7 +351,7 @@ mod tests {
             pts: MediaTime(pts_ms * 1_000_000),
             decode_delay_ns: 0,
             keyframe,
-            data: vec![0; 4],
+            data: vec![0; 4].into(),
             codec: Arc::new(CodecConfig {
                 codec: VideoCodec::H264,
                 private: vec![1, 77, 0, 30],

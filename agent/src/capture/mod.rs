@@ -60,8 +60,9 @@ pub struct CapturedUnit {
     /// B-frames). Units arrive in decode order.
     pub decode_delay_ns: u64,
     pub keyframe: bool,
-    /// Length-prefixed NAL units (AVCC / HVCC).
-    pub data: Vec<u8>,
+    /// Length-prefixed NAL units (AVCC / HVCC): GStreamer's buffer itself, or a copy
+    /// (see `FrameMemory`).
+    pub data: bytes::Bytes,
     pub codec: Arc<CodecConfig>,
     /// The wall clock when the appsink had it (the camera task may see it a little later).
     pub arrived: WallMs,
@@ -133,12 +134,14 @@ const STOP: &str = "kvs-edge-capture-stop";
 impl Capture {
     /// Builds and starts the pipeline described by `description`; `audio` says whether a
     /// passed-through source's audio is sent; `motion`, when given, runs the motion branch
-    /// (its tee named in the description, or put in by the plugging).
+    /// (its tee named in the description, or put in by the plugging); `frames` whether
+    /// frames keep GStreamer's buffers.
     pub fn start(
         description: &str,
         stats: Arc<CaptureStats>,
         audio: AudioPolicy,
         motion: Option<MotionSpec>,
+        frames: FrameMemory,
     ) -> Result<Capture, CaptureError> {
         init()?;
         let build_err = |reason: String| CaptureError::Build {
@@ -178,7 +181,7 @@ impl Capture {
         {
             handoff::attach_audio(&tone, tx.clone());
         }
-        handoff::attach_video(&sink, tx.clone(), stats);
+        handoff::attach_video(&sink, tx.clone(), stats, frames);
 
         let bus = pipeline.bus().ok_or_else(|| build_err("no bus".into()))?;
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
@@ -256,6 +259,17 @@ impl Drop for Capture {
     }
 }
 
+/// Where a captured frame's bytes live until its fragment is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameMemory {
+    /// In GStreamer's buffer, referenced: no copy. For demuxers and depayloaders, whose
+    /// buffers are allocated per frame.
+    Keep,
+    /// Copied out, the buffer returned at once: a V4L2 device or a hardware encoder hands
+    /// out buffers from a small pool, and holding a fragment's worth would stall it.
+    Copy,
+}
+
 /// Whether a passed-through source's audio is sent (the camera's `audio` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioPolicy {
@@ -276,7 +290,13 @@ mod tests {
             realtime: false,
         };
         let description = pipeline_description(&source, "", None, false);
-        let e = match Capture::start(&description, Arc::default(), AudioPolicy::Send, None) {
+        let e = match Capture::start(
+            &description,
+            Arc::default(),
+            AudioPolicy::Send,
+            None,
+            FrameMemory::Copy,
+        ) {
             Ok(_) => panic!("a missing file started"),
             Err(e) => e.to_string(),
         };
