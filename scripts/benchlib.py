@@ -62,6 +62,21 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def cpu_by_thread(pid):
+    """{thread name: CPU seconds so far} of `pid`'s live threads (the scheduler's ns count,
+    `schedstat`), numbers in names folded (`qtdemux0:sink` -> `qtdemux:sink`)."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            comm = open(f"/proc/{pid}/task/{task}/comm").read().strip()
+            ns = int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+        name = re.sub(r"\d+", "", comm)
+        out[name] = out.get(name, 0.0) + ns / 1e9
+    return out
+
+
 def context_switches(pid):
     """Context switches of every thread of `pid` so far (voluntary and not)."""
     total = 0
