@@ -92,7 +92,16 @@ pub async fn ensure_stream(
                 for (k, v) in &c.tags {
                     req = req.tags(k, v);
                 }
-                req.send().await.map_err(|e| api("TagStream", stream, e))?;
+                // Tags are worth a warning, not the video: a policy without TagStream
+                // (written before the agent tagged its streams) still streams.
+                if let Err(e) = req.send().await {
+                    tracing::warn!(
+                        stream,
+                        "could not tag the stream (the archiver then cannot tell which device \
+                         records it without [[pull.devices]]): {}",
+                        api("TagStream", stream, e)
+                    );
+                }
             }
             Ok(info)
         }

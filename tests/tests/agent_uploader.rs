@@ -498,6 +498,31 @@ async fn the_request_goes_out_in_origin_form_and_the_body_without_an_answer() ->
     Ok(())
 }
 
+/// A policy without TagStream costs the stream its tags, not its video: set-up goes on.
+#[tokio::test]
+async fn a_refused_tag_stream_does_not_stop_the_set_up() -> anyhow::Result<()> {
+    let local = Local::start().await?;
+    create_stream(&local.control(), "cam", 1).await?;
+    local.server.set_faults(kvs_local::Faults {
+        http_error: Some(kvs_local::faults::HttpErrorFault {
+            status: 403,
+            error_type: "AccessDeniedException".into(),
+            message: None,
+            operations: vec!["TagStream".into()],
+            count: None,
+        }),
+        ..kvs_local::Faults::default()
+    });
+    let create = kvs_edge_config::agent::CreateStreamConfig {
+        retention_period_hours: 1,
+        tags: [("kvs-edge:device".to_string(), "pi".to_string())].into(),
+        kms_key_id: None,
+    };
+    let info = kvs_edge_agent::kvs::ensure_stream(&local.control(), "cam", Some(&create)).await?;
+    assert_eq!(info.retention_hours, 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn stream_set_up_retries_with_the_upload_backoff() -> anyhow::Result<()> {
     let local = Local::start().await?;
