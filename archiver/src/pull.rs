@@ -154,7 +154,7 @@ pub async fn pull(
     let camera = format!("{base}/{}", device.camera);
     let (client, events) = match connect(cfg) {
         Ok(c) => c,
-        Err(e) => return Pulled::Failed(e),
+        Err(e) => return Pulled::Failed(format!("{e:#}")),
     };
     let mut link = Link { client, events };
     let outcome = link.ask(cfg, &base, &camera, id, start_ms, end_ms).await;
@@ -162,7 +162,7 @@ pub async fn pull(
     outcome
 }
 
-fn connect(cfg: &PullSettings) -> Result<(AsyncClient, EventLoop), String> {
+fn connect(cfg: &PullSettings) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let id = cfg.client_id.clone().unwrap_or_else(|| {
         let n = crate::retry::random_u64();
         format!("kvs-edge-archiver-{n:016x}")
@@ -172,11 +172,11 @@ fn connect(cfg: &PullSettings) -> Result<(AsyncClient, EventLoop), String> {
     opts.set_max_packet_size(Some(1 << 20));
     if let Some(tls) = &cfg.tls {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("pull.tls: {}: {e}", p.display()))
+            std::fs::read(p).with_context(|| format!("pull.tls: {}", p.display()))
         };
         let ca = match &tls.ca_path {
             Some(p) => read(p)?,
-            None => return Err("pull.tls: ca_path is required for the archiver".into()),
+            None => anyhow::bail!("pull.tls: ca_path is required for the archiver"),
         };
         let client_auth = match (&tls.cert_path, &tls.key_path) {
             (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
@@ -201,12 +201,12 @@ struct Link {
 
 impl Link {
     /// The next message, within `until`; `Err` when the connection fails.
-    async fn next(&mut self, until: Instant) -> Result<Option<(String, Bytes)>, String> {
+    async fn next(&mut self, until: Instant) -> anyhow::Result<Option<(String, Bytes)>> {
         loop {
             let polled = tokio::time::timeout_at(until, self.events.poll()).await;
             match polled {
                 Err(_) => return Ok(None),
-                Ok(Err(e)) => return Err(format!("MQTT: {e}")),
+                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("MQTT")),
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
                     return Ok(Some((topic, p.payload)));
@@ -237,7 +237,7 @@ impl Link {
         let deadline = Instant::now() + ANSWER_WITHIN;
         let state = loop {
             match self.next(deadline).await {
-                Err(e) => return Pulled::Failed(e),
+                Err(e) => return Pulled::Failed(format!("{e:#}")),
                 Ok(None) => break "unknown (no retained availability)".to_string(),
                 Ok(Some((t, p))) if t == available => {
                     break String::from_utf8_lossy(&p).into_owned();
@@ -273,7 +273,7 @@ impl Link {
         loop {
             let until = deadline.min(next_note);
             let message = match self.next(until).await {
-                Err(e) => return Pulled::Failed(e),
+                Err(e) => return Pulled::Failed(format!("{e:#}")),
                 Ok(m) => m,
             };
             let now = Instant::now();
