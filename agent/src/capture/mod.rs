@@ -37,7 +37,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use thiserror::Error;
 
-use crate::codec::{AudioConfig, CodecConfig, CodecError};
+use crate::codec::{AudioConfig, CodecConfig, CodecError, VideoCodec};
 use crate::timeline::{MediaTime, WallMs};
 
 #[derive(Debug, Error)]
@@ -168,10 +168,16 @@ impl Capture {
         if let Some(spec) = motion {
             for (name, tap) in [
                 (motion::RAW_TAP, motion::Tap::Raw),
-                (motion::ENCODED_TAP, motion::Tap::Encoded),
+                // A V4L2 camera's own encoding.
+                (motion::ENCODED_TAP, motion::Tap::Encoded(VideoCodec::H264)),
             ] {
-                if let Some(tee) = pipeline.by_name(name) {
-                    motion::attach(&pipeline, &tee, tap, spec, tx.clone()).map_err(build_err)?;
+                if let Some(tee) = pipeline.by_name(name)
+                    && let Err(e) = motion::attach(&pipeline, &tee, tap, spec, tx.clone())
+                {
+                    // The video goes on without it.
+                    tx.try_send(CaptureEvent::Notice(format!(
+                        "the motion trigger is off: {e}"
+                    )));
                 }
             }
         }

@@ -11,6 +11,7 @@ use gstreamer_app as gst_app;
 
 use super::CaptureEvent;
 use super::handoff::EventTx;
+use crate::codec::VideoCodec;
 use crate::motion::{Detector, HEIGHT, WIDTH};
 use crate::timeline::WallMs;
 
@@ -32,7 +33,26 @@ pub struct MotionSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tap {
     Raw,
-    Encoded,
+    Encoded(VideoCodec),
+}
+
+/// Decoders for the keyframes, software first (always there with gst-libav).
+fn decoder(codec: VideoCodec) -> Result<gst::Element, String> {
+    let candidates: &[&str] = match codec {
+        VideoCodec::H264 => &["avdec_h264", "openh264dec"],
+        VideoCodec::H265 => &["avdec_h265", "libde265dec"],
+    };
+    let name = candidates
+        .iter()
+        .find(|n| gst::ElementFactory::find(n).is_some())
+        .ok_or_else(|| format!("no {codec} decoder (tried {})", candidates.join(", ")))?;
+    let element = make(name)?;
+    // One thread: a picture every GOP needs no frame threading, which would hold pictures
+    // back and start a thread per core per camera.
+    if element.find_property("max-threads").is_some() {
+        element.set_property("max-threads", 1i32);
+    }
+    Ok(element)
 }
 
 fn make(factory: &str) -> Result<gst::Element, String> {
@@ -74,7 +94,7 @@ pub(super) fn attach(
     sink.set_property("async", false);
     let confirm = match tap {
         Tap::Raw => 2,
-        Tap::Encoded => 1,
+        Tap::Encoded(_) => 1,
     };
     let mut detector = Detector::new(spec.threshold, spec.quiet_ms, confirm);
     sink.set_callbacks(
@@ -98,43 +118,22 @@ pub(super) fn attach(
             rate.set_property("max-rate", RAW_RATE);
             vec![queue.clone(), rate]
         }
-        Tap::Encoded => {
+        Tap::Encoded(codec) => {
             // Keyframes only (they decode on their own), dropped before the queue so that
-            // it holds the latest keyframe.
+            // it holds the latest keyframe; parsed for the decoder (a camera's own H.264
+            // may come as a byte-stream).
             let keys = make("identity")?;
             keys.set_property_from_str("drop-buffer-flags", "delta-unit");
-            let decode = make("decodebin")?;
-            // One thread per decoder: a picture every GOP needs no frame threading, which
-            // would hold pictures back and start a thread per core per camera.
-            if let Some(bin) = decode.downcast_ref::<gst::Bin>() {
-                bin.connect_element_added(|_, element| {
-                    if element.find_property("max-threads").is_some() {
-                        element.set_property("max-threads", 1i32);
-                    }
-                });
-            }
-            vec![keys, queue.clone(), decode]
+            vec![keys, queue.clone(), make(codec.parser())?, decoder(codec)?]
         }
     };
     let all: Vec<&gst::Element> = head.iter().chain(tail.iter()).collect();
     pipeline.add_many(all).map_err(|e| e.to_string())?;
     gst::Element::link_many(&tail).map_err(|e| format!("motion: {e}"))?;
     match tap {
-        Tap::Raw => gst::Element::link_many(&head)
-            .and_then(|_| head[1].link(&scale))
+        Tap::Raw | Tap::Encoded(_) => gst::Element::link_many(&head)
+            .and_then(|_| head[head.len() - 1].link(&scale))
             .map_err(|e| format!("motion: {e}"))?,
-        Tap::Encoded => {
-            gst::Element::link_many(&head).map_err(|e| format!("motion: {e}"))?;
-            // decodebin exposes the decoded video once it has seen the stream.
-            let target = scale
-                .static_pad("sink")
-                .ok_or("motion: videoscale has no sink")?;
-            head[2].connect_pad_added(move |_, pad| {
-                if !target.is_linked() {
-                    let _ = pad.link(&target);
-                }
-            });
-        }
     }
     tail.splice(0..0, head);
     for e in &tail {

@@ -75,15 +75,18 @@ fn plug_stream(plug: &Plug, pad: &gst::Pad) {
     let audio_linked = pipeline.by_name(AUDIO_SINK).is_some();
     let result = match codec {
         Some(codec) if !linked => link_video(&pipeline, pad, sink, codec, plug.motion.is_some())
-            .and_then(|tee| match (tee, plug.motion) {
-                (Some(tee), Some(spec)) => super::motion::attach(
-                    &pipeline,
-                    &tee,
-                    super::motion::Tap::Encoded,
-                    spec,
-                    events.clone(),
-                ),
-                _ => Ok(()),
+            .map(|tee| {
+                if let (Some(tee), Some(spec)) = (tee, plug.motion) {
+                    let tap = super::motion::Tap::Encoded(codec);
+                    if let Err(e) =
+                        super::motion::attach(&pipeline, &tee, tap, spec, events.clone())
+                    {
+                        // The video goes on without it.
+                        events.try_send(CaptureEvent::Notice(format!(
+                            "the motion trigger is off: {e}"
+                        )));
+                    }
+                }
             }),
         _ if is_audio && plug.audio == AudioPolicy::Send && !audio_linked => {
             match audio_chain(&caps) {
