@@ -2,8 +2,8 @@
 //! picture moves raises a `motion` alarm by itself (an event on `<base>/events`, like an
 //! `alarm/set` command's), and its window is uploaded from the recording; passed-through
 //! video (a file: a moving picture for 3 s, then 6 s of black) is judged on its keyframes
-//! alone, and the alarm ends once the picture is still; a still picture with a ticking clock
-//! raises nothing.
+//! alone, and the alarm ends once the picture is still; so is an H.265 RTSP camera's; a still
+//! picture with a ticking clock raises nothing.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -155,6 +155,38 @@ async fn passed_through_video_is_judged_on_its_keyframes_and_stillness_ends_the_
         "a fragment after the alarm's window: {last} vs {end}"
     );
     Ok(())
+}
+
+/// An H.265 RTSP camera (gst-rtsp-server): the motion branch hangs off the stream the
+/// camera announces and decodes its keyframes with an H.265 decoder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h265_rtsp_camera_raises_motion_alarms() -> anyhow::Result<()> {
+    init_logs();
+    let camera = RtspServer::start(
+        "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=20/1 \
+         ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max=10 bitrate=300 \
+         ! rtph265pay name=pay0 pt=96 config-interval=1 )",
+        0,
+    )?;
+    let MqttRig {
+        local: _local,
+        watch: mut mq,
+        agent,
+        broker: _broker,
+        cfg: _,
+    } = rig(
+        &format!(
+            r#"{{ type = "rtsp", url = "rtsp://127.0.0.1:{}/cam", transport = "tcp", latency_ms = 100 }}"#,
+            camera.port
+        ),
+        r#"{ threshold = 0.003, pre_s = 1, post_s = 2 }"#,
+    )
+    .await?;
+    let new = alarm_event(&mut mq, "new").await?;
+    assert_eq!(new["label"], "motion", "{new}");
+    let cam = agent.camera("cam").expect("runs");
+    assert_eq!(cam.camera_stats.motion_alarms.load(Ordering::Relaxed), 1);
+    agent.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
