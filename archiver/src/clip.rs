@@ -710,7 +710,33 @@ impl Archiver {
         let device = &device;
         let id = pull::request_id(key);
         info!(stream, device = %device.device, camera = %device.camera, id, "KVS lacks {} ms of the window: asking the device", span.1 - span.0);
-        let pulled = pull::pull(cfg, device, &id, span.0, span.1).await;
+        let pulled = match &cfg.iot_endpoint {
+            None => pull::pull(cfg, device, &id, span.0, span.1).await,
+            Some(endpoint) => {
+                let client = crate::signed::SignedClient::new(&self.sdk)?;
+                let base = format!("{}/{}", cfg.prefix, device.device);
+                let camera = format!("{base}/{}", device.camera);
+                let missing = || async {
+                    let (have, _) = self
+                        .kvs
+                        .fragments(stream, req.start, req.end, Duration::ZERO)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    let gaps = plan::gaps(&have, ms(req.start), ms(req.end), tolerance);
+                    Ok(gaps.iter().map(|(a, b)| b - a).sum::<i64>())
+                };
+                pull::https::pull(
+                    &client,
+                    cfg,
+                    endpoint,
+                    &base,
+                    &camera,
+                    (&id, span.0, span.1),
+                    missing,
+                )
+                .await
+            }
+        };
         let note = pulled.json(device, &id, span);
         match &pulled {
             pull::Pulled::Sent { .. } => info!(stream, "the device sent the window: {note}"),

@@ -71,7 +71,12 @@ pub struct ArchiverConfig {
 #[serde(deny_unknown_fields)]
 pub struct PullSettings {
     /// The devices' broker (mosquitto, or AWS IoT Core with a certificate and `[pull.tls]`).
+    #[serde(default)]
     pub host: String,
+    /// Instead of `host`: AWS IoT's data plane over HTTPS with the archiver's IAM
+    /// credentials (for a Lambda function, which has no certificate): the account's
+    /// `iot:Data-ATS` endpoint, `https://xxxx-ats.iot.<region>.amazonaws.com`.
+    pub iot_endpoint: Option<String>,
     #[serde(default = "crate::agent::default_mqtt_port")]
     pub port: u16,
     /// The devices' topic prefix (their `[mqtt] prefix`).
@@ -317,8 +322,28 @@ impl ArchiverConfig {
             ));
         }
         if let Some(p) = &self.pull {
-            if p.host.trim().is_empty() {
-                return Err(err("pull.host".into(), "must not be empty".into()));
+            match (p.host.trim().is_empty(), &p.iot_endpoint) {
+                (true, None) => {
+                    return Err(err(
+                        "pull.host".into(),
+                        "required (the devices' MQTT broker), or pull.iot_endpoint".into(),
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(err(
+                        "pull.iot_endpoint".into(),
+                        "either host (MQTT) or iot_endpoint (HTTPS), not both".into(),
+                    ));
+                }
+                (true, Some(url))
+                    if !url.starts_with("https://") && !url.starts_with("http://") =>
+                {
+                    return Err(err(
+                        "pull.iot_endpoint".into(),
+                        format!("{url:?} must be an https:// URL"),
+                    ));
+                }
+                _ => {}
             }
             if !(1..=3600).contains(&p.wait_s) {
                 return Err(err("pull.wait_s".into(), "must be 1 to 3600".into()));
@@ -470,6 +495,16 @@ mod tests {
                 "bucket = \"clips\"\n[[mappings]]\nalarm = \"a\"\nstreams = []",
                 "mappings[0].streams",
             ),
+            // [pull]: an MQTT broker or AWS IoT's HTTPS endpoint, exactly one.
+            ("bucket = \"clips\"\n[pull]\nwait_s = 30", "pull.host"),
+            (
+                "bucket = \"clips\"\n[pull]\nhost = \"b\"\niot_endpoint = \"https://x\"",
+                "pull.iot_endpoint",
+            ),
+            (
+                "bucket = \"clips\"\n[pull]\niot_endpoint = \"x-ats.iot.amazonaws.com\"",
+                "pull.iot_endpoint",
+            ),
         ] {
             assert_eq!(
                 ArchiverConfig::from_toml("a.toml", text).unwrap_err().path,
@@ -477,6 +512,16 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn pull_over_https_needs_no_broker() {
+        let text = "bucket = \"clips\"\n[pull]\niot_endpoint = \"https://x-ats.iot.eu-west-1.amazonaws.com\"";
+        let pull = ArchiverConfig::from_toml("a.toml", text)
+            .unwrap()
+            .pull
+            .unwrap();
+        assert!(pull.host.is_empty() && pull.iot_endpoint.is_some());
     }
 
     #[test]

@@ -89,6 +89,17 @@ for s in statements(archiver):
     if "s3:DeleteObject" in as_list(s["Action"]) and "/*.error.json" not in str(s["Resource"]):
         problems.append(f"ArchiverPolicy: may delete more than failure records: {s['Resource']}")
 
+for s in statements(archiver):
+    actions = [a for a in as_list(s["Action"]) if a.startswith("iot:")]
+    if any(a not in ("iot:Publish", "iot:GetRetainedMessage") for a in actions):
+        problems.append(f"ArchiverPolicy: more of AWS IoT than pulling needs: {actions}")
+    for res in as_list(s["Resource"]) if actions else []:
+        text = res.get("Fn::Sub", "") if isinstance(res, dict) else str(res)
+        if "iot:Publish" in actions and not text.endswith("/upload/set"):
+            problems.append(f"ArchiverPolicy: publishes to AWS IoT beyond upload requests: {text}")
+        if "iot:GetRetainedMessage" in actions and not text.endswith("/available"):
+            problems.append(f"ArchiverPolicy: reads retained messages beyond availability: {text}")
+
 read_streams = [a for s in statements(archiver) for a in as_list(s["Action"]) if a.startswith("kinesisvideo:")]
 if "kinesisvideo:ListTagsForStream" not in read_streams:
     problems.append("ArchiverPolicy: cannot read stream tags (pull's stream-to-device mapping)")

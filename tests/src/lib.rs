@@ -818,7 +818,8 @@ impl MqttRig {
     /// directory, [mqtt] table)`; its device id must be `garage-pi`.
     pub async fn start_with(toml: impl FnOnce(&str, &Path, &str) -> String) -> Result<MqttRig> {
         let broker = Mosquitto::start(None)?;
-        let local = Local::start().await?;
+        // kvs-local's AWS IoT data plane publishes to the same broker.
+        let local = Local::start_with(|c| c.iot_broker = Some(broker.port)).await?;
         let base = "kvs-edge/garage-pi";
         let mut watch = MqttWatch::subscribe(broker.port, &format!("{base}/#")).await?;
         let state = local.dir.path().join("state");

@@ -192,3 +192,65 @@ async fn an_alarm_pulls_its_window_from_an_on_demand_camera() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// From a Lambda function there is no certificate for MQTT: `[pull] iot_endpoint` asks over
+/// AWS IoT's data plane (HTTPS, SigV4: GetRetainedMessage for `available`, Publish for the
+/// request; kvs-local bridges both to mosquitto) and watches the window arrive in
+/// ListFragments. The device is found by the stream's tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_pulls_its_window_over_aws_iot_https() -> anyhow::Result<()> {
+    init_logs();
+    let MqttRig {
+        broker: _broker,
+        local,
+        agent,
+        watch: _watch,
+        cfg: _,
+    } = MqttRig::start(STREAM, "upload_policy = { mode = \"on_demand\" }").await?;
+    let cam = agent.camera("cam").expect("cam runs");
+    let started = now_ms();
+    eventually(BOUND, "eight fragments recorded", || {
+        cam.journal.lock().unwrap().pending().count() >= 8
+    })
+    .await?;
+    let archiver_cfg = write_archiver_config(
+        local.dir.path(),
+        "archiver-https.toml",
+        &local.url(),
+        &local.url(),
+        &format!(
+            "[clip]\npre_roll_s = 2\npost_roll_s = 2\ningest_wait_s = 10\n\
+             [pull]\niot_endpoint = \"{}\"\nwait_s = 30\n",
+            local.url()
+        ),
+    )?;
+    let event = local.dir.path().join("alarm-https.json");
+    std::fs::write(
+        &event,
+        alarm_event("Gate", STREAM, started + 4_000).to_string(),
+    )?;
+    let (out, ok) = archiver(&archiver_cfg, &event).await?;
+    assert!(ok, "{out:?}");
+    let o = &out[0];
+    assert_eq!(o["result"], "stored", "{o}");
+    assert_eq!(o["pull"]["result"], "sent", "{o}");
+    assert_eq!(o["pull"]["seen_in"], "ListFragments", "{o}");
+    assert_eq!(o["pull"]["device"], "garage-pi", "{o}");
+    let uploaded = list_all_fragments(&local.archived(), STREAM).await?;
+    assert!(
+        (3..=7).contains(&uploaded.len()),
+        "the 4 s window and its edges: {} fragments",
+        uploaded.len()
+    );
+
+    // The device gone: its retained `available` says so, over HTTPS too.
+    agent.stop().await?;
+    let event = local.dir.path().join("alarm-https-2.json");
+    std::fs::write(
+        &event,
+        alarm_event("Gate later", STREAM, started + 7_000).to_string(),
+    )?;
+    let (out, _) = archiver(&archiver_cfg, &event).await?;
+    assert_eq!(out[0]["pull"]["result"], "device_offline", "{:?}", out[0]);
+    Ok(())
+}

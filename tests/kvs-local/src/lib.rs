@@ -11,6 +11,7 @@ pub mod ebml;
 pub mod error;
 pub mod faults;
 pub mod ingest;
+pub mod iotdata;
 pub mod mediaconvert;
 pub mod mp4;
 pub mod putmedia;

@@ -63,6 +63,9 @@ pub struct Config {
     /// When PutMedia sends its response head (strict modes hold it back, as the service
     /// may: it "starts reading the payload and first sends an HTTP 200").
     pub put_media_answer: AnswerAt,
+    /// AWS IoT's data plane (HTTPS Publish, GetRetainedMessage) bridged to the MQTT broker
+    /// on this loopback port; absent = those calls answer 503.
+    pub iot_broker: Option<u16>,
 }
 
 /// When PutMedia answers its 200.
@@ -111,6 +114,7 @@ impl Config {
             events_dir: None,
             paused_queues: Vec::new(),
             put_media_answer: AnswerAt::Head,
+            iot_broker: None,
         }
     }
 }
@@ -427,6 +431,8 @@ async fn route(state: Arc<State>, req: Request<Incoming>, admin_only: bool) -> R
         ("S3", resp)
     } else if path.starts_with("/2017-08-29/") {
         ("MediaConvert", mediaconvert(&state, req).await)
+    } else if crate::iotdata::is_iot_data(&path) {
+        ("IoTData", crate::iotdata::handle(&state, req).await)
     } else {
         match operation(&path) {
             Some(op) if method == hyper::Method::POST => (op, dispatch(&state, op, req).await),
@@ -456,7 +462,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>, admin_only: bool) -> R
 
 /// A JSON request's parts and body (at most `MAX_JSON_BODY`), its SigV4 signature for
 /// `service` verified; otherwise the error response.
-async fn signed_json(
+pub(crate) async fn signed_json(
     state: &State,
     req: Request<Incoming>,
     service: &str,

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::info;
 
+pub mod https;
+
 /// How long the device's retained `available` and the answer to the request may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 /// Progress in the log this often while the device uploads.
@@ -37,6 +39,9 @@ pub enum Pulled {
     Offline(String),
     /// The device refused the request, or has none of the window.
     Refused(String),
+    /// Asked over HTTPS, and KVS now holds the whole span (seen in ListFragments: HTTPS
+    /// cannot follow the device's events).
+    Arrived,
     /// Asked, but the upload did not end within `wait_s`.
     TimedOut { fragments: u64 },
     /// The broker could not be reached or the answer could not be read.
@@ -70,6 +75,10 @@ impl Pulled {
             Pulled::Refused(reason) => {
                 v["result"] = json!("refused");
                 v["reason"] = json!(reason);
+            }
+            Pulled::Arrived => {
+                v["result"] = json!("sent");
+                v["seen_in"] = json!("ListFragments");
             }
             Pulled::TimedOut { fragments } => {
                 v["result"] = json!("timed_out");
