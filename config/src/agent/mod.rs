@@ -463,6 +463,14 @@ mod tests {
         );
     }
 
+    /// MINIMAL with `key = value` in its camera's table.
+    fn with_camera_key(key: &str, value: &str) -> Result<AgentConfig, crate::ConfigError> {
+        AgentConfig::from_toml(
+            "agent.toml",
+            &MINIMAL.replace("[[cameras]]", &format!("[[cameras]]\n{key} = {value}")),
+        )
+    }
+
     #[test]
     fn errors_name_the_field() {
         let bad = MINIMAL.replace("stream_name = \"demo-cam\"", "stream_name = \"demo cam\"");
@@ -529,12 +537,7 @@ mod tests {
         assert_eq!(m.shadow.unwrap().name, "kvs-edge");
         assert_eq!(m.protocol, MqttProtocol::V5, "MQTT 5 unless asked");
         // Upload policies: a scheduled one needs a Quartz schedule and a duration.
-        let policy = |p: &str| {
-            AgentConfig::from_toml(
-                "agent.toml",
-                &MINIMAL.replace("[[cameras]]", &format!("[[cameras]]\nupload_policy = {p}")),
-            )
-        };
+        let policy = |p: &str| with_camera_key("upload_policy", p);
         let cfg = policy(r#"{ mode = "scheduled", schedule = "0 0 2 * * ?", duration_s = 3600, max_bytes_per_sec = 250000 }"#).unwrap();
         assert_eq!(cfg.cameras[0].upload_policy.mode, UploadMode::Scheduled);
         for (bad, path) in [
@@ -570,12 +573,7 @@ mod tests {
             assert_eq!(policy(bad).unwrap_err().path, path, "{bad}");
         }
         // The motion trigger: off unless set; every bad field named.
-        let motion = |m: &str| {
-            AgentConfig::from_toml(
-                "agent.toml",
-                &MINIMAL.replace("[[cameras]]", &format!("[[cameras]]\nmotion = {m}")),
-            )
-        };
+        let motion = |m: &str| with_camera_key("motion", m);
         assert_eq!(
             AgentConfig::from_toml("agent.toml", MINIMAL)
                 .unwrap()
@@ -601,15 +599,7 @@ mod tests {
             assert_eq!(motion(bad).unwrap_err().path, path, "{bad}");
         }
         // A recorder schedule: a Quartz expression and a duration, both checked.
-        let record = |r: &str| {
-            AgentConfig::from_toml(
-                "agent.toml",
-                &MINIMAL.replace(
-                    "[[cameras]]",
-                    &format!("[[cameras]]\nrecord_schedule = {r}"),
-                ),
-            )
-        };
+        let record = |r: &str| with_camera_key("record_schedule", r);
         assert!(record(r#"{ schedule = "0 0 8 ? * MON-FRI", duration_s = 36000 }"#).is_ok());
         for (bad, path) in [
             (
