@@ -376,10 +376,8 @@ impl Camera {
                     }
                     Some(command) = self.commands.recv() => match command {
                         CameraCommand::Alarm(alarm) => {
-                            self.recording.alarm(alarm.end_ms);
                             info!(camera = %cam.name, id = %alarm.id, label = %alarm.label, "alarm: tagging fragments until {}", alarm.end_ms);
-                            marks.alarms.retain(|a| a.id != alarm.id);
-                            marks.alarms.push(alarm);
+                            self.mark(&alarm, &mut marks);
                         }
                         CameraCommand::Upload(request, reply) => {
                             let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
@@ -520,16 +518,24 @@ impl Camera {
         ))
     }
 
-    /// An alarm the motion trigger raised, as an `alarm/set` command's: its fragments
-    /// tagged; on a scheduled or on-demand camera its window asked of the uploader (its
-    /// pre-roll from the recording); the alarm and the window's progress signalled.
+    /// An alarm the motion trigger raised: marked as an `alarm/set` command's is, and
+    /// signalled (the MQTT link announces it).
     fn raise(&self, raised: crate::motion::Raised, marks: &mut Marks) {
-        let alarm = &raised.alarm;
-        let cam = &self.cfg.name;
         if raised.new {
-            info!(camera = %cam, id = %alarm.id, "motion: alarm until {}", alarm.end_ms);
+            let alarm = &raised.alarm;
+            info!(camera = %self.cfg.name, id = %alarm.id, "motion: alarm until {}", alarm.end_ms);
             self.stats.motion_alarms.fetch_add(1, Ordering::Relaxed);
         }
+        self.mark(&raised.alarm, marks);
+        let _ = self.signals.alarms.send((self.cfg.name.clone(), raised));
+    }
+
+    /// What an alarm does to the camera, whoever raised it: its fragments are tagged and
+    /// recorded whatever the recording schedule; on a scheduled or on-demand camera its
+    /// window is asked of the uploader (the pre-roll from the recording), with progress on
+    /// `Signals::windows`. The same id again updates it.
+    fn mark(&self, alarm: &Alarm, marks: &mut Marks) {
+        let cam = &self.cfg.name;
         marks.alarms.retain(|a| a.id != alarm.id);
         marks.alarms.push(alarm.clone());
         self.recording.alarm(alarm.end_ms);
@@ -548,11 +554,10 @@ impl Camera {
                     let _ = self.signals.windows.send(event);
                 }
                 Err(reason) => {
-                    warn!(camera = %cam, id = %alarm.id, "the motion alarm's window is not uploaded: {reason}")
+                    warn!(camera = %cam, id = %alarm.id, "the alarm's window is not uploaded: {reason}")
                 }
             }
         }
-        let _ = self.signals.alarms.send((cam.clone(), raised));
     }
 
     /// Whether a passed-through source's audio is sent.

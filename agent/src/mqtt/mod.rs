@@ -504,19 +504,9 @@ impl Agent {
                 };
                 self.alarms.insert(key, alarm.clone());
                 let event = self.event(kind, camera, &alarm);
+                // On a scheduled or on-demand camera the camera asks for the alarm's window
+                // itself (its `new` event comes on upload/events).
                 self.answer(reply, "accepted", &json!({"token": token, "event": event}));
-                let by_request =
-                    self.ctx.config.cameras.iter().any(|c| {
-                        c.name == camera && c.upload_policy.mode != UploadMode::Continuous
-                    });
-                if by_request {
-                    // The window comes from the recording: pre-roll included (and sent
-                    // now, not at a scheduled camera's next window).
-                    let (id, start_ms, end_ms) = (alarm.id.clone(), alarm.start_ms, alarm.end_ms);
-                    if let Err(reason) = self.request_window(camera, id, start_ms, end_ms).await {
-                        warn!(camera, id = %alarm.id, "the alarm's window is not uploaded: {reason}");
-                    }
-                }
             }
             Command::Upload {
                 id,
