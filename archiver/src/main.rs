@@ -400,7 +400,10 @@ fn replay(mut cfg: ArchiverConfig, r: ReplayArgs) -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("kvs-edge-archiver: replay: {e}");
+                eprintln!(
+                    "kvs-edge-archiver: replay: {}",
+                    kvs_edge_archiver::store::error_chain(e.as_ref())
+                );
                 ExitCode::from(2)
             }
         }

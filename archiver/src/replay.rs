@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -255,29 +256,27 @@ impl Report {
 
     /// Opens (or starts) a report; a report from an earlier run gives its run id and the
     /// tasks that succeeded (kept as 16-byte digests).
-    fn open(dir: &Path, run: Option<String>) -> Result<(Report, Resume), String> {
-        let at = |e: std::io::Error, p: &Path| format!("{}: {e}", p.display());
-        std::fs::create_dir_all(dir).map_err(|e| at(e, dir))?;
+    fn open(dir: &Path, run: Option<String>) -> anyhow::Result<(Report, Resume)> {
+        let at = |p: &Path| p.display().to_string();
+        std::fs::create_dir_all(dir).with_context(|| at(dir))?;
         let summary_path = Report::summary_path(dir);
-        let previous: Option<Value> =
-            match std::fs::read(&summary_path) {
-                Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
-                    format!("{}: not a replay summary: {e}", summary_path.display())
-                })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(at(e, &summary_path)),
-            };
+        let previous: Option<Value> = match std::fs::read(&summary_path) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("{}: not a replay summary", summary_path.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| at(&summary_path)),
+        };
         let previous_run = previous
             .as_ref()
             .and_then(|p| p["run"].as_str())
             .map(str::to_string);
         let run = match (run, previous_run) {
-            (Some(r), Some(p)) if r != p => {
-                return Err(format!(
-                    "{} belongs to run {p}, not {r}: use another report directory",
-                    dir.display()
-                ));
-            }
+            (Some(r), Some(p)) if r != p => bail!(
+                "{} belongs to run {p}, not {r}: use another report directory",
+                dir.display()
+            ),
             (Some(r), _) | (None, Some(r)) => r,
             (None, None) => new_run_id(Utc::now()),
         };
@@ -303,17 +302,17 @@ impl Report {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(at(e, &csv_path)),
+            Err(e) => return Err(e).with_context(|| at(&csv_path)),
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(&csv_path)
-            .map_err(|e| at(e, &csv_path))?;
+            .with_context(|| at(&csv_path))?;
         // A torn last row (killed mid-write) is ended, so the next row starts a line.
-        if torn(&mut file).map_err(|e| at(e, &csv_path))? {
-            file.write_all(b"\n").map_err(|e| at(e, &csv_path))?;
+        if torn(&mut file).with_context(|| at(&csv_path))? {
+            file.write_all(b"\n").with_context(|| at(&csv_path))?;
         }
         let rows = csv::WriterBuilder::new()
             .has_headers(false)
@@ -327,20 +326,20 @@ impl Report {
         ))
     }
 
-    fn row(&mut self, row: &ReportRow) -> Result<(), String> {
+    fn row(&mut self, row: &ReportRow) -> anyhow::Result<()> {
         self.rows
             .write_record(row.fields())
             .and_then(|()| self.rows.flush().map_err(csv::Error::from))
-            .map_err(|e| format!("{}: {e}", Report::csv_path(&self.dir).display()))
+            .with_context(|| Report::csv_path(&self.dir).display().to_string())
     }
 
     /// Written whole and renamed into place: a reader never sees half a summary.
-    fn summary(&self, v: &Value) -> Result<(), String> {
+    fn summary(&self, v: &Value) -> anyhow::Result<()> {
         let path = Report::summary_path(&self.dir);
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap_or_default())
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .with_context(|| path.display().to_string())
     }
 }
 
@@ -362,7 +361,7 @@ pub async fn produce(
     input: &Input,
     filter: &Filter,
     tx: mpsc::Sender<Task>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     match input {
         Input::Prefix { bucket, prefix } => {
             let prefixes = match prefix {
@@ -379,13 +378,12 @@ pub async fn produce(
                     .into_paginator()
                     .send();
                 while let Some(page) = pages.next().await {
-                    let page = page.map_err(|e| {
-                        format!("S3 ListObjectsV2 s3://{bucket}/{p}: {}", error_chain(&e))
-                    })?;
+                    let page =
+                        page.with_context(|| format!("S3 ListObjectsV2 s3://{bucket}/{p}"))?;
                     for o in page.contents.unwrap_or_default() {
                         let Some(key) = o.key else { continue };
                         let key = crate::batch::decode_key(&key)
-                            .map_err(|e| format!("S3 ListObjectsV2 s3://{bucket}/{p}: {e}"))?;
+                            .map_err(|e| anyhow!("S3 ListObjectsV2 s3://{bucket}/{p}: {e}"))?;
                         let modified = o.last_modified.and_then(|t| {
                             chrono::DateTime::from_timestamp_millis(t.to_millis().ok()?)
                         });
@@ -409,8 +407,8 @@ pub async fn produce(
         Input::Inventory(manifest) => {
             let text = read_all(s3, manifest).await?;
             let v: Value = serde_json::from_slice(&text)
-                .map_err(|e| format!("{manifest}: not an inventory manifest: {e}"))?;
-            let inv = Inventory::parse(&v).map_err(|e| format!("{manifest}: {e}"))?;
+                .with_context(|| format!("{manifest}: not an inventory manifest"))?;
+            let inv = Inventory::parse(&v).map_err(|e| anyhow!("{manifest}: {e}"))?;
             for (file, md5) in &inv.files {
                 let url = format!("s3://{}/{file}", inv.files_bucket);
                 let local = download(s3, &url, md5.as_deref()).await?;
@@ -420,8 +418,7 @@ pub async fn produce(
                 let gz = file.ends_with(".gz");
                 let name = url.clone();
                 tokio::task::spawn_blocking(move || {
-                    let f =
-                        std::fs::File::open(local.path()).map_err(|e| format!("{name}: {e}"))?;
+                    let f = std::fs::File::open(local.path()).with_context(|| name.clone())?;
                     let reader: Box<dyn Read> = if gz {
                         Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
                             f,
@@ -440,7 +437,7 @@ pub async fn produce(
                     })
                 })
                 .await
-                .map_err(|e| format!("{url}: {e}"))??;
+                .with_context(|| url.clone())??;
             }
             Ok(())
         }
@@ -449,12 +446,12 @@ pub async fn produce(
                 ("standard input".into(), Box::new(std::io::stdin()))
             } else if list.starts_with("s3://") {
                 let local = download(s3, list, None).await?;
-                let f = std::fs::File::open(local.path()).map_err(|e| format!("{list}: {e}"))?;
+                let f = std::fs::File::open(local.path()).with_context(|| list.clone())?;
                 // The file stays readable after the temporary path is gone.
                 drop(local);
                 (list.clone(), Box::new(f))
             } else {
-                let f = std::fs::File::open(list).map_err(|e| format!("{list}: {e}"))?;
+                let f = std::fs::File::open(list).with_context(|| list.clone())?;
                 (list.clone(), Box::new(f))
             };
             let filter = filter.clone();
@@ -468,7 +465,7 @@ pub async fn produce(
                 })
             })
             .await
-            .map_err(|e| format!("{list}: {e}"))?
+            .with_context(|| list.clone())?
         }
     }
 }
@@ -478,18 +475,18 @@ fn each_row(
     name: &str,
     reader: impl Read,
     mut f: impl FnMut(&[&str]) -> Result<bool, String>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(std::io::BufReader::new(reader));
     for (i, rec) in csv.records().enumerate() {
-        let rec = rec.map_err(|e| format!("{name} line {}: {e}", i + 1))?;
+        let rec = rec.with_context(|| format!("{name} line {}", i + 1))?;
         let fields: Vec<&str> = rec.iter().collect();
         if fields.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        if !f(&fields).map_err(|e| format!("{name} line {}: {e}", i + 1))? {
+        if !f(&fields).map_err(|e| anyhow!("{name} line {}: {e}", i + 1))? {
             break;
         }
     }
@@ -500,32 +497,32 @@ fn each_row(
 async fn get(
     s3: &aws_sdk_s3::Client,
     url: &str,
-) -> Result<aws_sdk_s3::primitives::ByteStream, String> {
+) -> anyhow::Result<aws_sdk_s3::primitives::ByteStream> {
     let (bucket, key) = url
         .strip_prefix("s3://")
         .and_then(|r| r.split_once('/'))
         .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| format!("{url}: expected s3://bucket/key"))?;
+        .ok_or_else(|| anyhow!("{url}: expected s3://bucket/key"))?;
     let out = s3
         .get_object()
         .bucket(bucket)
         .key(key)
         .send()
         .await
-        .map_err(|e| format!("S3 GetObject {url}: {}", error_chain(&e)))?;
+        .with_context(|| format!("S3 GetObject {url}"))?;
     Ok(out.body)
 }
 
 /// An S3 object (or a file) read whole: for small things like a manifest.
-async fn read_all(s3: &aws_sdk_s3::Client, location: &str) -> Result<Vec<u8>, String> {
+async fn read_all(s3: &aws_sdk_s3::Client, location: &str) -> anyhow::Result<Vec<u8>> {
     if !location.starts_with("s3://") {
-        return std::fs::read(location).map_err(|e| format!("{location}: {e}"));
+        return std::fs::read(location).with_context(|| location.to_string());
     }
     let body = get(s3, location)
         .await?
         .collect()
         .await
-        .map_err(|e| format!("S3 GetObject {location}: {e}"))?;
+        .with_context(|| format!("S3 GetObject {location}"))?;
     Ok(body.into_bytes().to_vec())
 }
 
@@ -535,31 +532,27 @@ async fn download(
     s3: &aws_sdk_s3::Client,
     url: &str,
     md5: Option<&str>,
-) -> Result<tempfile::NamedTempFile, String> {
+) -> anyhow::Result<tempfile::NamedTempFile> {
     use md5::Digest;
     let mut hash = md5::Md5::new();
     let mut body = get(s3, url).await?;
-    let tmp = tempfile::NamedTempFile::new().map_err(|e| format!("a temporary file: {e}"))?;
-    let mut file =
-        std::io::BufWriter::new(tmp.reopen().map_err(|e| format!("a temporary file: {e}"))?);
+    let tmp = tempfile::NamedTempFile::new().context("a temporary file")?;
+    let mut file = std::io::BufWriter::new(tmp.reopen().context("a temporary file")?);
     while let Some(chunk) = body
         .try_next()
         .await
-        .map_err(|e| format!("S3 GetObject {url}: {e}"))?
+        .with_context(|| format!("S3 GetObject {url}"))?
     {
         hash.update(&chunk);
-        file.write_all(&chunk)
-            .map_err(|e| format!("a temporary file: {e}"))?;
+        file.write_all(&chunk).context("a temporary file")?;
     }
     let got = hex::encode(hash.finalize());
     if let Some(want) = md5
         && got != want
     {
-        return Err(format!(
-            "{url}: MD5 {got}, but the manifest says {want} (a partial or replaced file)"
-        ));
+        bail!("{url}: MD5 {got}, but the manifest says {want} (a partial or replaced file)");
     }
-    file.flush().map_err(|e| format!("a temporary file: {e}"))?;
+    file.flush().context("a temporary file")?;
     Ok(tmp)
 }
 
@@ -601,8 +594,8 @@ pub async fn run(
     filter: Filter,
     opts: Options,
     mut stop: watch::Receiver<bool>,
-) -> Result<Outcome, String> {
-    filter.check()?;
+) -> anyhow::Result<Outcome> {
+    filter.check().map_err(anyhow::Error::msg)?;
     let (mut report, Resume { run, done }) = match (&opts.report, opts.dry_run) {
         (Some(dir), false) => {
             let (r, resume) = Report::open(dir, opts.run.clone())?;
@@ -615,7 +608,7 @@ pub async fn run(
                 done: HashSet::new(),
             },
         ),
-        (None, false) => return Err("a report directory is needed (--report)".into()),
+        (None, false) => bail!("a report directory is needed (--report)"),
     };
     let mut counts = Counts::default();
     let started_at = now();
@@ -666,7 +659,7 @@ pub async fn run(
                   result: Result<Resubmitted, ReplayError>,
                   counts: &mut Counts,
                   report: &mut Option<Report>|
-     -> Result<(), String> {
+     -> anyhow::Result<()> {
         match &result {
             Ok(Resubmitted::Transcoded { .. }) => counts.transcoded += 1,
             Ok(_) => counts.succeeded += 1,
@@ -708,7 +701,7 @@ pub async fn run(
         let slot = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => { interrupted = true; break; }
-            s = slots.clone().acquire_owned() => s.map_err(|e| e.to_string())?,
+            s = slots.clone().acquire_owned() => s.context("the task slots")?,
         };
         pace.wait().await;
         let archiver = archiver.clone();
@@ -729,14 +722,14 @@ pub async fn run(
             (task, r)
         });
         while let Some(done) = running.try_join_next() {
-            let (task, result) = done.map_err(|e| format!("a replay task: {e}"))?;
+            let (task, result) = done.context("a replay task")?;
             finish(task, result, &mut counts, &mut report)?;
         }
         progress.update(&counts, started, false);
     }
     drop(rx);
     while let Some(done) = running.join_next().await {
-        let (task, result) = done.map_err(|e| format!("a replay task: {e}"))?;
+        let (task, result) = done.context("a replay task")?;
         finish(task, result, &mut counts, &mut report)?;
         progress.update(&counts, started, false);
     }
@@ -744,10 +737,7 @@ pub async fn run(
         producer.abort();
         Ok(())
     } else {
-        producer
-            .await
-            .map_err(|e| format!("the listing: {e}"))
-            .and_then(|r| r)
+        producer.await.context("the listing").and_then(|r| r)
     };
     progress.update(&counts, started, true);
     progress.finish();
@@ -759,7 +749,7 @@ pub async fn run(
     };
     let mut summary = summary(&counts, state, secs);
     if let Err(e) = &listing {
-        summary["error"] = json!(e);
+        summary["error"] = json!(error_chain(e.as_ref()));
     }
     if let Some(r) = &report {
         r.summary(&summary)?;
@@ -890,6 +880,6 @@ mod tests {
         let Err(e) = Report::open(dir.path(), Some("run-2".into())) else {
             panic!("another run's report was taken");
         };
-        assert!(e.contains("belongs to run run-1"), "{e}");
+        assert!(e.to_string().contains("belongs to run run-1"), "{e}");
     }
 }
