@@ -176,7 +176,7 @@ impl Capture {
                 {
                     // The video goes on without it.
                     tx.try_send(CaptureEvent::Notice(format!(
-                        "the motion trigger is off: {e}"
+                        "the motion trigger is off: {e:#}"
                     )));
                 }
             }

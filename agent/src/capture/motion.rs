@@ -5,12 +5,14 @@
 //! video is encoded, so only its keyframes are decoded and looked at (every GOP, typically
 //! 1-2 s), which costs a small fraction of decoding it all.
 
+use anyhow::{Context, anyhow};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::CaptureEvent;
 use super::handoff::EventTx;
+use super::plug::make;
 use crate::codec::VideoCodec;
 use crate::motion::{Detector, HEIGHT, WIDTH};
 use crate::timeline::WallMs;
@@ -37,7 +39,7 @@ pub(super) enum Tap {
 }
 
 /// Decoders for the keyframes, software first (always there with gst-libav).
-fn decoder(codec: VideoCodec) -> Result<gst::Element, String> {
+fn decoder(codec: VideoCodec) -> anyhow::Result<gst::Element> {
     let candidates: &[&str] = match codec {
         VideoCodec::H264 => &["avdec_h264", "openh264dec"],
         VideoCodec::H265 => &["avdec_h265", "libde265dec"],
@@ -45,7 +47,7 @@ fn decoder(codec: VideoCodec) -> Result<gst::Element, String> {
     let name = candidates
         .iter()
         .find(|n| gst::ElementFactory::find(n).is_some())
-        .ok_or_else(|| format!("no {codec} decoder (tried {})", candidates.join(", ")))?;
+        .ok_or_else(|| anyhow!("no {codec} decoder (tried {})", candidates.join(", ")))?;
     let element = make(name)?;
     // One thread: a picture every GOP needs no frame threading, which would hold pictures
     // back and start a thread per core per camera.
@@ -55,12 +57,6 @@ fn decoder(codec: VideoCodec) -> Result<gst::Element, String> {
     Ok(element)
 }
 
-fn make(factory: &str) -> Result<gst::Element, String> {
-    gst::ElementFactory::make(factory)
-        .build()
-        .map_err(|e| format!("motion: {factory}: {e}"))
-}
-
 /// Links the motion branch to a new src pad of `tee`.
 pub(super) fn attach(
     pipeline: &gst::Pipeline,
@@ -68,7 +64,7 @@ pub(super) fn attach(
     tap: Tap,
     spec: MotionSpec,
     events: EventTx,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let queue = make("queue")?;
     queue.set_property_from_str("leaky", "downstream");
     queue.set_property("max-size-buffers", 1u32);
@@ -81,10 +77,8 @@ pub(super) fn attach(
         .field("width", WIDTH as i32)
         .field("height", HEIGHT as i32)
         .build();
-    let filter = gst::ElementFactory::make("capsfilter")
-        .property("caps", &caps)
-        .build()
-        .map_err(|e| format!("motion: capsfilter: {e}"))?;
+    let filter = make("capsfilter")?;
+    filter.set_property("caps", &caps);
     let sink = gst_app::AppSink::builder()
         .name("motion")
         .sync(false)
@@ -128,23 +122,23 @@ pub(super) fn attach(
         }
     };
     let all: Vec<&gst::Element> = head.iter().chain(tail.iter()).collect();
-    pipeline.add_many(all).map_err(|e| e.to_string())?;
-    gst::Element::link_many(&tail).map_err(|e| format!("motion: {e}"))?;
-    match tap {
-        Tap::Raw | Tap::Encoded(_) => gst::Element::link_many(&head)
-            .and_then(|_| head[head.len() - 1].link(&scale))
-            .map_err(|e| format!("motion: {e}"))?,
-    }
+    pipeline.add_many(all).context("adding the motion branch")?;
+    gst::Element::link_many(&tail).context("linking the motion branch's scaler to its appsink")?;
+    gst::Element::link_many(&head)
+        .and_then(|_| head[head.len() - 1].link(&scale))
+        .context("linking the motion branch's decoder")?;
     tail.splice(0..0, head);
     for e in &tail {
-        e.sync_state_with_parent().map_err(|e| e.to_string())?;
+        e.sync_state_with_parent()
+            .with_context(|| format!("starting the motion branch's {}", e.name()))?;
     }
     let src = tee
         .request_pad_simple("src_%u")
-        .ok_or("motion: the tee gave no pad")?;
+        .context("the tee gave no pad for the motion branch")?;
     let sink_pad = tail[0]
         .static_pad("sink")
-        .ok_or("motion: the branch has no sink")?;
-    src.link(&sink_pad).map_err(|e| format!("motion: {e}"))?;
+        .context("the motion branch has no sink")?;
+    src.link(&sink_pad)
+        .context("linking the motion branch to the tee")?;
     Ok(())
 }

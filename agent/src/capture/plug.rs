@@ -3,6 +3,7 @@
 //! parser to the video appsink, AAC or G.711 audio to a new audio appsink (µ-law becoming
 //! A-law), anything KVS cannot play refused by name, the rest discarded.
 
+use anyhow::{Context, anyhow};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -83,7 +84,7 @@ fn plug_stream(plug: &Plug, pad: &gst::Pad) {
                     {
                         // The video goes on without it.
                         events.try_send(CaptureEvent::Notice(format!(
-                            "the motion trigger is off: {e}"
+                            "the motion trigger is off: {e:#}"
                         )));
                     }
                 }
@@ -131,7 +132,7 @@ fn plug_stream(plug: &Plug, pad: &gst::Pad) {
         }
     };
     if let Err(e) = result {
-        events.try_send(CaptureEvent::Error(format!("linking {name}: {e}")));
+        events.try_send(CaptureEvent::Error(format!("linking {name}: {e:#}")));
     }
 }
 
@@ -155,21 +156,22 @@ fn link_audio(
     pad: &gst::Pad,
     chain: &str,
     events: &EventTx,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let bin = gst::parse::bin_from_description(&format!("{chain} ! {AUDIO_APPSINK}"), true)
-        .map_err(|e| e.to_string())?;
+        .with_context(|| format!("building `{chain}`"))?;
     let appsink = bin
         .by_name(AUDIO_SINK)
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or("no audio appsink")?;
+        .context("no audio appsink")?;
     appsink.set_property("sync", sink_syncs(pipeline));
     attach_audio(&appsink, events.clone());
-    pipeline.add(&bin).map_err(|e| e.to_string())?;
-    bin.sync_state_with_parent().map_err(|e| e.to_string())?;
+    pipeline.add(&bin).context("adding the audio chain")?;
+    bin.sync_state_with_parent()
+        .context("starting the audio chain")?;
     let target = bin
         .static_pad("sink")
-        .ok_or("the audio chain has no sink pad")?;
-    pad.link(&target).map_err(|e| e.to_string())?;
+        .context("the audio chain has no sink pad")?;
+    pad.link(&target).context("linking the audio chain")?;
     Ok(())
 }
 
@@ -188,15 +190,13 @@ fn link_video(
     sink: &gst::Element,
     codec: VideoCodec,
     motion: bool,
-) -> Result<Option<gst::Element>, String> {
+) -> anyhow::Result<Option<gst::Element>> {
     let caps: gst::Caps = codec
         .parsed_caps()
         .parse()
-        .map_err(|_| "bad caps".to_string())?;
-    let filter = gst::ElementFactory::make("capsfilter")
-        .property("caps", &caps)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| anyhow!("bad caps {}", codec.parsed_caps()))?;
+    let filter = make("capsfilter")?;
+    filter.set_property("caps", &caps);
     // `parsebin` has parsed the stream already; a second parser is needed only to convert
     // (Annex B byte-stream to length-prefixed, NAL to access-unit alignment). When the
     // stream is in KVS's form already (MP4 files, most RTSP depayloaders), it is linked
@@ -204,17 +204,11 @@ fn link_video(
     let converted = !pad.current_caps().is_some_and(|c| c.is_subset(&caps));
     let mut chain = Vec::new();
     if converted {
-        chain.push(
-            gst::ElementFactory::make(codec.parser())
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
+        chain.push(make(codec.parser())?);
     }
     chain.push(filter);
     let tee = if motion {
-        let tee = gst::ElementFactory::make("tee")
-            .build()
-            .map_err(|e| e.to_string())?;
+        let tee = make("tee")?;
         chain.push(tee.clone());
         Some(tee)
     } else {
@@ -222,34 +216,43 @@ fn link_video(
     };
     // No queue: the appsinks do not preroll (see `APPSINK`), so one demuxer thread can
     // feed both tracks.
-    pipeline.add_many(&chain).map_err(|e| e.to_string())?;
+    pipeline
+        .add_many(&chain)
+        .context("adding the video chain")?;
     let mut linked: Vec<&gst::Element> = chain.iter().collect();
     linked.push(sink);
-    gst::Element::link_many(linked).map_err(|e| e.to_string())?;
+    gst::Element::link_many(linked).context("linking the video chain to the appsink")?;
     for e in &chain {
-        e.sync_state_with_parent().map_err(|e| e.to_string())?;
+        e.sync_state_with_parent()
+            .with_context(|| format!("starting {}", e.name()))?;
     }
     let target = chain[0]
         .static_pad("sink")
-        .ok_or("the video chain has no sink pad")?;
-    pad.link(&target).map_err(|e| e.to_string())?;
+        .context("the video chain has no sink pad")?;
+    pad.link(&target)
+        .context("linking the stream to the video chain")?;
     Ok(tee)
 }
 
 /// A stream nobody wants: into a fakesink, so that it cannot stall or fail the pipeline.
-fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), String> {
-    let fakesink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .property("async", false)
-        .build()
-        .map_err(|e| e.to_string())?;
-    pipeline.add(&fakesink).map_err(|e| e.to_string())?;
+fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> anyhow::Result<()> {
+    let fakesink = make("fakesink")?;
+    fakesink.set_property("sync", false);
+    fakesink.set_property("async", false);
+    pipeline.add(&fakesink).context("adding a fakesink")?;
     fakesink
         .sync_state_with_parent()
-        .map_err(|e| e.to_string())?;
-    let target = fakesink.static_pad("sink").ok_or("no fakesink pad")?;
-    pad.link(&target).map_err(|e| e.to_string())?;
+        .context("starting a fakesink")?;
+    let target = fakesink.static_pad("sink").context("no fakesink pad")?;
+    pad.link(&target).context("linking to a fakesink")?;
     Ok(())
+}
+
+/// An element of `factory`, or an error naming it (its plugin may be missing).
+pub(super) fn make(factory: &str) -> anyhow::Result<gst::Element> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .with_context(|| format!("making a {factory}"))
 }
 
 /// Wires a passed-through source's streams: `parsebin`'s pads directly, `rtspsrc`'s through
