@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kvs_edge_archiver::clip::Archiver;
 use kvs_edge_archiver::decide::Decision;
 use kvs_edge_archiver::sqs::Consumer;
+use kvs_edge_archiver::store::error_chain;
 use kvs_edge_config::archiver::ArchiverConfig;
 
 /// Turns CloudWatch alarms into archived clips of Kinesis Video Streams.
@@ -270,7 +271,7 @@ where
         match Archiver::new(cfg).await {
             Ok(archiver) => work(archiver).await,
             Err(e) => {
-                eprintln!("kvs-edge-archiver: {e}");
+                eprintln!("kvs-edge-archiver: {}", error_chain(e.as_ref()));
                 ExitCode::from(2)
             }
         }
@@ -381,7 +382,7 @@ fn replay(mut cfg: ArchiverConfig, r: ReplayArgs) -> ExitCode {
             match archiver.check_transcoding().await {
                 Ok(endpoint) => tracing::info!(endpoint, "MediaConvert answers"),
                 Err(e) => {
-                    eprintln!("kvs-edge-archiver: replay: {e}");
+                    eprintln!("kvs-edge-archiver: replay: {}", error_chain(e.as_ref()));
                     return ExitCode::from(2);
                 }
             }
@@ -400,10 +401,7 @@ fn replay(mut cfg: ArchiverConfig, r: ReplayArgs) -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!(
-                    "kvs-edge-archiver: replay: {}",
-                    kvs_edge_archiver::store::error_chain(e.as_ref())
-                );
+                eprintln!("kvs-edge-archiver: replay: {}", error_chain(e.as_ref()));
                 ExitCode::from(2)
             }
         }
