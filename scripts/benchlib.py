@@ -93,12 +93,29 @@ def threads(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def start_kvs_local(data, bucket=None):
+def start_kvs_local(data, bucket=None, tls=None):
+    """kvs-local on a free loopback port; (process, URL). `tls`: (certificate, key) PEM
+    files, for HTTPS."""
     args = [os.path.join(RELEASE, "kvs-local"), "--listen", "127.0.0.1:0", "--data-dir", data]
     if bucket:
         args += ["--bucket", bucket]
+    if tls:
+        args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     return p, p.stdout.readline().split()[3]
+
+
+def self_signed(directory):
+    """A certificate and key for 127.0.0.1 (made with openssl): (certificate, key) paths."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    if not os.path.exists(cert):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1",
+                        # A server's own certificate, not a CA: rustls refuses a CA as one.
+                        "-addext", "basicConstraints=critical,CA:FALSE"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
 
 
 def metrics(port, camera=None):
