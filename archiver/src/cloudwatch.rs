@@ -3,6 +3,8 @@
 //! names) or `StreamName` names the streams of an alarm that no mapping names, so a camera's
 //! alarms can carry their stream with them.
 
+use anyhow::{Context, bail};
+
 use crate::signed::SignedClient;
 
 /// Tag keys read, in order of preference.
@@ -64,7 +66,7 @@ impl CloudWatch {
     pub fn new(
         sdk: &aws_config::SdkConfig,
         endpoint_url: Option<&str>,
-    ) -> Result<CloudWatch, String> {
+    ) -> anyhow::Result<CloudWatch> {
         let client = SignedClient::new(sdk)?;
         let url = endpoint_url
             .map(|u| format!("{}/", u.trim_end_matches('/')))
@@ -73,7 +75,7 @@ impl CloudWatch {
     }
 
     /// The alarm's tags.
-    pub async fn alarm_tags(&self, arn: &str) -> Result<Vec<(String, String)>, String> {
+    pub async fn alarm_tags(&self, arn: &str) -> anyhow::Result<Vec<(String, String)>> {
         let body = format!(
             "Action=ListTagsForResource&Version=2010-08-01&ResourceARN={}",
             form_encode(arn)
@@ -88,14 +90,11 @@ impl CloudWatch {
                 body.as_bytes(),
             )
             .await
-            .map_err(|e| format!("ListTagsForResource {arn}: {e}"))?;
+            .with_context(|| format!("ListTagsForResource {arn}"))?;
         let text = String::from_utf8_lossy(&reply.body);
         if !(200..300).contains(&reply.status) {
             let message = elements(&text, "Message").pop().unwrap_or_default();
-            return Err(format!(
-                "ListTagsForResource {arn}: HTTP {} {message}",
-                reply.status
-            ));
+            bail!("ListTagsForResource {arn}: HTTP {} {message}", reply.status);
         }
         Ok(elements(&text, "member")
             .iter()

@@ -49,7 +49,7 @@ impl MediaConvert {
     pub fn new(
         sdk: &aws_config::SdkConfig,
         endpoint_url: Option<&str>,
-    ) -> Result<MediaConvert, String> {
+    ) -> anyhow::Result<MediaConvert> {
         let client = SignedClient::new(sdk)?;
         let base = endpoint_url
             .map(str::to_string)
@@ -79,7 +79,7 @@ impl MediaConvert {
             .client
             .send("mediaconvert", method, url, "application/json", body)
             .await
-            .map_err(|e| McError::Transport(op, e))?;
+            .map_err(|e| McError::Transport(op, crate::store::error_chain(e.as_ref())))?;
         let value: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
         if (200..300).contains(&reply.status) {
             return Ok(value);

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use anyhow::{Context, anyhow};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
@@ -27,17 +28,17 @@ pub struct SignedClient {
 }
 
 impl SignedClient {
-    pub fn new(sdk: &aws_config::SdkConfig) -> Result<SignedClient, String> {
+    pub fn new(sdk: &aws_config::SdkConfig) -> anyhow::Result<SignedClient> {
         let region = sdk
             .region()
             .map(|r| r.to_string())
             .unwrap_or_else(|| "us-east-1".into());
         let credentials = sdk
             .credentials_provider()
-            .ok_or("no AWS credentials provider")?;
+            .context("no AWS credentials provider")?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
-            .map_err(|e| format!("TLS roots: {e}"))?
+            .context("TLS roots")?
             .https_or_http()
             .enable_http1()
             .build();
@@ -61,12 +62,12 @@ impl SignedClient {
         url: &str,
         content_type: &str,
         body: &[u8],
-    ) -> Result<Reply, String> {
+    ) -> anyhow::Result<Reply> {
         let creds = self
             .credentials
             .provide_credentials()
             .await
-            .map_err(|e| format!("credentials: {e}"))?;
+            .context("credentials")?;
         let identity = creds.into();
         let signing = v4::SigningParams::builder()
             .identity(&identity)
@@ -75,11 +76,9 @@ impl SignedClient {
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| e.to_string())?
+            .context("signing parameters")?
             .into();
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| format!("{url}: {e}"))?;
+        let uri: http::Uri = url.parse().with_context(|| url.to_string())?;
         let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let headers = [("host", host.as_str()), ("content-type", content_type)];
         let signable = SignableRequest::new(
@@ -88,22 +87,20 @@ impl SignedClient {
             headers.iter().copied(),
             SignableBody::Bytes(body),
         )
-        .map_err(|e| e.to_string())?;
-        let (instructions, _) = sign(signable, &signing)
-            .map_err(|e| e.to_string())?
-            .into_parts();
+        .context("the request to sign")?;
+        let (instructions, _) = sign(signable, &signing).context("signing")?.into_parts();
         let mut req = http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(k, v);
         }
         let mut req = req
             .body(Full::new(Bytes::copy_from_slice(body)))
-            .map_err(|e| e.to_string())?;
+            .with_context(|| format!("{method} {url}"))?;
         instructions.apply_to_request_http1x(&mut req);
         let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
             .await
-            .map_err(|_| "no answer within 30 s".to_string())?
-            .map_err(|e| crate::store::error_chain(&e))?;
+            .map_err(|_| anyhow!("{url}: no answer within 30 s"))?
+            .with_context(|| url.to_string())?;
         let status = resp.status().as_u16();
         let error_type = resp
             .headers()
@@ -118,7 +115,7 @@ impl SignedClient {
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .with_context(|| format!("{url}: reading the answer"))?
             .to_bytes();
         Ok(Reply {
             status,

@@ -140,7 +140,8 @@ impl Archiver {
         let pulled = match &cfg.iot_endpoint {
             None => pull::pull(cfg, device, &id, span.0, span.1).await,
             Some(endpoint) => {
-                let client = crate::signed::SignedClient::new(&self.sdk)?;
+                let client = crate::signed::SignedClient::new(&self.sdk)
+                    .map_err(|e| error_chain(e.as_ref()))?;
                 let base = format!("{}/{}", cfg.prefix, device.device);
                 let camera = format!("{base}/{}", device.camera);
                 let missing = || async {

@@ -39,8 +39,7 @@ impl Transcoder {
             None => Template::default_template(),
         };
         Ok(Transcoder {
-            mc: MediaConvert::new(sdk, settings.endpoint_url.as_deref())
-                .map_err(anyhow::Error::msg)?,
+            mc: MediaConvert::new(sdk, settings.endpoint_url.as_deref())?,
             template,
             settings: settings.clone(),
         })

@@ -187,7 +187,6 @@ impl Archiver {
         let cloudwatch = if cfg.use_alarm_tags {
             Some(
                 CloudWatch::new(&sdk, cfg.cloudwatch.endpoint_url.as_deref())
-                    .map_err(anyhow::Error::msg)
                     .context("the CloudWatch client")?,
             )
         } else {
@@ -230,9 +229,12 @@ impl Archiver {
                         Box::pin(self.carry_out(d)).await
                     }
                     Err(e) => {
-                        warn!("{e}");
+                        let reason = crate::store::error_chain(e.as_ref());
+                        warn!("{reason}");
                         (
-                            vec![json!({"result": "failed", "alarm": alarm.name, "reason": e})],
+                            vec![
+                                json!({"result": "failed", "alarm": alarm.name, "reason": reason}),
+                            ],
                             true,
                         )
                     }

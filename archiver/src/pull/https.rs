@@ -53,8 +53,7 @@ async fn retained(
             "application/json",
             b"",
         )
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     match reply.status {
         200 => {
             let v: Value = serde_json::from_slice(&reply.body)?;
@@ -108,7 +107,12 @@ where
         )
         .await
     {
-        Err(e) => return Pulled::Failed(format!("Publish: {e}")),
+        Err(e) => {
+            return Pulled::Failed(format!(
+                "Publish: {}",
+                crate::store::error_chain(e.as_ref())
+            ));
+        }
         Ok(r) if r.status != 200 => {
             return Pulled::Failed(format!(
                 "Publish: {} {} {}",
